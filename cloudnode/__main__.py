@@ -1,0 +1,114 @@
+"""``continuum-node``: run a cloud node."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+
+from continuum._errors import NotConnected
+from continuum._mqtt import BrokerURL
+from continuum._protocol import DEFAULT_ROOT
+from continuum._service import parse_args, sd_notify, setup_logging, wait_for_signal
+
+log = logging.getLogger("continuum.node")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="continuum-node",
+        description=(
+            "Run a continuum cloud node: it imports the application modules given with "
+            "--module, hosts instances of their ActiveObject classes, and runs their "
+            "active methods for callers on the broker. Only classes from these modules "
+            "can ever be created."
+        ),
+        epilog="Example: continuum-node --id node1 --path . --module examples.counter",
+    )
+    p.add_argument(
+        "--broker",
+        default="mqtt://127.0.0.1:1883",
+        help="broker URL (default: %(default)s); password from CONTINUUM_PASSWORD",
+    )
+    p.add_argument(
+        "--id",
+        dest="node_id",
+        default=socket.gethostname(),
+        help="node id, unique in the deployment (default: host name)",
+    )
+    p.add_argument(
+        "--module",
+        dest="modules",
+        action="append",
+        default=[],
+        help="module to load classes from, or module.Class (repeatable)",
+    )
+    p.add_argument(
+        "--path",
+        dest="paths",
+        action="append",
+        default=[],
+        help="directory added to the import path first (repeatable)",
+    )
+    p.add_argument("--root", default=DEFAULT_ROOT, help="topic root (default: %(default)s)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=16,
+        help="worker threads running active methods (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-payload",
+        type=int,
+        default=8 * 1024 * 1024,
+        help="largest request accepted, bytes (default: %(default)s)",
+    )
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="intra-op threads for torch, set once at start (default: all cores)",
+    )
+    p.add_argument(
+        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: %(default)s)"
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(build_parser(), argv)
+    setup_logging(args.log_level)
+    from ._node import Node, load_classes
+
+    try:
+        classes = load_classes(args.modules, args.paths)
+    except (ImportError, AttributeError) as exc:
+        log.error("cannot load application classes: %s", exc)
+        return 2
+    if args.torch_threads is not None and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(args.torch_threads)
+    node = Node(
+        args.node_id,
+        BrokerURL.parse(args.broker),
+        classes,
+        root=args.root,
+        workers=args.workers,
+        max_payload=args.max_payload,
+    )
+    try:
+        node.start()
+    except NotConnected as exc:
+        log.error("%s", exc)
+        return 1
+    sd_notify("READY=1")
+    try:
+        wait_for_signal()
+    finally:
+        node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,529 @@
+"""The client API: connect, get a stub by class path, create/find objects, call
+their active methods (sync, futures, asyncio), stream progress.
+
+Edge-safe: imports paho-mqtt and cbor2 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from types import TracebackType
+from typing import Any
+
+from paho.mqtt.properties import Properties
+
+from ._codec import decode, encode, is_json
+from ._errors import (
+    ContinuumError,
+    DeadlineExpired,
+    NotConnected,
+    ObjectNotHere,
+    PayloadTooLarge,
+    Unavailable,
+    error_from_envelope,
+)
+from ._mqtt import BrokerURL, Connection, Message, new_client_id, publish_properties
+from ._protocol import DEFAULT_ROOT, Request, Topics
+
+__all__ = ["ClassStub", "Client", "ObjectProxy", "RemoteMethod", "Requester"]
+
+log = logging.getLogger("continuum.client")
+
+ProgressFn = Callable[[Any], None]
+
+
+class _Pending:
+    __slots__ = ("deadline", "future", "on_progress", "payload", "retry", "rid", "topic")
+
+    def __init__(
+        self,
+        rid: str,
+        future: Future[Any],
+        deadline: float,
+        on_progress: ProgressFn | None,
+        retry: Callable[[_Pending, ContinuumError], bool] | None,
+    ) -> None:
+        self.rid = rid
+        self.future = future
+        self.deadline = deadline
+        self.on_progress = on_progress
+        self.retry = retry
+        self.topic = ""
+        self.payload = b""
+
+
+class Requester:
+    """Request/response over one connection: a pending-call table keyed by
+    request id, one reply topic, and a deadline thread that fails calls on time.
+    Used by :class:`Client` and by the gateway (to talk to nodes)."""
+
+    def __init__(
+        self, topics: Topics, client_id: str, qos: int = 1, max_payload: int = 8 << 20
+    ) -> None:
+        self.topics = topics
+        self.client_id = client_id
+        self.reply_topic = topics.reply(client_id)
+        self.qos = qos
+        self.max_payload = max_payload
+        self.conn: Connection | None = None
+        self._pending: dict[str, _Pending] = {}
+        self._ids = itertools.count(1)
+        self._prefix = client_id + ":"
+        self._heap: list[tuple[float, str]] = []
+        self._cond = threading.Condition()
+        self._props: dict[int, Properties | None] = {}
+        self._reaper: threading.Thread | None = None
+        self._closing = False
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self, conn: Connection) -> None:
+        self.conn = conn
+        self._closing = False
+        self._reaper = threading.Thread(
+            target=self._reap, name=f"continuum-deadlines-{self.client_id}", daemon=True
+        )
+        self._reaper.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._reaper is not None:
+            self._reaper.join(2)
+        for p in list(self._pending.values()):
+            if not p.future.done():
+                p.future.set_exception(NotConnected("client closed before the reply arrived"))
+        self._pending.clear()
+        self.conn = None
+
+    # -- sending ---------------------------------------------------------------
+    def new_id(self) -> str:
+        return f"{self._prefix}{next(self._ids)}"
+
+    def send(
+        self,
+        topic: str,
+        req: Request,
+        timeout: float,
+        on_progress: ProgressFn | None = None,
+        retry: Callable[[_Pending, ContinuumError], bool] | None = None,
+    ) -> Future[Any]:
+        fut: Future[Any] = Future()
+        conn = self.conn
+        if conn is None:
+            fut.set_exception(NotConnected("client is not connected; use it as a context manager"))
+            return fut
+        if req.id is None:
+            req.id = self.new_id()
+        req.timeout_ms = round(timeout * 1000)
+        try:
+            payload = encode(req.to_wire())
+        except ContinuumError as exc:
+            fut.set_exception(type(exc)(f"cannot encode the arguments: {exc.message}"))
+            return fut
+        if len(payload) > self.max_payload:
+            fut.set_exception(
+                PayloadTooLarge(
+                    f"request of {len(payload)} bytes exceeds the client limit of {self.max_payload}",
+                    limit=self.max_payload,
+                )
+            )
+            return fut
+        deadline = time.monotonic() + timeout
+        p = _Pending(req.id, fut, deadline, on_progress, retry)
+        p.payload = payload
+        self._pending[req.id] = p
+        with self._cond:
+            heapq.heappush(self._heap, (deadline, req.id))
+            if self._heap[0][1] == req.id:
+                self._cond.notify()
+        self.publish(p, topic)
+        return fut
+
+    def publish(self, p: _Pending, topic: str) -> None:
+        p.topic = topic
+        remaining = p.deadline - time.monotonic()
+        expiry = max(1, int(remaining + 0.999))
+        props = self._props.get(expiry)
+        if props is None:
+            props = self._props[expiry] = publish_properties(
+                response_topic=self.reply_topic, expiry=expiry
+            )
+        conn = self.conn
+        if conn is None:
+            self._fail(p.rid, NotConnected("client closed"))
+            return
+        conn.publish(topic, p.payload, qos=self.qos, properties=props)
+
+    # -- receiving (network thread) -----------------------------------------------
+    def on_reply(self, msg: Message) -> None:
+        props = getattr(msg, "properties", None)
+        ctype = getattr(props, "ContentType", None) if props else None
+        try:
+            body = decode(msg.payload, is_json(msg.payload, ctype))
+            rid = body["id"]
+            kind = body["kind"]
+        except (ContinuumError, KeyError, TypeError) as exc:
+            log.warning("ignoring a malformed reply on %s: %s", msg.topic, exc)
+            return
+        p = self._pending.get(rid) if isinstance(rid, str) else None
+        if p is None:
+            return  # a late reply for a call that already timed out
+        if kind == "progress":
+            if p.on_progress is not None:
+                try:
+                    p.on_progress(body.get("value"))
+                except Exception:
+                    log.exception("progress callback of %s failed", rid)
+            return
+        if kind == "result":
+            self._pending.pop(rid, None)
+            if not p.future.done():
+                p.future.set_result(body.get("value"))
+            return
+        exc = error_from_envelope(body.get("error"))
+        if p.retry is not None and p.retry(p, exc):
+            return
+        self._fail(rid, exc)
+
+    def _fail(self, rid: str, exc: BaseException) -> None:
+        p = self._pending.pop(rid, None)
+        if p is not None and not p.future.done():
+            p.future.set_exception(exc)
+
+    def _reap(self) -> None:
+        heap = self._heap
+        with self._cond:
+            while not self._closing:
+                now = time.monotonic()
+                while heap and heap[0][0] <= now:
+                    _, rid = heapq.heappop(heap)
+                    if rid in self._pending:
+                        self._fail(
+                            rid, DeadlineExpired(f"no reply to call {rid} within its deadline")
+                        )
+                # drop entries of calls that completed long ago
+                if len(heap) > 4 * len(self._pending) + 1024:
+                    self._heap[:] = [e for e in heap if e[1] in self._pending]
+                    heapq.heapify(heap)
+                self._cond.wait(heap[0][0] - now if heap else None)
+
+
+class RemoteMethod:
+    """An active method of a remote object: call it, or use :meth:`future`, :meth:`aio`
+    or :meth:`options` (per-call deadline and progress callback)."""
+
+    __slots__ = ("_name", "_on_progress", "_proxy", "_timeout")
+
+    def __init__(
+        self,
+        proxy: ObjectProxy,
+        name: str,
+        timeout: float | None = None,
+        on_progress: ProgressFn | None = None,
+    ) -> None:
+        self._proxy = proxy
+        self._name = name
+        self._timeout = timeout
+        self._on_progress = on_progress
+
+    def options(
+        self, *, timeout: float | None = None, on_progress: ProgressFn | None = None
+    ) -> RemoteMethod:
+        """The same method with a deadline (seconds) and/or a progress callback."""
+        return RemoteMethod(
+            self._proxy,
+            self._name,
+            timeout if timeout is not None else self._timeout,
+            on_progress if on_progress is not None else self._on_progress,
+        )
+
+    def future(self, *args: Any, **kwargs: Any) -> Future[Any]:
+        p = self._proxy
+        return p._backend._call(p, self._name, list(args), kwargs, self._timeout, self._on_progress)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.future(*args, **kwargs).result()
+
+    async def aio(self, *args: Any, **kwargs: Any) -> Any:
+        on_progress = self._on_progress
+        if on_progress is not None:
+            loop = asyncio.get_running_loop()
+            cb = on_progress
+
+            def on_progress(update: Any) -> None:
+                loop.call_soon_threadsafe(cb, update)
+
+        p = self._proxy
+        fut = p._backend._call(p, self._name, list(args), kwargs, self._timeout, on_progress)
+        return await asyncio.wrap_future(fut)
+
+    def __repr__(self) -> str:
+        return f"<RemoteMethod {self._proxy._class_path}.{self._name} of {self._proxy._id}>"
+
+
+class ObjectProxy:
+    """A remote object. Attribute access gives :class:`RemoteMethod`; the object's
+    id, class and aliases are ``_id``, ``_class_path`` and ``_aliases``."""
+
+    def __init__(
+        self, backend: Any, oid: str, class_path: str, aliases: list[str] | None = None
+    ) -> None:
+        self._backend = backend
+        self._id = oid
+        self._class_path = class_path
+        self._aliases = list(aliases or [])
+
+    def __getattr__(self, name: str) -> RemoteMethod:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        method = RemoteMethod(self, name)
+        self.__dict__[name] = method
+        return method
+
+    def __repr__(self) -> str:
+        alias = f" alias={self._aliases[0]!r}" if self._aliases else ""
+        return f"<{self._class_path} {self._id}{alias}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectProxy) and other._id == self._id
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+
+class ClassStub:
+    """An application class known only by its path: create instances, find them."""
+
+    def __init__(self, backend: Any, class_path: str) -> None:
+        self._backend = backend
+        self.class_path = class_path
+
+    def create(
+        self, *args: Any, alias: str | None = None, node: str | None = None, **kwargs: Any
+    ) -> ObjectProxy:
+        """Create an instance on ``node`` (or one the gateway picks), optionally
+        under ``alias``. ``alias`` and ``node`` are reserved keyword names."""
+        info = self._backend._gateway(
+            "create", cls=self.class_path, args=list(args), kwargs=kwargs, node=node, alias=alias
+        )
+        return self._backend._proxy(info)
+
+    def get(self, ref: str) -> ObjectProxy:
+        """Find an instance by alias or id (it must be of this class)."""
+        proxy: ObjectProxy = self._backend.get(ref)
+        if proxy._class_path != self.class_path:
+            raise TypeError(f"{ref!r} is a {proxy._class_path}, not a {self.class_path}")
+        return proxy
+
+    def objects(self) -> list[dict[str, Any]]:
+        return self._backend.objects(cls=self.class_path)  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"<ClassStub {self.class_path}>"
+
+
+class _Directory:
+    """The directory operations both clients share, over ``_gateway``."""
+
+    def _gateway(self, method: str, **kwargs: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _proxy(self, info: dict[str, Any]) -> ObjectProxy:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def stub(self, class_path: str) -> ClassStub:
+        """A stub for the class at ``class_path`` (never imported here)."""
+        return ClassStub(self, class_path)
+
+    def get(self, ref: str) -> ObjectProxy:
+        """The object with this alias or id."""
+        return self._proxy(self._gateway("resolve", ref=ref))
+
+    def alias(self, obj: ObjectProxy | str, name: str) -> ObjectProxy:
+        """Give an object an (additional) alias."""
+        ref = obj._id if isinstance(obj, ObjectProxy) else obj
+        return self._proxy(self._gateway("alias", ref=ref, name=name))
+
+    def delete(self, obj: ObjectProxy | str) -> None:
+        """Delete the object from its node and the directory."""
+        ref = obj._id if isinstance(obj, ObjectProxy) else obj
+        self._gateway("delete", ref=ref)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every node the directory knows, with its state and classes."""
+        return self._gateway("nodes")  # type: ignore[no-any-return]
+
+    def classes(self) -> dict[str, Any]:
+        """Classes hosted by live nodes, with their active methods."""
+        return self._gateway("classes")  # type: ignore[no-any-return]
+
+    def objects(self, cls: str | None = None, node: str | None = None) -> list[dict[str, Any]]:
+        """Objects in the directory, optionally of one class or on one node."""
+        return self._gateway("objects", cls=cls, node=node)  # type: ignore[no-any-return]
+
+
+class Client(_Directory):
+    """A connection to a continuum deployment through an MQTT broker.
+
+    Use it as a context manager, sync (``with``) or async (``async with``); it
+    can be entered again after it exits. On an exit by exception the broker is
+    asked to publish the client's last will.
+    """
+
+    def __init__(
+        self,
+        broker: str | BrokerURL = "mqtt://127.0.0.1:1883",
+        *,
+        client_id: str | None = None,
+        root: str = DEFAULT_ROOT,
+        timeout: float = 30.0,
+        qos: int = 1,
+        max_payload: int = 8 << 20,
+        ca_file: str | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.broker = broker if isinstance(broker, BrokerURL) else BrokerURL.parse(broker)
+        self.client_id = client_id or new_client_id("client")
+        self.topics = Topics(root)
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._ca_file = ca_file
+        self._requester = Requester(self.topics, self.client_id, qos=qos, max_payload=max_payload)
+        self._locations: dict[str, str] = {}
+        self._conn: Connection | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+    def connect(self) -> Client:
+        if self._conn is not None:
+            return self
+        conn = Connection(
+            self.broker,
+            self.client_id,
+            on_message=self._requester.on_reply,
+            subscriptions={self._requester.reply_topic: 1},
+            will=(
+                f"{self.topics.root}/client/{self.client_id}/status",
+                encode({"state": "offline", "client": self.client_id}),
+                False,
+            ),
+            ca_file=self._ca_file,
+        )
+        self._requester.start(conn)
+        try:
+            conn.start(self.connect_timeout)
+        except BaseException:
+            self._requester.stop()
+            raise
+        self._conn = conn
+        return self
+
+    def close(self, *, with_will: bool = False) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        self._requester.stop()
+        conn.stop(with_will=with_will)
+
+    def __enter__(self) -> Client:
+        return self.connect()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close(with_will=et is not None)
+
+    async def __aenter__(self) -> Client:
+        await asyncio.to_thread(self.connect)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await asyncio.to_thread(self.close, with_will=et is not None)
+
+    # -- directory -------------------------------------------------------------
+    def _gateway(self, method: str, **kwargs: Any) -> Any:
+        req = Request(method, [], {k: v for k, v in kwargs.items() if v is not None})
+        return self._requester.send(self.topics.gateway_call, req, self.timeout).result()
+
+    def _proxy(self, info: dict[str, Any]) -> ObjectProxy:
+        if info.get("node_state") == "offline":
+            # Still usable once the node returns; calls fail fast meanwhile.
+            log.debug("object %s is on offline node %s", info["id"], info.get("node"))
+        self._locations[info["id"]] = info["node"]
+        return ObjectProxy(self, info["id"], info["class"], info.get("aliases"))
+
+    # -- calls -----------------------------------------------------------------
+    def _call(
+        self,
+        proxy: ObjectProxy,
+        method: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        on_progress: ProgressFn | None,
+    ) -> Future[Any]:
+        oid = proxy._id
+        node = self._locations.get(oid)
+        req = Request(method, args, kwargs, obj=oid)
+        if node is None:
+            # Not resolved in this client yet (proxy from another client): resolve first.
+            try:
+                node = self._resolve(oid)
+            except ContinuumError as exc:
+                fut: Future[Any] = Future()
+                fut.set_exception(exc)
+                return fut
+        return self._requester.send(
+            self.topics.node_call(node),
+            req,
+            timeout or self.timeout,
+            on_progress,
+            self._retry_elsewhere,
+        )
+
+    def _resolve(self, oid: str) -> str:
+        info = self._gateway("resolve", ref=oid)
+        self._locations[oid] = info["node"]
+        return info["node"]  # type: ignore[no-any-return]
+
+    def _retry_elsewhere(self, p: _Pending, exc: ContinuumError) -> bool:
+        """On ``object_not_here``, re-resolve through the gateway (once) and resend."""
+        if not isinstance(exc, ObjectNotHere):
+            return False
+        p.retry = None  # one re-resolution per call
+        oid = decode(p.payload)["obj"]
+        stale = self._locations.pop(oid, None)
+        req = Request("resolve", [], {"ref": oid})
+        remaining = max(0.05, p.deadline - time.monotonic())
+        lookup = self._requester.send(self.topics.gateway_call, req, remaining)
+
+        def resend(f: Future[Any]) -> None:
+            err = f.exception()
+            if err is not None:
+                self._requester._fail(p.rid, err)
+                return
+            info = f.result()
+            node = info["node"]
+            self._locations[oid] = node
+            if node == stale:
+                state = info.get("node_state")
+                self._requester._fail(
+                    p.rid,
+                    Unavailable(f"object {oid} is not on its node {node} ({state})", node=node)
+                    if state == "offline"
+                    else exc,
+                )
+                return
+            self._requester.publish(p, self.topics.node_call(node))
+
+        lookup.add_done_callback(resend)
+        return True

@@ -1,0 +1,69 @@
+"""Payload codec: CBOR by default, JSON when the message says so.
+
+Decoding is for untrusted input: bounded nesting, no regular-expression or
+MIME tag decoding, and never pickle. Every failure is a :class:`BadRequest`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import cbor2
+
+from ._errors import BadRequest, UnencodableResult
+
+__all__ = ["CBOR", "JSON", "decode", "encode", "is_json"]
+
+CBOR = "application/cbor"
+JSON = "application/json"
+
+MAX_DEPTH = 64
+
+
+def _keep_tag(tag: int) -> Any:
+    def keep(value: Any, immutable: bool) -> cbor2.CBORTag:
+        return cbor2.CBORTag(tag, value)
+
+    return keep
+
+
+# Tags whose built-in decoders do work an attacker can steer (compiling a
+# regular expression, parsing a MIME message) come back as raw CBORTag values.
+_SEMANTIC_OVERRIDES = {35: _keep_tag(35), 36: _keep_tag(36)}
+
+
+def is_json(payload: bytes, content_type: str | None) -> bool:
+    """JSON when the Content Type says so, or when a payload without one starts with
+    ``{`` (a CBOR request is a map, whose first byte is never ``{``)."""
+    if content_type:
+        return content_type.split(";", 1)[0].strip().lower() == JSON
+    return payload[:1] == b"{"
+
+
+def decode(payload: bytes, json_payload: bool = False) -> Any:
+    try:
+        if json_payload:
+            return json.loads(payload)
+        return cbor2.loads(payload, semantic_decoders=_SEMANTIC_OVERRIDES, max_depth=MAX_DEPTH)
+    except RecursionError as exc:
+        raise BadRequest("payload nested too deeply") from exc
+    except (
+        cbor2.CBORDecodeError,
+        ValueError,
+        TypeError,
+        LookupError,
+        OverflowError,
+        MemoryError,
+    ) as exc:
+        kind = "JSON" if json_payload else "CBOR"
+        raise BadRequest(f"malformed {kind} payload: {exc}") from exc
+
+
+def encode(value: Any, json_payload: bool = False) -> bytes:
+    try:
+        if json_payload:
+            return json.dumps(value, separators=(",", ":"), allow_nan=True).encode()
+        return cbor2.dumps(value)
+    except (cbor2.CBOREncodeError, TypeError, ValueError, OverflowError, RecursionError) as exc:
+        raise UnencodableResult(f"cannot encode {type(value).__name__}: {exc}") from exc

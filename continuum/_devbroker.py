@@ -1,0 +1,101 @@
+"""Start a local mosquitto for the demo, benchmarks and tests.
+
+The configuration carries the settings our latency and zero-loss figures
+depend on (docs/architecture.md): TCP_NODELAY on, no per-client queue cap.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["BROKER_SETTINGS", "LocalBroker", "find_mosquitto", "free_port"]
+
+BROKER_SETTINGS = """\
+# Settings continuum depends on; keep them in every broker config.
+set_tcp_nodelay true
+# 0 = no cap: mosquitto's default of 1000 silently drops QoS 1 messages to slow subscribers.
+max_queued_messages 0
+max_inflight_messages 0
+max_packet_size 16777216
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_mosquitto() -> str | None:
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None
+    )
+
+
+class LocalBroker:
+    """A mosquitto on 127.0.0.1 and a free port, for as long as the context lasts."""
+
+    def __init__(
+        self, port: int | None = None, extra_config: str = "", log_path: str | None = None
+    ) -> None:
+        self.port = port or free_port()
+        self.extra_config = extra_config
+        self._dir = tempfile.mkdtemp(prefix="continuum-broker-")
+        self.log_path = log_path or os.path.join(self._dir, "mosquitto.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> LocalBroker:
+        exe = find_mosquitto()
+        if exe is None:
+            raise RuntimeError(
+                "mosquitto is not installed (Debian/Ubuntu: apt-get install mosquitto mosquitto-clients)"
+            )
+        conf = Path(self._dir) / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"{BROKER_SETTINGS}{self.extra_config}\n"
+        )
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited at start; see {self.log_path}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"mosquitto did not listen on port {self.port} within {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> LocalBroker:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)

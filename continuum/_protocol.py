@@ -1,0 +1,138 @@
+"""Topic API v1: topic names and envelopes. docs/protocol.md is the normative text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import BadRequest
+
+__all__ = [
+    "DEFAULT_ROOT",
+    "PROTOCOL_VERSION",
+    "Request",
+    "Topics",
+    "error_reply",
+    "progress_reply",
+    "result_reply",
+]
+
+PROTOCOL_VERSION = 1
+DEFAULT_ROOT = "continuum/v1"
+
+
+def _check_level(kind: str, value: str) -> str:
+    if not value or any(c in value for c in "/+#\0"):
+        raise ValueError(f"invalid {kind} {value!r}: must be non-empty, without / + # or NUL")
+    return value
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Every topic of the protocol, under one versioned root."""
+
+    root: str = DEFAULT_ROOT
+
+    def node_call(self, node: str) -> str:
+        return f"{self.root}/node/{_check_level('node id', node)}/call"
+
+    def node_ctl(self, node: str) -> str:
+        return f"{self.root}/node/{_check_level('node id', node)}/ctl"
+
+    def node_status(self, node: str) -> str:
+        return f"{self.root}/node/{_check_level('node id', node)}/status"
+
+    @property
+    def node_status_all(self) -> str:
+        return f"{self.root}/node/+/status"
+
+    @property
+    def gateway_call(self) -> str:
+        return f"{self.root}/gateway/call"
+
+    @property
+    def gateway_status(self) -> str:
+        return f"{self.root}/gateway/status"
+
+    @property
+    def reply_prefix(self) -> str:
+        return f"{self.root}/reply/"
+
+    def reply(self, client_id: str) -> str:
+        return f"{self.root}/reply/{_check_level('client id', client_id)}"
+
+    def node_of_status(self, topic: str) -> str | None:
+        parts = topic[len(self.root) + 1 :].split("/") if topic.startswith(self.root + "/") else []
+        if len(parts) == 3 and parts[0] == "node" and parts[2] == "status":
+            return parts[1]
+        return None
+
+
+@dataclass
+class Request:
+    """A decoded request envelope (node call, node control or gateway call)."""
+
+    method: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    id: str | None = None
+    obj: str | None = None
+    timeout_ms: float | None = None
+    reply_to: str | None = None
+
+    @classmethod
+    def from_wire(cls, body: Any) -> Request:
+        if not isinstance(body, dict):
+            raise BadRequest(f"request must be a map, got {type(body).__name__}")
+        method = body.get("method")
+        if not isinstance(method, str) or not method:
+            raise BadRequest("request field 'method' must be a non-empty text string")
+        args = body.get("args", [])
+        if not isinstance(args, list):
+            raise BadRequest("request field 'args' must be an array")
+        kwargs = body.get("kwargs", {})
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            raise BadRequest("request field 'kwargs' must be a map with text keys")
+        rid = body.get("id")
+        if rid is not None and not isinstance(rid, str):
+            raise BadRequest("request field 'id' must be a text string")
+        obj = body.get("obj")
+        if obj is not None and not isinstance(obj, str):
+            raise BadRequest("request field 'obj' must be a text string")
+        timeout = body.get("timeout_ms")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float)
+        ):
+            raise BadRequest("request field 'timeout_ms' must be a number")
+        reply_to = body.get("reply_to")
+        if reply_to is not None and not isinstance(reply_to, str):
+            raise BadRequest("request field 'reply_to' must be a text string")
+        return cls(method, args, kwargs, rid, obj, timeout, reply_to)
+
+    def to_wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"method": self.method}
+        if self.id is not None:
+            body["id"] = self.id
+        if self.obj is not None:
+            body["obj"] = self.obj
+        if self.args:
+            body["args"] = self.args
+        if self.kwargs:
+            body["kwargs"] = self.kwargs
+        if self.timeout_ms is not None:
+            body["timeout_ms"] = self.timeout_ms
+        if self.reply_to is not None:
+            body["reply_to"] = self.reply_to
+        return body
+
+
+def result_reply(rid: str | None, value: Any) -> dict[str, Any]:
+    return {"id": rid, "kind": "result", "value": value}
+
+
+def progress_reply(rid: str | None, seq: int, value: Any) -> dict[str, Any]:
+    return {"id": rid, "kind": "progress", "seq": seq, "value": value}
+
+
+def error_reply(rid: str | None, error: dict[str, Any]) -> dict[str, Any]:
+    return {"id": rid, "kind": "error", "error": error}

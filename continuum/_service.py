@@ -1,0 +1,103 @@
+"""What every long-running continuum process shares: config files, logging,
+signals and systemd notifications (stdlib only)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import tomllib
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["ConfigError", "parse_args", "sd_notify", "setup_logging", "wait_for_signal"]
+
+
+class ConfigError(Exception):
+    """A config file or option is invalid; the message names the key."""
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; values from ``--config FILE`` (TOML) become defaults that
+    the command line overrides. Unknown keys are an error naming the key."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file whose keys are the long option names (dashes or underscores)",
+    )
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        try:
+            with open(pre.config, "rb") as fh:
+                data = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            parser.error(f"cannot read config {pre.config}: {exc}")
+        known = {a.dest: a for a in parser._actions}
+        defaults: dict[str, Any] = {}
+        for key, value in data.items():
+            dest = key.replace("-", "_")
+            action = known.get(dest)
+            if action is None or dest in ("help", "config"):
+                parser.error(f"config {pre.config}: unknown key {key!r}")
+            if action.type is not None and not isinstance(value, list | bool):
+                try:
+                    value = action.type(value)  # type: ignore[misc,operator]
+                except (TypeError, ValueError) as exc:
+                    parser.error(f"config {pre.config}: bad value for {key!r}: {exc}")
+            defaults[dest] = value
+        parser.set_defaults(**defaults)
+    return parser.parse_args(argv)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """One line per event; no timestamps under journald (it adds its own)."""
+    under_journald = bool(os.environ.get("JOURNAL_STREAM"))
+    fmt = (
+        "%(levelname)s %(name)s: %(message)s"
+        if under_journald
+        else ("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    )
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO), format=fmt, stream=sys.stderr
+    )
+
+
+def sd_notify(state: str) -> bool:
+    """Send a systemd notification (READY=1, WATCHDOG=1, STOPPING=1) if run under
+    systemd with a notify socket; a no-op otherwise."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(addr)
+            sock.sendall(state.encode())
+        return True
+    except OSError:
+        return False
+
+
+def wait_for_signal(watchdog: bool = True) -> int:
+    """Block until SIGTERM or SIGINT; ping the systemd watchdog meanwhile.
+    Returns the signal number."""
+    stop = threading.Event()
+    received: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+    interval = usec / 2e6 if (watchdog and usec) else None
+    while not stop.wait(interval):
+        sd_notify("WATCHDOG=1")
+    sd_notify("STOPPING=1")
+    return received[0] if received else 0

@@ -1,0 +1,207 @@
+"""The object directory: nodes, objects, aliases and placement, in SQLite (WAL)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from typing import Any
+
+import sqlite_utils
+
+from continuum._errors import AliasTaken, BadRequest, UnknownObject
+
+__all__ = ["Directory"]
+
+
+class Directory:
+    """Thread-safe; every method is one short transaction."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        conn = sqlite3.connect(path, check_same_thread=False)
+        self.db = sqlite_utils.Database(conn)
+        if path != ":memory:":
+            self.db.enable_wal()
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self._lock = threading.Lock()
+        self._create_schema()
+
+    def _create_schema(self) -> None:
+        db = self.db
+        if "nodes" not in db.table_names():
+            db["nodes"].create(
+                {"id": str, "state": str, "manifest": str, "updated": float}, pk="id"
+            )
+        if "objects" not in db.table_names():
+            db["objects"].create({"id": str, "class": str, "node": str, "created": float}, pk="id")
+            db["objects"].create_index(["node"])
+            db["objects"].create_index(["class"])
+        if "aliases" not in db.table_names():
+            db["aliases"].create(
+                {"alias": str, "object": str},
+                pk="alias",
+                foreign_keys=[("object", "objects", "id")],
+            )
+            db["aliases"].create_index(["object"])
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- nodes -------------------------------------------------------------------
+    def node_status(self, node: str, status: dict[str, Any]) -> None:
+        state = "online" if status.get("state") == "online" else "offline"
+        with self._lock:
+            existing = self.db["nodes"].count_where("id = ?", [node])
+            record: dict[str, Any] = {"id": node, "state": state, "updated": time.time()}
+            if state == "online" or not existing:
+                record["manifest"] = json.dumps(status)
+            self.db["nodes"].upsert(record, pk="id")
+
+    def forget_node(self, node: str) -> None:
+        with self._lock:
+            self.db["nodes"].delete_where("id = ?", [node])
+
+    def nodes(self) -> list[dict[str, Any]]:
+        with self._lock:
+            counts = {
+                r["node"]: r["n"]
+                for r in self.db.query("select node, count(*) as n from objects group by node")
+            }
+            rows = list(self.db["nodes"].rows_where(order_by="id"))
+        out = []
+        for r in rows:
+            manifest = json.loads(r["manifest"] or "{}")
+            out.append(
+                {
+                    "id": r["id"],
+                    "state": r["state"],
+                    "since": r["updated"],
+                    "classes": sorted(manifest.get("classes", {})),
+                    "objects": counts.get(r["id"], 0),
+                    "host": manifest.get("host"),
+                    "pid": manifest.get("pid"),
+                }
+            )
+        return out
+
+    def node_state(self, node: str) -> str:
+        with self._lock:
+            row = next(self.db["nodes"].rows_where("id = ?", [node]), None)
+        return row["state"] if row else "unknown"
+
+    def classes(self) -> dict[str, Any]:
+        """Classes of live nodes, with their methods and the nodes hosting them."""
+        with self._lock:
+            rows = list(self.db["nodes"].rows_where("state = 'online'", order_by="id"))
+        out: dict[str, Any] = {}
+        for r in rows:
+            for path, desc in json.loads(r["manifest"] or "{}").get("classes", {}).items():
+                entry = out.setdefault(path, {**desc, "nodes": []})
+                entry["nodes"].append(r["id"])
+        return out
+
+    def place(self, cls: str, node: str | None) -> str | None:
+        """A live node hosting ``cls``: ``node`` if given and suitable, else the
+        least loaded one. None if there is none."""
+        with self._lock:
+            rows = list(self.db["nodes"].rows_where("state = 'online'"))
+            counts = {
+                r["node"]: r["n"]
+                for r in self.db.query("select node, count(*) as n from objects group by node")
+            }
+        hosting = [
+            r["id"] for r in rows if cls in json.loads(r["manifest"] or "{}").get("classes", {})
+        ]
+        if node is not None:
+            return node if node in hosting else None
+        if not hosting:
+            return None
+        return min(hosting, key=lambda n: (counts.get(n, 0), n))
+
+    # -- objects -------------------------------------------------------------------
+    def add_object(self, oid: str, cls: str, node: str, alias: str | None) -> dict[str, Any]:
+        with self._lock:
+            if alias is not None:
+                self._check_alias_free(alias, oid)
+            self.db["objects"].insert(
+                {"id": oid, "class": cls, "node": node, "created": time.time()}, pk="id"
+            )
+            if alias is not None:
+                self.db["aliases"].insert({"alias": alias, "object": oid}, pk="alias")
+        return self.resolve(oid)
+
+    def _check_alias_free(self, alias: str, oid: str) -> None:
+        if not isinstance(alias, str) or not alias:
+            raise BadRequest("an alias is a non-empty text string")
+        row = next(self.db["aliases"].rows_where("alias = ?", [alias]), None)
+        if row is not None and row["object"] != oid:
+            raise AliasTaken(f"alias {alias!r} already names object {row['object']}", alias=alias)
+
+    def resolve(self, ref: str) -> dict[str, Any]:
+        if not isinstance(ref, str):
+            raise BadRequest("ref must be a text string")
+        with self._lock:
+            row = next(self.db["objects"].rows_where("id = ?", [ref]), None)
+            if row is None:
+                alias = next(self.db["aliases"].rows_where("alias = ?", [ref]), None)
+                if alias is not None:
+                    row = next(self.db["objects"].rows_where("id = ?", [alias["object"]]), None)
+            if row is None:
+                raise UnknownObject(f"no object with id or alias {ref!r}", ref=ref)
+            aliases = [
+                a["alias"]
+                for a in self.db["aliases"].rows_where("object = ?", [row["id"]], order_by="alias")
+            ]
+            node = next(self.db["nodes"].rows_where("id = ?", [row["node"]]), None)
+        return {
+            "id": row["id"],
+            "class": row["class"],
+            "node": row["node"],
+            "node_state": node["state"] if node else "unknown",
+            "aliases": aliases,
+        }
+
+    def set_alias(self, ref: str, name: str) -> dict[str, Any]:
+        oid = self.resolve(ref)["id"]
+        with self._lock:
+            self._check_alias_free(name, oid)
+            self.db["aliases"].upsert({"alias": name, "object": oid}, pk="alias")
+        return self.resolve(oid)
+
+    def remove_alias(self, name: str) -> None:
+        with self._lock:
+            self.db["aliases"].delete_where("alias = ?", [name])
+
+    def delete_object(self, oid: str) -> None:
+        with self._lock:
+            self.db["aliases"].delete_where("object = ?", [oid])
+            self.db["objects"].delete_where("id = ?", [oid])
+
+    def objects(self, cls: str | None = None, node: str | None = None) -> list[dict[str, Any]]:
+        where, params = [], []
+        if cls is not None:
+            where.append("o.class = ?")
+            params.append(cls)
+        if node is not None:
+            where.append("o.node = ?")
+            params.append(node)
+        sql = (
+            "select o.id, o.class, o.node, o.created, group_concat(a.alias) as aliases "
+            "from objects o left join aliases a on a.object = o.id "
+            + ("where " + " and ".join(where) + " " if where else "")
+            + "group by o.id order by o.created"
+        )
+        with self._lock:
+            rows = list(self.db.query(sql, params))
+        return [
+            {
+                "id": r["id"],
+                "class": r["class"],
+                "node": r["node"],
+                "created": r["created"],
+                "aliases": sorted(r["aliases"].split(",")) if r["aliases"] else [],
+            }
+            for r in rows
+        ]

@@ -1,0 +1,221 @@
+"""The gateway: the object directory service, and node liveness from retained
+status messages and last wills. It is on the path of directory operations
+(create, resolve, alias, delete, listings) only, never of calls."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from continuum._client import Requester
+from continuum._codec import decode, encode
+from continuum._errors import (
+    BadRequest,
+    ContinuumError,
+    NoNodeAvailable,
+    ObjectNotHere,
+    UnknownClass,
+    UnknownMethod,
+)
+from continuum._invoke import bind_arguments, remote_error
+from continuum._mqtt import BrokerURL, Connection, Message
+from continuum._protocol import DEFAULT_ROOT, PROTOCOL_VERSION, Request, Topics
+from continuum._server import ReplyChannel, accept
+
+from ._directory import Directory
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger("continuum.gateway")
+
+
+class Gateway:
+    def __init__(
+        self,
+        broker: BrokerURL,
+        db_path: str,
+        *,
+        gateway_id: str = "gateway",
+        root: str = DEFAULT_ROOT,
+        workers: int = 4,
+        max_payload: int = 1024 * 1024,
+        node_timeout: float = 30.0,
+    ) -> None:
+        self.topics = Topics(root)
+        self.directory = Directory(db_path)
+        self.max_payload = max_payload
+        self.node_timeout = node_timeout
+        self.gateway_id = gateway_id
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="continuum-gateway")
+        # Status updates are applied in arrival order, one at a time.
+        self._status_pool = ThreadPoolExecutor(1, thread_name_prefix="continuum-gateway-status")
+        self.requester = Requester(self.topics, f"gw-{gateway_id}")
+        self.conn = Connection(
+            broker,
+            client_id=f"gw-{gateway_id}",
+            on_message=self._on_message,
+            subscriptions={
+                self.topics.gateway_call: 1,
+                self.topics.node_status_all: 1,
+                self.requester.reply_topic: 1,
+            },
+            will=(self.topics.gateway_status, encode({"state": "offline"}), True),
+            on_connected=self._publish_status,
+        )
+        self._methods = {
+            "create": self.create,
+            "resolve": self.resolve,
+            "alias": self.alias,
+            "unalias": self.unalias,
+            "delete": self.delete,
+            "nodes": self.nodes,
+            "classes": self.classes,
+            "objects": self.objects,
+        }
+
+    def start(self) -> None:
+        self.requester.start(self.conn)
+        self.conn.start()
+        log.info(
+            "gateway %s on %s, directory %s", self.gateway_id, self.conn.broker, self.directory.path
+        )
+
+    def stop(self) -> None:
+        try:
+            self.conn.publish(
+                self.topics.gateway_status, encode({"state": "offline"}), retain=True
+            ).wait_for_publish(2)
+        except (RuntimeError, ValueError):
+            pass
+        self.requester.stop()
+        self.conn.stop()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._status_pool.shutdown(wait=True)
+        self.directory.close()
+
+    def _publish_status(self) -> None:
+        self.conn.publish(
+            self.topics.gateway_status,
+            encode({"state": "online", "protocol": PROTOCOL_VERSION, "started": time.time()}),
+            retain=True,
+        )
+
+    # -- network thread ----------------------------------------------------------
+    def _on_message(self, msg: Message) -> None:
+        topic = msg.topic
+        if topic == self.requester.reply_topic:
+            self.requester.on_reply(msg)
+            return
+        node = self.topics.node_of_status(topic)
+        if node is not None:
+            self._status_pool.submit(self._node_status, node, msg.payload)
+            return
+        if topic == self.topics.gateway_call:
+            req, chan = accept(msg, self.conn, self.topics, self.max_payload, self.max_payload)
+            if req is not None:
+                self._pool.submit(self._serve, req, chan)
+
+    def _node_status(self, node: str, payload: bytes) -> None:
+        if not payload:  # retained status cleared
+            self.directory.forget_node(node)
+            return
+        try:
+            status = decode(payload)
+            if not isinstance(status, dict):
+                raise BadRequest("status must be a map")
+        except ContinuumError as exc:
+            log.warning("ignoring malformed status of node %s: %s", node, exc)
+            return
+        self.directory.node_status(node, status)
+        log.info("node %s is %s", node, "online" if status.get("state") == "online" else "offline")
+
+    def _serve(self, req: Request, chan: ReplyChannel) -> None:
+        try:
+            fn = self._methods.get(req.method)
+            if fn is None:
+                raise UnknownMethod(f"the gateway has no method {req.method!r}", method=req.method)
+            if any(k.startswith("_") for k in req.kwargs):
+                raise BadRequest("argument names starting with '_' are reserved")
+            bind_arguments(fn, req.args, req.kwargs, f"gateway {req.method}")
+            if req.method in ("create", "delete"):
+                req.kwargs["_deadline"] = chan.deadline
+            chan.result(fn(*req.args, **req.kwargs))
+        except ContinuumError as exc:
+            chan.error(exc)
+        except Exception as exc:
+            log.exception("gateway %s failed", req.method)
+            chan.error(remote_error(exc))
+
+    # -- directory methods ---------------------------------------------------------
+    def _node_call(
+        self, node: str, method: str, kwargs: dict[str, Any], deadline: float | None
+    ) -> Any:
+        timeout = self.node_timeout
+        if deadline is not None:
+            timeout = max(0.05, min(timeout, deadline - time.monotonic()))
+        req = Request(method, [], kwargs)
+        return self.requester.send(self.topics.node_ctl(node), req, timeout).result()
+
+    def create(
+        self,
+        cls: str,
+        args: list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        node: str | None = None,
+        alias: str | None = None,
+        _deadline: float | None = None,
+    ) -> dict[str, Any]:
+        if not isinstance(cls, str) or not cls:
+            raise BadRequest("create: 'cls' must be a class path")
+        target = self.directory.place(cls, node)
+        if target is None:
+            if node is not None:
+                state = self.directory.node_state(node)
+                if state != "online":
+                    raise NoNodeAvailable(f"node {node!r} is {state}", node=node)
+                raise UnknownClass(f"node {node!r} does not host class {cls!r}", cls=cls)
+            raise NoNodeAvailable(f"no live node hosts class {cls!r}", cls=cls)
+        if alias is not None:
+            self.directory._check_alias_free(alias, "")
+        oid = uuid.uuid4().hex
+        self._node_call(
+            target,
+            "create",
+            {"obj": oid, "cls": cls, "args": args or [], "kwargs": kwargs or {}},
+            _deadline,
+        )
+        info = self.directory.add_object(oid, cls, target, alias)
+        log.info("created %s %s on %s%s", cls, oid, target, f" as {alias!r}" if alias else "")
+        return info
+
+    def resolve(self, ref: str) -> dict[str, Any]:
+        return self.directory.resolve(ref)
+
+    def alias(self, ref: str, name: str) -> dict[str, Any]:
+        return self.directory.set_alias(ref, name)
+
+    def unalias(self, name: str) -> None:
+        self.directory.remove_alias(name)
+
+    def delete(self, ref: str, _deadline: float | None = None) -> dict[str, Any]:
+        info = self.directory.resolve(ref)
+        if info["node_state"] == "online":
+            try:
+                self._node_call(info["node"], "delete", {"obj": info["id"]}, _deadline)
+            except ObjectNotHere:
+                pass
+        self.directory.delete_object(info["id"])
+        log.info("deleted %s %s", info["class"], info["id"])
+        return {"id": info["id"], "deleted": True}
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return self.directory.nodes()
+
+    def classes(self) -> dict[str, Any]:
+        return self.directory.classes()
+
+    def objects(self, cls: str | None = None, node: str | None = None) -> list[dict[str, Any]]:
+        return self.directory.objects(cls, node)
