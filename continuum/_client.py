@@ -17,8 +17,6 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import Any
 
-from paho.mqtt.properties import Properties
-
 from ._codec import decode, encode, is_json
 from ._errors import (
     ContinuumError,
@@ -78,7 +76,6 @@ class Requester:
         self._prefix = client_id + ":"
         self._heap: list[tuple[float, str]] = []
         self._cond = threading.Condition()
-        self._props: dict[int, Properties | None] = {}
         self._reaper: threading.Thread | None = None
         self._closing = False
 
@@ -149,13 +146,11 @@ class Requester:
 
     def publish(self, p: _Pending, topic: str) -> None:
         p.topic = topic
-        remaining = p.deadline - time.monotonic()
-        expiry = max(1, int(remaining + 0.999))
-        props = self._props.get(expiry)
-        if props is None:
-            props = self._props[expiry] = publish_properties(
-                response_topic=self.reply_topic, expiry=expiry
-            )
+        props = publish_properties(
+            response_topic=self.reply_topic,
+            correlation=p.rid.encode(),
+            expiry=p.deadline - time.monotonic(),
+        )
         conn = self.conn
         if conn is None:
             self._fail(p.rid, NotConnected("client closed"))
@@ -168,11 +163,14 @@ class Requester:
         ctype = getattr(props, "ContentType", None) if props else None
         try:
             body = decode(msg.payload, is_json(msg.payload, ctype))
-            rid = body["id"]
+            rid = body.get("id")
             kind = body["kind"]
-        except (ContinuumError, KeyError, TypeError) as exc:
+        except (ContinuumError, KeyError, TypeError, AttributeError) as exc:
             log.warning("ignoring a malformed reply on %s: %s", msg.topic, exc)
             return
+        if rid is None:  # a request the node could not decode: only the property names it
+            corr = getattr(props, "CorrelationData", None) if props else None
+            rid = corr.decode(errors="replace") if isinstance(corr, bytes) else None
         p = self._pending.get(rid) if isinstance(rid, str) else None
         if p is None:
             return  # a late reply for a call that already timed out
@@ -188,10 +186,10 @@ class Requester:
             if not p.future.done():
                 p.future.set_result(body.get("value"))
             return
-        exc = error_from_envelope(body.get("error"))
-        if p.retry is not None and p.retry(p, exc):
+        err = error_from_envelope(body.get("error"))
+        if p.retry is not None and p.retry(p, err):
             return
-        self._fail(rid, exc)
+        self._fail(rid, err)
 
     def _fail(self, rid: str, exc: BaseException) -> None:
         p = self._pending.pop(rid, None)
@@ -324,7 +322,7 @@ class ClassStub:
         return proxy
 
     def objects(self) -> list[dict[str, Any]]:
-        return self._backend.objects(cls=self.class_path)  # type: ignore[no-any-return]
+        return self._backend.objects(cls=self.class_path)
 
     def __repr__(self) -> str:
         return f"<ClassStub {self.class_path}>"
@@ -359,15 +357,15 @@ class _Directory:
 
     def nodes(self) -> list[dict[str, Any]]:
         """Every node the directory knows, with its state and classes."""
-        return self._gateway("nodes")  # type: ignore[no-any-return]
+        return self._gateway("nodes")
 
     def classes(self) -> dict[str, Any]:
         """Classes hosted by live nodes, with their active methods."""
-        return self._gateway("classes")  # type: ignore[no-any-return]
+        return self._gateway("classes")
 
     def objects(self, cls: str | None = None, node: str | None = None) -> list[dict[str, Any]]:
         """Objects in the directory, optionally of one class or on one node."""
-        return self._gateway("objects", cls=cls, node=node)  # type: ignore[no-any-return]
+        return self._gateway("objects", cls=cls, node=node)
 
 
 class Client(_Directory):
@@ -493,7 +491,7 @@ class Client(_Directory):
     def _resolve(self, oid: str) -> str:
         info = self._gateway("resolve", ref=oid)
         self._locations[oid] = info["node"]
-        return info["node"]  # type: ignore[no-any-return]
+        return info["node"]
 
     def _retry_elsewhere(self, p: _Pending, exc: ContinuumError) -> bool:
         """On ``object_not_here``, re-resolve through the gateway (once) and resend."""

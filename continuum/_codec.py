@@ -33,7 +33,7 @@ def _keep_tag(tag: int) -> Any:
 _SEMANTIC_OVERRIDES = {35: _keep_tag(35), 36: _keep_tag(36)}
 
 
-def is_json(payload: bytes, content_type: str | None) -> bool:
+def is_json(payload: bytes | bytearray, content_type: str | None) -> bool:
     """JSON when the Content Type says so, or when a payload without one starts with
     ``{`` (a CBOR request is a map, whose first byte is never ``{``)."""
     if content_type:
@@ -41,7 +41,7 @@ def is_json(payload: bytes, content_type: str | None) -> bool:
     return payload[:1] == b"{"
 
 
-def decode(payload: bytes, json_payload: bool = False) -> Any:
+def decode(payload: bytes | bytearray, json_payload: bool = False) -> Any:
     try:
         if json_payload:
             return json.loads(payload)

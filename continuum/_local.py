@@ -48,7 +48,9 @@ class LocalClient(_Directory):
     the application code installed; a remote :class:`Client` never does.
     """
 
-    def __init__(self, *, timeout: float = 30.0, workers: int = 8) -> None:
+    def __init__(self, *, timeout: float = 30.0, workers: int = 8, **remote_options: Any) -> None:
+        # Options that only mean something remotely (broker, root, qos...) are
+        # accepted and ignored, so the same code runs in both modes.
         self.timeout = timeout
         self._workers = workers
         self._objects: dict[str, _Local] = {}

@@ -45,7 +45,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
                 parser.error(f"config {pre.config}: unknown key {key!r}")
             if action.type is not None and not isinstance(value, list | bool):
                 try:
-                    value = action.type(value)  # type: ignore[misc,operator]
+                    value = action.type(value)  # type: ignore[operator]
                 except (TypeError, ValueError) as exc:
                     parser.error(f"config {pre.config}: bad value for {key!r}: {exc}")
             defaults[dest] = value

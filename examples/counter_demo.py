@@ -2,6 +2,7 @@
 
     python -m examples.counter_demo local:                 # no broker, in-process
     python -m examples.counter_demo mqtt://127.0.0.1:1883  # offloaded to a node
+    python -m examples.counter_demo URL ROOT               # under another topic root
 
 The code is the same both ways; that is the point.
 """
@@ -13,10 +14,10 @@ import sys
 import continuum
 
 
-def main(url: str) -> list[int]:
-    with continuum.connect(url) as client:
+def main(url: str, root: str = continuum.DEFAULT_ROOT) -> list[int]:
+    with continuum.connect(url, root=root) as client:
         Counter = client.stub("examples.counter.Counter")
-        c = Counter.create(start=10, alias=None)
+        c = Counter.create(start=10)
         out = [c.add(5), c.add()]
         steps: list[dict[str, int]] = []
         out.append(c.count_to.options(on_progress=steps.append)(3))
@@ -29,4 +30,4 @@ def main(url: str) -> list[int]:
 
 
 if __name__ == "__main__":
-    print(main(sys.argv[1] if len(sys.argv) > 1 else "local:"))
+    print(main(*sys.argv[1:3]) if len(sys.argv) > 1 else main("local:"))

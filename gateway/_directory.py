@@ -31,20 +31,22 @@ class Directory:
     def _create_schema(self) -> None:
         db = self.db
         if "nodes" not in db.table_names():
-            db["nodes"].create(
+            db.table("nodes").create(
                 {"id": str, "state": str, "manifest": str, "updated": float}, pk="id"
             )
         if "objects" not in db.table_names():
-            db["objects"].create({"id": str, "class": str, "node": str, "created": float}, pk="id")
-            db["objects"].create_index(["node"])
-            db["objects"].create_index(["class"])
+            db.table("objects").create(
+                {"id": str, "class": str, "node": str, "created": float}, pk="id"
+            )
+            db.table("objects").create_index(["node"])
+            db.table("objects").create_index(["class"])
         if "aliases" not in db.table_names():
-            db["aliases"].create(
+            db.table("aliases").create(
                 {"alias": str, "object": str},
                 pk="alias",
                 foreign_keys=[("object", "objects", "id")],
             )
-            db["aliases"].create_index(["object"])
+            db.table("aliases").create_index(["object"])
 
     def close(self) -> None:
         self.db.close()
@@ -53,15 +55,15 @@ class Directory:
     def node_status(self, node: str, status: dict[str, Any]) -> None:
         state = "online" if status.get("state") == "online" else "offline"
         with self._lock:
-            existing = self.db["nodes"].count_where("id = ?", [node])
+            existing = self.db.table("nodes").count_where("id = ?", [node])
             record: dict[str, Any] = {"id": node, "state": state, "updated": time.time()}
             if state == "online" or not existing:
                 record["manifest"] = json.dumps(status)
-            self.db["nodes"].upsert(record, pk="id")
+            self.db.table("nodes").upsert(record, pk="id")
 
     def forget_node(self, node: str) -> None:
         with self._lock:
-            self.db["nodes"].delete_where("id = ?", [node])
+            self.db.table("nodes").delete_where("id = ?", [node])
 
     def nodes(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -69,7 +71,7 @@ class Directory:
                 r["node"]: r["n"]
                 for r in self.db.query("select node, count(*) as n from objects group by node")
             }
-            rows = list(self.db["nodes"].rows_where(order_by="id"))
+            rows = list(self.db.table("nodes").rows_where(order_by="id"))
         out = []
         for r in rows:
             manifest = json.loads(r["manifest"] or "{}")
@@ -88,13 +90,13 @@ class Directory:
 
     def node_state(self, node: str) -> str:
         with self._lock:
-            row = next(self.db["nodes"].rows_where("id = ?", [node]), None)
+            row = next(self.db.table("nodes").rows_where("id = ?", [node]), None)
         return row["state"] if row else "unknown"
 
     def classes(self) -> dict[str, Any]:
         """Classes of live nodes, with their methods and the nodes hosting them."""
         with self._lock:
-            rows = list(self.db["nodes"].rows_where("state = 'online'", order_by="id"))
+            rows = list(self.db.table("nodes").rows_where("state = 'online'", order_by="id"))
         out: dict[str, Any] = {}
         for r in rows:
             for path, desc in json.loads(r["manifest"] or "{}").get("classes", {}).items():
@@ -106,7 +108,7 @@ class Directory:
         """A live node hosting ``cls``: ``node`` if given and suitable, else the
         least loaded one. None if there is none."""
         with self._lock:
-            rows = list(self.db["nodes"].rows_where("state = 'online'"))
+            rows = list(self.db.table("nodes").rows_where("state = 'online'"))
             counts = {
                 r["node"]: r["n"]
                 for r in self.db.query("select node, count(*) as n from objects group by node")
@@ -125,17 +127,17 @@ class Directory:
         with self._lock:
             if alias is not None:
                 self._check_alias_free(alias, oid)
-            self.db["objects"].insert(
+            self.db.table("objects").insert(
                 {"id": oid, "class": cls, "node": node, "created": time.time()}, pk="id"
             )
             if alias is not None:
-                self.db["aliases"].insert({"alias": alias, "object": oid}, pk="alias")
+                self.db.table("aliases").insert({"alias": alias, "object": oid}, pk="alias")
         return self.resolve(oid)
 
     def _check_alias_free(self, alias: str, oid: str) -> None:
         if not isinstance(alias, str) or not alias:
             raise BadRequest("an alias is a non-empty text string")
-        row = next(self.db["aliases"].rows_where("alias = ?", [alias]), None)
+        row = next(self.db.table("aliases").rows_where("alias = ?", [alias]), None)
         if row is not None and row["object"] != oid:
             raise AliasTaken(f"alias {alias!r} already names object {row['object']}", alias=alias)
 
@@ -143,18 +145,22 @@ class Directory:
         if not isinstance(ref, str):
             raise BadRequest("ref must be a text string")
         with self._lock:
-            row = next(self.db["objects"].rows_where("id = ?", [ref]), None)
+            row = next(self.db.table("objects").rows_where("id = ?", [ref]), None)
             if row is None:
-                alias = next(self.db["aliases"].rows_where("alias = ?", [ref]), None)
+                alias = next(self.db.table("aliases").rows_where("alias = ?", [ref]), None)
                 if alias is not None:
-                    row = next(self.db["objects"].rows_where("id = ?", [alias["object"]]), None)
+                    row = next(
+                        self.db.table("objects").rows_where("id = ?", [alias["object"]]), None
+                    )
             if row is None:
                 raise UnknownObject(f"no object with id or alias {ref!r}", ref=ref)
             aliases = [
                 a["alias"]
-                for a in self.db["aliases"].rows_where("object = ?", [row["id"]], order_by="alias")
+                for a in self.db.table("aliases").rows_where(
+                    "object = ?", [row["id"]], order_by="alias"
+                )
             ]
-            node = next(self.db["nodes"].rows_where("id = ?", [row["node"]]), None)
+            node = next(self.db.table("nodes").rows_where("id = ?", [row["node"]]), None)
         return {
             "id": row["id"],
             "class": row["class"],
@@ -167,17 +173,17 @@ class Directory:
         oid = self.resolve(ref)["id"]
         with self._lock:
             self._check_alias_free(name, oid)
-            self.db["aliases"].upsert({"alias": name, "object": oid}, pk="alias")
+            self.db.table("aliases").upsert({"alias": name, "object": oid}, pk="alias")
         return self.resolve(oid)
 
     def remove_alias(self, name: str) -> None:
         with self._lock:
-            self.db["aliases"].delete_where("alias = ?", [name])
+            self.db.table("aliases").delete_where("alias = ?", [name])
 
     def delete_object(self, oid: str) -> None:
         with self._lock:
-            self.db["aliases"].delete_where("object = ?", [oid])
-            self.db["objects"].delete_where("id = ?", [oid])
+            self.db.table("aliases").delete_where("object = ?", [oid])
+            self.db.table("objects").delete_where("id = ?", [oid])
 
     def objects(self, cls: str | None = None, node: str | None = None) -> list[dict[str, Any]]:
         where, params = [], []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -65,7 +66,7 @@ class Gateway:
             will=(self.topics.gateway_status, encode({"state": "offline"}), True),
             on_connected=self._publish_status,
         )
-        self._methods = {
+        self._methods: dict[str, Callable[..., Any]] = {
             "create": self.create,
             "resolve": self.resolve,
             "alias": self.alias,
@@ -111,7 +112,7 @@ class Gateway:
             return
         node = self.topics.node_of_status(topic)
         if node is not None:
-            self._status_pool.submit(self._node_status, node, msg.payload)
+            self._status_pool.submit(self._node_status, node, bytes(msg.payload))
             return
         if topic == self.topics.gateway_call:
             req, chan = accept(msg, self.conn, self.topics, self.max_payload, self.max_payload)

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench.calls`` (call latency, throughput, start-up)."""

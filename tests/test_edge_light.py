@@ -1,0 +1,81 @@
+"""The edge side never imports torch, numpy, pandas or cloudpickle."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from ._cluster import REPO, Cluster
+
+HEAVY = ("torch", "numpy", "pandas", "cloudpickle")
+
+GUARD = textwrap.dedent(
+    f"""
+    import sys
+    class Forbid:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {HEAVY!r}:
+                raise ImportError("edge code imported " + name)
+            return None
+    sys.meta_path.insert(0, Forbid())
+    """
+)
+
+
+def run(script: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", GUARD + textwrap.dedent(script)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_edge_client_end_to_end_stays_light(cluster: Cluster) -> None:
+    out = run(
+        f"""
+        import continuum, edgeagent, edgeagent.__main__
+        with continuum.Client({cluster.url!r}, root={cluster.root!r}) as c:
+            Counter = c.stub("examples.counter.Counter")
+            obj = Counter.create(start=1, alias="edge")
+            assert c.get("edge").add(2) == 3
+            steps = []
+            assert obj.count_to.options(on_progress=steps.append)(3) == 6 and len(steps) == 3
+            assert obj.add.future(1).result() == 7
+            c.nodes(); c.classes(); c.objects()
+            c.delete(obj)
+        loaded = [m for m in {HEAVY!r} if m in sys.modules]
+        assert "examples.counter" not in sys.modules, "the class module was imported"
+        print("heavy:", loaded)
+        """
+    )
+    assert out.strip() == "heavy: []"
+
+
+def test_edgeagent_call_cli(cluster: Cluster) -> None:
+    with cluster.client() as c:
+        c.stub("examples.counter.Counter").create(start=1, alias="cli")
+    out = subprocess.run(
+        [sys.executable, "-m", "edgeagent", "--broker", cluster.url, "--root", cluster.root,
+         "call", "cli", "add", "[41]"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "42"
+    bad = subprocess.run(
+        [sys.executable, "-m", "edgeagent", "--broker", cluster.url, "--root", cluster.root,
+         "call", "cli", "reset"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 1 and "method_not_active" in bad.stderr
+
+
+def test_importing_the_edge_side_is_light() -> None:
+    out = run(
+        f"""
+        import continuum, continuum._client, continuum._local, edgeagent, edgeagent.__main__
+        print([m for m in {HEAVY!r} if m in sys.modules])
+        """
+    )
+    assert out.strip() == "[]"

@@ -1,0 +1,133 @@
+"""Unit tests of the pieces that need no broker."""
+
+from __future__ import annotations
+
+import cbor2
+import pytest
+
+import continuum
+from continuum._codec import decode, encode, is_json
+from continuum._model import active_methods
+from continuum._mqtt import BrokerURL, publish_properties
+from continuum._protocol import Request, Topics
+
+
+def test_active_bare_and_with_arguments() -> None:
+    class A(continuum.ActiveObject):
+        @continuum.active
+        def a(self) -> int:
+            return 1
+
+        @continuum.active(readonly=True, timeout=5)
+        def b(self) -> int:
+            return 2
+
+        def c(self) -> int:
+            return 3
+
+    assert set(A.__active_methods__) == {"a", "b"}
+    assert A.__active_methods__["b"] == continuum.ActiveSpec(readonly=True, timeout=5)
+    assert A().a() == 1 and A().b() == 2  # plain methods locally
+
+    class B(A):
+        @continuum.active
+        def d(self) -> None: ...
+
+    assert set(active_methods(B)) == {"a", "b", "d"}
+
+
+def test_active_refuses_private_names() -> None:
+    with pytest.raises(TypeError):
+
+        class Bad(continuum.ActiveObject):
+            @continuum.active
+            def _hidden(self) -> None: ...
+
+
+def test_progress_is_a_noop_outside_a_call() -> None:
+    continuum.progress({"step": 1})
+
+
+def test_codec_rejects_and_never_compiles_regex() -> None:
+    tagged = cbor2.dumps(cbor2.CBORTag(35, "(a+)+$"))
+    assert decode(tagged) == cbor2.CBORTag(35, "(a+)+$")
+    with pytest.raises(continuum.BadRequest):
+        decode(b"\x81" * 1000 + b"\x00")
+    with pytest.raises(continuum.BadRequest):
+        decode(b"\xff")
+    with pytest.raises(continuum.UnencodableResult):
+        encode(object())
+    with pytest.raises(continuum.UnencodableResult):
+        encode(b"bytes", json_payload=True)
+
+
+def test_json_detection() -> None:
+    assert is_json(b"{}", None)
+    assert is_json(b"[]", "application/json; charset=utf-8")
+    assert not is_json(cbor2.dumps({"a": 1}), None)
+    assert not is_json(b"{", "application/cbor")
+
+
+def test_broker_url() -> None:
+    u = BrokerURL.parse("mqtts://dev%40a:s3cret@broker.example:8884")
+    assert (u.host, u.port, u.tls, u.username, u.password) == (
+        "broker.example",
+        8884,
+        True,
+        "dev@a",
+        "s3cret",
+    )
+    assert BrokerURL.parse("localhost").port == 1883
+    assert "s3cret" not in str(u)
+    with pytest.raises(ValueError):
+        BrokerURL.parse("http://x")
+
+
+def test_prepacked_properties_match_paho() -> None:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    ref = Properties(PacketTypes.PUBLISH)
+    ref.MessageExpiryInterval = 3
+    ref.ContentType = "application/json"
+    ref.ResponseTopic = "r/é"
+    ref.CorrelationData = b"\x00\x01" * 100
+    ours = publish_properties(
+        response_topic="r/é",
+        correlation=b"\x00\x01" * 100,
+        content_type="application/json",
+        expiry=2.5,
+    )
+    assert ours is not None and ours.pack() == ref.pack()
+    assert ours.ResponseTopic == "r/é"
+
+
+def test_topics_refuse_wildcards() -> None:
+    t = Topics("continuum/v1")
+    assert t.node_call("n1") == "continuum/v1/node/n1/call"
+    assert t.node_of_status("continuum/v1/node/n7/status") == "n7"
+    for bad in ("a/b", "+", "#", ""):
+        with pytest.raises(ValueError):
+            t.node_call(bad)
+
+
+def test_request_roundtrip() -> None:
+    req = Request("add", [1], {"x": 2}, id="7", obj="o", timeout_ms=100)
+    assert Request.from_wire(decode(encode(req.to_wire()))) == req
+
+
+def test_local_mode_validates_like_a_node() -> None:
+    with continuum.connect("local:") as c:
+        obj = c.stub("examples.counter.Counter").create(start=1, alias="l")
+        assert c.get("l").add(1) == 2
+        with pytest.raises(continuum.MethodNotActive):
+            obj.reset()
+        with pytest.raises(continuum.BadArguments):
+            obj.add(1, 2)
+        with pytest.raises(continuum.RemoteError):
+            obj.fail()
+        with pytest.raises(continuum.UnencodableResult):
+            obj.unencodable()
+        with pytest.raises(continuum.UnknownClass):
+            c.stub("os.system").create()
+        assert obj.echo(b"\x00") == b"\x00"
