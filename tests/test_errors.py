@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -195,9 +196,9 @@ def test_payload_over_the_limit(bare_cluster: Cluster, raw: Raw | None = None) -
             obj.echo(b"x" * 100_000)
         assert info.value.data["limit"] == 65536
         assert obj.echo(b"x" * 60_000) == b"x" * 60_000
-    with cluster.client(max_payload=1000) as c:  # the client checks before publishing
-        with pytest.raises(continuum.PayloadTooLarge, match="client limit"):
-            c.get(obj._id).echo(b"x" * 2000)
+    # the client checks before publishing
+    with cluster.client(max_payload=1000) as c, pytest.raises(continuum.PayloadTooLarge, match="client limit"):
+        c.get(obj._id).echo(b"x" * 2000)
     still_serving(cluster)
 
 
@@ -237,15 +238,14 @@ def test_bad_envelope_fields(cluster: Cluster, raw: Raw) -> None:
 def test_reply_topic_outside_the_reply_tree_is_never_used(cluster: Cluster, raw: Raw) -> None:
     """A request cannot make the node publish on an arbitrary topic."""
     seen: list[str] = []
+    raw.c.on_message = lambda c, u, m: None if m.retain else seen.append(m.topic)
     raw.c.subscribe(cluster.root + "/#", 0)
-    raw.c.on_message = lambda c, u, m: seen.append(m.topic)
+    time.sleep(0.2)
     p = Properties(PacketTypes.PUBLISH)
     p.ResponseTopic = cluster.root + "/node/n1/status"
     raw.c.publish(
         cluster.topics.node_call("n1"), cbor2.dumps({"method": "add", "obj": "x"}), 1, properties=p
     )
-    import time
-
     time.sleep(0.5)
     assert seen == [cluster.topics.node_call("n1")]
     still_serving(cluster)

@@ -1,0 +1,59 @@
+"""The node-side LSTM forecaster of the reference paper, as an active class.
+
+``cloudnode.forecast.Forecaster`` holds one device's CPU/MEM utilisation series
+and the model trained on it, so training runs next to the data (the paper's
+offloaded workload). :func:`train_local` runs the very same training code in one
+process, for a local baseline that is bit-identical for a seed on CPU.
+
+Model and data (paper, Sections 4.1.1-4.1.2): ``LSTM(2 -> 64)`` + ``Linear(64 -> 2)``
+on the last step; look-back 6, batch 64, Adam lr 1e-3, MSE, 100 epochs;
+chronological 80/20 split, min-max scaling fitted on the training part, windows
+built on each part separately (1,585 / 392 windows on ``node_3_utilisation.csv``).
+
+Threads
+-------
+Importing this package changes no global setting. A node calls
+:func:`configure_torch_threads` once at start-up. Measured on the 2-core
+development box (torch 2.13 CPU build, OpenMP backend, node_3, 100 epochs,
+seed 0, the same weights in every case):
+
+* 1 thread: 3.7 s on an idle box;
+* 2 threads: no faster on an idle box, and 20x slower (84 s against 3.7 s)
+  while another process kept one core busy: OpenMP's threads wait on each other
+  at every tiny (64x256) matrix product, which collapses under contention.
+
+So a node should call ``configure_torch_threads(1)``: training is as fast, and
+the other core stays free for the MQTT thread and the other resident objects.
+The thread count does not change the weights (same ``state_hash`` with 1 and 2).
+"""
+
+from __future__ import annotations
+
+from ._data import BUNDLED_DIR, MinMaxScaler, Prepared, prepare
+from ._forecaster import Forecaster
+from ._model import (
+    LSTMNet,
+    TrainParams,
+    configure_torch_threads,
+    model_size_mb,
+    state_hash,
+    train_local,
+)
+
+# The public class path is ``cloudnode.forecast.Forecaster`` (what a node loads
+# with ``--module cloudnode.forecast`` and what an edge stub names).
+Forecaster.__module__ = __name__
+
+__all__ = [
+    "BUNDLED_DIR",
+    "Forecaster",
+    "LSTMNet",
+    "MinMaxScaler",
+    "Prepared",
+    "TrainParams",
+    "configure_torch_threads",
+    "model_size_mb",
+    "prepare",
+    "state_hash",
+    "train_local",
+]
