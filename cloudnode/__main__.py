@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest request accepted, bytes (default: %(default)s)",
     )
     p.add_argument(
+        "--state-dir",
+        default=None,
+        help="directory for durable object snapshots; objects survive a restart (default: none, in memory)",
+    )
+    p.add_argument(
         "--torch-threads",
         type=int,
         default=None,
@@ -96,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         root=args.root,
         workers=args.workers,
         max_payload=args.max_payload,
+        state_dir=args.state_dir,
     )
     try:
         node.start()

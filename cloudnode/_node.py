@@ -19,7 +19,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from continuum._codec import encode
+from continuum._codec import decode, encode, is_json
 from continuum._errors import (
     BadRequest,
     ContinuumError,
@@ -33,6 +33,8 @@ from continuum._model import ActiveObject, class_path
 from continuum._mqtt import BrokerURL, Connection, Message
 from continuum._protocol import DEFAULT_ROOT, PROTOCOL_VERSION, Request, Topics
 from continuum._server import ReplyChannel, accept
+
+from ._store import Store
 
 __all__ = ["Node", "load_classes"]
 
@@ -72,23 +74,45 @@ def _is_class_path(name: str) -> bool:
     return name.rpartition(".")[2][:1].isupper()
 
 
-class _Job:
-    __slots__ = ("chan", "req")
+class _Ack:
+    """A QoS 1 message acknowledged only once every object it feeds has
+    processed it (and, on a durable node, persisted the result)."""
 
-    def __init__(self, req: Request, chan: ReplyChannel) -> None:
+    __slots__ = ("lock", "mid", "qos", "remaining")
+
+    def __init__(self, mid: int, qos: int, remaining: int) -> None:
+        self.mid, self.qos, self.remaining = mid, qos, remaining
+        self.lock = threading.Lock()
+
+    def done(self, conn: Connection) -> None:
+        with self.lock:
+            self.remaining -= 1
+            last = self.remaining == 0
+        if last:
+            conn.client.ack(self.mid, self.qos)
+
+
+class _Job:
+    __slots__ = ("ack", "chan", "req")
+
+    def __init__(self, req: Request, chan: ReplyChannel | None, ack: _Ack | None = None) -> None:
         self.req = req
         self.chan = chan
+        self.ack = ack
 
 
 class _Resident:
     """One object and its mailbox."""
 
-    __slots__ = ("cls_path", "id", "instance", "lock", "mailbox", "scheduled")
+    __slots__ = ("cls_path", "feeds", "id", "instance", "lock", "mailbox", "scheduled")
 
-    def __init__(self, oid: str, cls_path: str, instance: Any) -> None:
+    def __init__(
+        self, oid: str, cls_path: str, instance: Any, feeds: dict[str, str] | None = None
+    ) -> None:
         self.id = oid
         self.cls_path = cls_path
         self.instance = instance
+        self.feeds: dict[str, str] = dict(feeds or {})  # topic -> active method
         self.mailbox: deque[_Job] = deque()
         self.lock = threading.Lock()
         self.scheduled = False
@@ -105,6 +129,8 @@ class Node:
         workers: int = 16,
         max_payload: int = 8 * 1024 * 1024,
         max_reply: int | None = None,
+        state_dir: str | None = None,
+        session_expiry: int = 24 * 3600,
     ) -> None:
         self.node_id = node_id
         self.topics = Topics(root)
@@ -113,6 +139,8 @@ class Node:
         self.max_reply = max_reply or max_payload
         self.objects: dict[str, _Resident] = {}
         self._objects_lock = threading.Lock()
+        self._feeds: dict[str, list[_Resident]] = {}  # topic -> objects fed by it
+        self.store = Store(state_dir) if state_dir else None
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"continuum-node-{node_id}")
         self._started = time.time()
         self._call_topic = self.topics.node_call(node_id)
@@ -125,10 +153,16 @@ class Node:
             subscriptions={self._call_topic: 1, self._ctl_topic: 1},
             will=(self._status_topic, encode({"state": "offline", "node": node_id}), True),
             on_connected=self._publish_status,
+            # A durable node keeps its broker session across restarts, so the
+            # samples published to its feeds meanwhile wait for it.
+            session_expiry=session_expiry if state_dir else None,
+            manual_ack=True,
         )
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
+        if self.store is not None:
+            self._restore()
         self.conn.start()
         log.info(
             "node %s serving %d class(es) on %s: %s",
@@ -149,6 +183,47 @@ class Node:
             pass
         self.conn.stop()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self.store is not None:
+            self.store.close()
+
+    def _restore(self) -> None:
+        assert self.store is not None
+        for rec in self.store.load_all():
+            if rec.get("class") not in self.classes:
+                log.error(
+                    "snapshot of %s has class %s, not hosted here: skipped",
+                    rec.get("id"),
+                    rec.get("class"),
+                )
+                continue
+            res = _Resident(rec["id"], rec["class"], rec["instance"], rec.get("feeds"))
+            self.objects[res.id] = res
+            for topic in res.feeds:
+                self._add_feed(topic, res)
+        if self.objects:
+            log.info("restored %d object(s) from %s", len(self.objects), self.store.dir)
+
+    def _persist(self, res: _Resident) -> None:
+        if self.store is not None:
+            self.store.save(
+                res.id,
+                {"id": res.id, "class": res.cls_path, "feeds": res.feeds, "instance": res.instance},
+            )
+
+    def _add_feed(self, topic: str, res: _Resident) -> None:
+        fed = self._feeds.setdefault(topic, [])
+        if res not in fed:
+            fed.append(res)
+        self.conn.subscribe(topic, 1)
+
+    def _remove_feeds(self, res: _Resident) -> None:
+        for topic in list(res.feeds):
+            fed = self._feeds.get(topic, [])
+            if res in fed:
+                fed.remove(res)
+            if not fed:
+                self._feeds.pop(topic, None)
+                self.conn.unsubscribe(topic)
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -167,6 +242,12 @@ class Node:
 
     # -- network thread --------------------------------------------------------
     def _on_message(self, msg: Message) -> None:
+        fed = self._feeds.get(msg.topic)
+        if fed:
+            self._route_feed(msg, fed)
+            return
+        if msg.qos:
+            self.conn.client.ack(msg.mid, msg.qos)  # a call is acknowledged on receipt
         req, chan = accept(msg, self.conn, self.topics, self.max_payload, self.max_reply)
         if req is None:
             return
@@ -174,6 +255,34 @@ class Node:
             self._route_call(req, chan)
         elif msg.topic == self._ctl_topic:
             self._pool.submit(self._control, req, chan)
+
+    def _route_feed(self, msg: Message, fed: list[_Resident]) -> None:
+        """A message on a feed topic (a device's metrics) becomes a call of the
+        bound method with the decoded sample; it is acknowledged to the broker
+        only after every bound object has processed (and persisted) it."""
+        ack = _Ack(msg.mid, msg.qos, len(fed))
+        try:
+            if len(msg.payload) > self.max_payload:
+                raise BadRequest(f"feed message of {len(msg.payload)} bytes over the limit")
+            sample = decode(msg.payload, is_json(msg.payload, None))
+        except ContinuumError as exc:
+            log.warning("dropped a malformed message on feed %s: %s", msg.topic, exc)
+            if msg.qos:
+                self.conn.client.ack(msg.mid, msg.qos)
+            return
+        for res in list(fed):
+            self._enqueue(
+                res,
+                _Job(Request(res.feeds[msg.topic], [sample], {}), None, ack if msg.qos else None),
+            )
+
+    def _enqueue(self, res: _Resident, job: _Job) -> None:
+        with res.lock:
+            res.mailbox.append(job)
+            if res.scheduled:
+                return
+            res.scheduled = True
+        self._pool.submit(self._drain, res)
 
     def _route_call(self, req: Request, chan: ReplyChannel) -> None:
         if req.obj is None:
@@ -190,13 +299,7 @@ class Node:
         except ContinuumError as exc:
             chan.error(exc)
             return
-        job = _Job(req, chan)
-        with res.lock:
-            res.mailbox.append(job)
-            if res.scheduled:
-                return
-            res.scheduled = True
-        self._pool.submit(self._drain, res)
+        self._enqueue(res, _Job(req, chan))
 
     # -- workers -----------------------------------------------------------------
     def _drain(self, res: _Resident) -> None:
@@ -211,17 +314,35 @@ class Node:
 
     def _run(self, res: _Resident, job: _Job) -> None:
         req, chan = job.req, job.chan
+        if chan is None:  # a feed message
+            try:
+                invoke(res.instance, req.method, req.args, req.kwargs)
+                if not lookup_method(type(res.instance), req.method).readonly:
+                    self._persist(res)
+            except Exception as exc:
+                log.warning(
+                    "feed call %s.%s on %s failed: %s", res.cls_path, req.method, res.id, exc
+                )
+            if job.ack is not None:
+                job.ack.done(self.conn)
+            return
         if chan.expired():
             chan.error(DeadlineExpired(f"deadline passed before {req.method} started; not run"))
             return
         try:
             value = invoke(res.instance, req.method, req.args, req.kwargs, chan.progress)
+            if (
+                self.store is not None
+                and not lookup_method(type(res.instance), req.method).readonly
+            ):
+                self._persist(res)  # durable before the caller hears of it
         except ContinuumError as exc:
             chan.error(exc)
             return
-        except BaseException as exc:  # pragma: no cover - invoke wraps Exception
+        except Exception as exc:
+            log.exception("cannot persist %s after %s", res.id, req.method)
             chan.error(remote_error(exc))
-            raise
+            return
         chan.result(value)
 
     def _control(self, req: Request, chan: ReplyChannel) -> None:
@@ -230,9 +351,16 @@ class Node:
                 chan.result(self._create(**req.kwargs))
             elif req.method == "delete":
                 chan.result(self._delete(**req.kwargs))
+            elif req.method == "bind":
+                chan.result(self._bind(**req.kwargs))
+            elif req.method == "unbind":
+                chan.result(self._unbind(**req.kwargs))
             elif req.method == "list":
                 chan.result(
-                    [{"id": r.id, "class": r.cls_path} for r in list(self.objects.values())]
+                    [
+                        {"id": r.id, "class": r.cls_path, "feeds": dict(r.feeds)}
+                        for r in list(self.objects.values())
+                    ]
                 )
             else:
                 raise UnknownMethod(f"node control has no method {req.method!r}", method=req.method)
@@ -263,7 +391,9 @@ class Node:
                 instance = klass(*args, **kwargs)
             except Exception as exc:
                 raise remote_error(exc) from exc
-            self.objects[obj] = _Resident(obj, cls, instance)
+            res = _Resident(obj, cls, instance)
+            self._persist(res)
+            self.objects[obj] = res
         log.info("created %s %s", cls, obj)
         return {"id": obj, "class": cls, "node": self.node_id}
 
@@ -272,5 +402,37 @@ class Node:
             res = self.objects.pop(obj, None)
         if res is None:
             raise ObjectNotHere(f"object {obj} is not on node {self.node_id}", node=self.node_id)
+        self._remove_feeds(res)
+        if self.store is not None:
+            self.store.delete(obj)
         log.info("deleted %s %s", res.cls_path, obj)
         return {"id": obj, "deleted": True}
+
+    def _resident(self, obj: str) -> _Resident:
+        res = self.objects.get(obj)
+        if res is None:
+            raise ObjectNotHere(f"object {obj} is not on node {self.node_id}", node=self.node_id)
+        return res
+
+    def _bind(self, obj: str, topic: str, method: str) -> dict[str, Any]:
+        """Feed the messages of ``topic`` (a device's metrics) to ``obj.method``."""
+        res = self._resident(obj)
+        if not isinstance(topic, str) or not self.topics.is_metrics(topic):
+            raise BadRequest(f"only device metrics topics can feed objects, not {topic!r}")
+        lookup_method(type(res.instance), method)
+        with res.lock:
+            res.feeds[topic] = method
+        self._persist(res)
+        self._add_feed(topic, res)
+        log.info("feeding %s to %s.%s", topic, obj, method)
+        return {"id": obj, "feeds": dict(res.feeds)}
+
+    def _unbind(self, obj: str, topic: str) -> dict[str, Any]:
+        res = self._resident(obj)
+        self._remove_feeds(res)
+        with res.lock:
+            res.feeds.pop(topic, None)
+        for t in res.feeds:
+            self._add_feed(t, res)
+        self._persist(res)
+        return {"id": obj, "feeds": dict(res.feeds)}

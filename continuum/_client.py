@@ -331,7 +331,7 @@ class ClassStub:
 class _Directory:
     """The directory operations both clients share, over ``_gateway``."""
 
-    def _gateway(self, method: str, **kwargs: Any) -> Any:  # pragma: no cover - abstract
+    def _gateway(self, op: str, /, **kwargs: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _proxy(self, info: dict[str, Any]) -> ObjectProxy:  # pragma: no cover - abstract
@@ -354,6 +354,16 @@ class _Directory:
         """Delete the object from its node and the directory."""
         ref = obj._id if isinstance(obj, ObjectProxy) else obj
         self._gateway("delete", ref=ref)
+
+    def bind_metrics(self, obj: ObjectProxy | str, device: str, method: str) -> None:
+        """Feed every metrics sample that ``device`` publishes to ``obj.method(sample)``,
+        on the object's node, without a round trip through the gateway or this client."""
+        ref = obj._id if isinstance(obj, ObjectProxy) else obj
+        self._gateway("bind", ref=ref, device=device, method=method)
+
+    def unbind_metrics(self, obj: ObjectProxy | str, device: str) -> None:
+        ref = obj._id if isinstance(obj, ObjectProxy) else obj
+        self._gateway("unbind", ref=ref, device=device)
 
     def nodes(self) -> list[dict[str, Any]]:
         """Every node the directory knows, with its state and classes."""
@@ -448,8 +458,8 @@ class Client(_Directory):
         await asyncio.to_thread(self.close, with_will=et is not None)
 
     # -- directory -------------------------------------------------------------
-    def _gateway(self, method: str, **kwargs: Any) -> Any:
-        req = Request(method, [], {k: v for k, v in kwargs.items() if v is not None})
+    def _gateway(self, op: str, /, **kwargs: Any) -> Any:
+        req = Request(op, [], {k: v for k, v in kwargs.items() if v is not None})
         return self._requester.send(self.topics.gateway_call, req, self.timeout).result()
 
     def _proxy(self, info: dict[str, Any]) -> ObjectProxy:

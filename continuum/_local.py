@@ -127,7 +127,7 @@ class LocalClient(_Directory):
             self._aliases[name] = oid
             self._objects[oid].aliases.append(name)
 
-    def _gateway(self, method: str, **kw: Any) -> Any:
+    def _gateway(self, method: str, /, **kw: Any) -> Any:
         with self._lock:
             if method == "create":
                 cls = self._class(kw["cls"])

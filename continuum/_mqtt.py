@@ -163,6 +163,8 @@ class Connection:
         keepalive: int = 10,
         ca_file: str | None = None,
         max_inflight: int = 1000,
+        session_expiry: int | None = None,
+        manual_ack: bool = False,
     ) -> None:
         self.broker = broker
         self.client_id = client_id
@@ -170,12 +172,14 @@ class Connection:
         self._on_message = on_message
         self._on_connected = on_connected
         self._keepalive = keepalive
+        self._session_expiry = session_expiry
         self._connected = threading.Event()
         self._connect_error: str | None = None
         c = paho.Client(
             callback_api_version=paho.CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=paho.MQTTv5,
+            manual_ack=manual_ack,
         )
         c.max_inflight_messages_set(max_inflight)
         c.max_queued_messages_set(0)
@@ -238,7 +242,20 @@ class Connection:
     # -- lifecycle -----------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:
         try:
-            self.client.connect(self.broker.host, self.broker.port, keepalive=self._keepalive)
+            if self._session_expiry:
+                # A persistent session: the broker keeps our subscriptions and
+                # queues QoS 1 messages while we are away (a restart).
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = self._session_expiry
+                self.client.connect(
+                    self.broker.host,
+                    self.broker.port,
+                    keepalive=self._keepalive,
+                    clean_start=False,
+                    properties=props,
+                )
+            else:
+                self.client.connect(self.broker.host, self.broker.port, keepalive=self._keepalive)
         except OSError as exc:
             raise NotConnected(f"cannot reach broker {self.broker}: {exc}") from exc
         self.client.loop_start()

@@ -61,6 +61,18 @@ class Topics:
     def reply(self, client_id: str) -> str:
         return f"{self.root}/reply/{_check_level('client id', client_id)}"
 
+    # -- device (edge agent) topics --------------------------------------------
+    def device(self, device: str, kind: str) -> str:
+        """``<root>/dev/<device>/<kind>``: kind is metrics, forecast, alert or status."""
+        return f"{self.root}/dev/{_check_level('device id', device)}/{_check_level('kind', kind)}"
+
+    def metrics(self, device: str) -> str:
+        return self.device(device, "metrics")
+
+    def is_metrics(self, topic: str) -> bool:
+        parts = topic[len(self.root) + 1 :].split("/") if topic.startswith(self.root + "/") else []
+        return len(parts) == 3 and parts[0] == "dev" and parts[2] == "metrics" and bool(parts[1])
+
     def node_of_status(self, topic: str) -> str | None:
         parts = topic[len(self.root) + 1 :].split("/") if topic.startswith(self.root + "/") else []
         if len(parts) == 3 and parts[0] == "node" and parts[2] == "status":

