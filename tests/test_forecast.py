@@ -7,6 +7,7 @@ import os
 import pickle
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,17 @@ REPO = Path(__file__).resolve().parent.parent
 # Paper, Table 5 (20 seeds, 100 epochs): MSE mean +- std per variable.
 PAPER_CPU_MSE = (7.651, 0.539)
 PAPER_MEM_MSE = (0.871, 0.353)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """What a node does at start-up. With PyTorch's default of one OpenMP thread per
+    core, training on a 2-core box slows down 5-20x as soon as anything else (an
+    integration test's node, a broker) keeps a core busy."""
+    before = torch.get_num_threads()
+    configure_torch_threads(1)
+    yield
+    configure_torch_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +114,7 @@ def test_scaler_on_a_tiny_series_with_a_test_spike() -> None:
     prep = prepare(values, lookback=1)  # train rows 0..3, test row 4
     assert prep.scaler.to_dict() == {"min": [0.0, 10.0], "max": [6.0, 30.0]}
     assert prep.n_test == 0  # one test row is not a window
-    assert prep.y_train.tolist() == pytest.approx([[1 / 3, 0.0], [2 / 3, 1.0], [1.0, 0.5]])
+    np.testing.assert_allclose(prep.y_train, [[1 / 3, 0.0], [2 / 3, 1.0], [1.0, 0.5]], rtol=1e-6)
 
 
 def test_windows_are_oldest_first_with_the_next_step_as_target() -> None:
@@ -182,7 +194,12 @@ def test_appended_rows_train_like_load_csv(node3: list[list[float]], trained: Fo
     f = Forecaster(device="cpu")
     half = len(node3) // 2
     # streamed the way devices send them: maps with timestamps, then plain pairs
-    f.append([{"cpu": c, "mem": m, "ts": t} for (c, m), t in zip(node3[:half], stamps[:half])])
+    f.append(
+        [
+            {"cpu": c, "mem": m, "ts": t}
+            for (c, m), t in zip(node3[:half], stamps[:half], strict=True)
+        ]
+    )
     assert f.append(node3[half:]) == 1989
     assert f.train(epochs=2, seed=0)["state_hash"] == trained.state_hash()
 
@@ -203,7 +220,7 @@ def test_same_weights_in_a_fresh_process(trained: Forecaster) -> None:
         "f = Forecaster(device='cpu'); f.load_csv('node_3_utilisation.csv')\n"
         "print(f.train(epochs=2, seed=0)['state_hash'])\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
@@ -246,7 +263,7 @@ def test_predict_returns_two_floats(trained: Forecaster, node3: list[list[float]
 
 
 def test_results_are_plain_and_cbor_encodable(trained: Forecaster) -> None:
-    results = {
+    results: dict[str, Any] = {
         "evaluate": trained.evaluate(),
         "baseline": trained.baseline(),
         "predict": trained.predict(),
@@ -278,6 +295,15 @@ def test_train_result_is_plain(trained: Forecaster) -> None:
     cbor2.dumps(result)
     assert set(result) >= {"train_seconds", "final_loss", "n_train", "n_test", "state_hash"}
     assert _is_plain(Forecaster(device="cpu").info())
+
+
+def test_forecast_series_survives_a_replaced_series(trained: Forecaster) -> None:
+    f = pickle.loads(pickle.dumps(trained))
+    before = f.forecast_series()
+    f.load_csv("orangepi_sample.csv")  # the model stays; its test curves too
+    assert f.forecast_series() == before
+    assert f.info()["stale"] is True
+    assert len(f.predict()) == 2  # from the latest rows of the new series
 
 
 def test_untrained_forecaster_refuses_model_methods() -> None:
@@ -326,11 +352,40 @@ def test_load_csv_from_data_dir_and_bundled_orangepi(tmp_path: Path) -> None:
 def test_append_validates_rows_all_or_nothing() -> None:
     f = Forecaster(device="cpu")
     assert f.append([[1, 2], (3.5, 4.5, "2024-01-01 00:00:00"), {"CPU": 5, "MEM": 6}]) == 3
-    for bad in ([[1]], [[1, "x"]], [{"cpu": 1}], [[1, float("nan")]], [[True, 1]], {"cpu": 1}):
+    bads: list[Any] = [
+        [[1]],
+        [[1, "x"]],
+        [{"cpu": 1}],
+        [[1, float("nan")]],
+        [[True, 1]],
+        {"cpu": 1},
+    ]
+    for bad in bads:
         with pytest.raises((TypeError, ValueError)):
             f.append(bad)
     assert f.info()["rows"] == 3
     assert f.clear() == 0 and f.info()["rows"] == 0
+
+
+def test_add_sample_takes_feed_samples_and_drops_redeliveries() -> None:
+    f = Forecaster(device="cpu")
+    sample = {"dev": "pi1", "seq": 1, "ts": 1.7e9, "cpu": 12.5, "mem": 40.0, "temp": 51.0}
+    assert f.add_sample(sample) == 1
+    assert f.add_sample(sample) == 1  # QoS 1 redelivery: same seq
+    assert f.add_sample({**sample, "seq": 2, "cpu": 13.0}) == 2
+    assert f.add_sample({**sample, "dev": "pi2", "seq": 1}) == 3  # seq is per device
+    assert f.add_sample({"cpu": 1.0, "mem": 2.0}) == 4  # no seq: always kept
+    with pytest.raises(ValueError):
+        f.add_sample({"dev": "pi1", "seq": 9, "cpu": 1.0})
+    assert f.tail(2) == [[12.5, 40.0], [1.0, 2.0]]
+    assert f.info()["has_timestamps"]
+
+
+def test_trained_object_snapshot_stays_small(trained: Forecaster) -> None:
+    cloudpickle = pytest.importorskip("cloudpickle")
+    size = len(cloudpickle.dumps(trained, protocol=5))
+    # series (1,989 rows with timestamps) + weights + test windows; no training windows
+    assert size < 250_000, size
 
 
 # -- packaging and threads --------------------------------------------------------

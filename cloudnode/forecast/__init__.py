@@ -15,16 +15,18 @@ Threads
 Importing this package changes no global setting. A node calls
 :func:`configure_torch_threads` once at start-up. Measured on the 2-core
 development box (torch 2.13 CPU build, OpenMP backend, node_3, 100 epochs,
-seed 0, the same weights in every case):
+seed 0; the weights are bit-identical with 1 and 2 threads):
 
-* 1 thread: 3.7 s on an idle box;
-* 2 threads: no faster on an idle box, and 20x slower (84 s against 3.7 s)
-  while another process kept one core busy: OpenMP's threads wait on each other
-  at every tiny (64x256) matrix product, which collapses under contention.
+* idle box: 1 thread 3.1-3.5 s, 2 threads 2.6-2.8 s (about 15% faster);
+* another process busy on one core: 1 thread 3.5 s, 2 threads 41-84 s
+  (OpenMP's two threads meet at a barrier in every tiny 64x256 matrix product,
+  and one of them is always waiting for the core);
+* two Forecasters training at once in two server threads: 4.4 s wall with
+  1 thread each, 5.6 s with 2 threads each.
 
-So a node should call ``configure_torch_threads(1)``: training is as fast, and
-the other core stays free for the MQTT thread and the other resident objects.
-The thread count does not change the weights (same ``state_hash`` with 1 and 2).
+So a node should call ``configure_torch_threads(1)``: at most 15% slower on an
+idle box, never the 10-25x collapse under contention, and concurrent objects
+then use the cores in parallel.
 """
 
 from __future__ import annotations

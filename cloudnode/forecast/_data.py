@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -131,14 +131,19 @@ class Prepared:
     y_test: np.ndarray
     test_raw: np.ndarray
     """The unscaled test rows (for the persistence baseline and de-normalised targets)."""
+    n_train: int
+    n_test: int
 
-    @property
-    def n_train(self) -> int:
-        return len(self.x_train)
-
-    @property
-    def n_test(self) -> int:
-        return len(self.x_test)
+    def without_training_windows(self) -> Prepared:
+        """A copy without ``x_train``/``y_train`` (``n_train`` kept): all that
+        evaluation and prediction need, and what a trained object keeps, so its
+        snapshots stay small."""
+        k = self.x_train.shape[2] if self.x_train.ndim == 3 else 2
+        return replace(
+            self,
+            x_train=np.empty((0, self.lookback, k), np.float32),
+            y_train=np.empty((0, k), np.float32),
+        )
 
 
 def prepare(values: np.ndarray, lookback: int = 6, train_frac: float = 0.8) -> Prepared:
@@ -159,7 +164,9 @@ def prepare(values: np.ndarray, lookback: int = 6, train_frac: float = 0.8) -> P
         x_test, y_test = make_windows(scaler.transform(test_raw), lookback)
     else:
         x_test, y_test = make_windows(np.empty((0, 2)), lookback)
-    return Prepared(scaler, lookback, x_train, y_train, x_test, y_test, test_raw)
+    return Prepared(
+        scaler, lookback, x_train, y_train, x_test, y_test, test_raw, len(x_train), len(x_test)
+    )
 
 
 def persistence_predictions(test_raw: np.ndarray, lookback: int) -> tuple[np.ndarray, np.ndarray]:

@@ -64,6 +64,8 @@ class Forecaster(ActiveObject):
         self._stamps: list[str | float | None] = []
         self._trained: Trained | None = None
         self._trained_rows = 0
+        self._test_stamps: list[str | float | None] = []
+        self._last_seq: dict[str, int] = {}
         self.source: str | None = None
         if rows:
             self.append(rows)
@@ -77,6 +79,32 @@ class Forecaster(ActiveObject):
         values, stamps = parse_rows(rows)
         self._values.extend(values)
         self._stamps.extend(stamps)
+        return len(self._values)
+
+    @active
+    def add_sample(self, sample: dict[str, Any]) -> int:
+        """One metrics sample of a device feed (``Client.bind_metrics(obj, device,
+        "add_sample")``): a map with ``cpu``, ``mem`` and optionally ``ts``, ``dev``,
+        ``seq`` (other fields ignored). A sample whose ``seq`` is not above the last
+        one seen from its ``dev`` is a redelivery and is dropped. Returns the length."""
+        if not isinstance(sample, dict):
+            raise TypeError("a sample is a map with 'cpu' and 'mem'")
+        seq = sample.get("seq")
+        dev = str(sample.get("dev", ""))
+        if seq is not None:
+            if isinstance(seq, bool) or not isinstance(seq, int):
+                raise TypeError("seq must be an int")
+            last = self._last_seq.get(dev)
+            if last is not None and seq <= last:
+                return len(self._values)
+        row = {"cpu": sample.get("cpu"), "mem": sample.get("mem"), "ts": sample.get("ts")}
+        if row["cpu"] is None or row["mem"] is None:
+            raise ValueError("a sample needs 'cpu' and 'mem'")
+        values, stamps = parse_rows([row])
+        self._values.extend(values)
+        self._stamps.extend(stamps)
+        if seq is not None:
+            self._last_seq[dev] = seq
         return len(self._values)
 
     @active
@@ -105,7 +133,7 @@ class Forecaster(ActiveObject):
         """The last ``n`` rows ``[cpu, mem]``."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError("n must be a non-negative int")
-        return [list(r) for r in self._values[len(self._values) - n :]] if n else []
+        return [list(r) for r in self._values[-n:]] if n else []
 
     # -- model -------------------------------------------------------------------
 
@@ -143,8 +171,12 @@ class Forecaster(ActiveObject):
             progress({"epoch": epoch, "epochs": total, "loss": loss})
 
         trained = fit(prepared, params, self._device, report)
+        trained.prepared = prepared.without_training_windows()
         self._trained = trained
         self._trained_rows = len(self._values)
+        # timestamps of the test targets, kept for forecast_series whatever the series becomes
+        first = len(self._values) - len(prepared.test_raw) + lookback
+        self._test_stamps = self._stamps[first:] if prepared.n_test else []
         return train_summary(trained)
 
     @active(readonly=True)
@@ -181,8 +213,7 @@ class Forecaster(ActiveObject):
         pred, true = test_predictions(trained)
         prep = trained.prepared
         naive, _ = persistence_predictions(prep.test_raw, prep.lookback)
-        first = self._trained_rows - len(prep.test_raw) + prep.lookback
-        stamps = self._stamps[first : self._trained_rows]
+        stamps = self._test_stamps
         has_stamps = len(stamps) == len(true) and any(s is not None for s in stamps)
         out: dict[str, Any] = {"timestamps": stamps if has_stamps else None}
         for j, var in enumerate(("cpu", "mem")):
@@ -266,6 +297,8 @@ class Forecaster(ActiveObject):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_last_seq", {})
+        self.__dict__.setdefault("_test_stamps", [])
         self._device = resolve_device(self.requested_device)
         if self._trained is not None and self._trained.device != str(self._device):
             self._trained.model.to(self._device)

@@ -57,11 +57,10 @@ def configure_torch_threads(n: int | None) -> int:
     """Set PyTorch's intra-op thread count for this process (``None``: leave it);
     returns the count in force. Call once at start-up, before any training.
 
-    Measured on the 2-core development box (torch 2.13 CPU, node_3, 100 epochs of
-    the paper's model): 1 thread trains in the same time as 2 (the matrices are
-    64x256, too small to split profitably), so a node that also serves MQTT and
-    other objects should use 1 and keep the second core for them; see
-    ``cloudnode/forecast/__init__.py`` for the figures.
+    Recommended: 1 on a small box that also serves MQTT and other objects. On
+    the 2-core development box 2 threads train about 15% faster when the box is
+    idle, but 10-25x slower as soon as another process keeps a core busy; the
+    figures are in the package docstring (``cloudnode.forecast``).
     """
     if n is not None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
