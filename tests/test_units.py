@@ -131,3 +131,25 @@ def test_local_mode_validates_like_a_node() -> None:
         with pytest.raises(continuum.UnknownClass):
             c.stub("os.system").create()
         assert obj.echo(b"\x00") == b"\x00"
+
+
+def test_shipped_broker_configs_carry_the_settings_we_depend_on() -> None:
+    from pathlib import Path
+
+    from continuum._devbroker import BROKER_SETTINGS
+
+    conf = (Path(__file__).parent.parent / "deploy" / "mosquitto-dev.conf").read_text()
+    for line in BROKER_SETTINGS.splitlines():
+        if line and not line.startswith("#"):
+            assert line in conf.splitlines(), line
+
+
+def test_cli_help_texts() -> None:
+    import subprocess
+    import sys
+
+    for mod in ("continuum", "gateway", "cloudnode", "edgeagent"):
+        out = subprocess.run(
+            [sys.executable, "-m", mod, "--help"], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0 and "usage:" in out.stdout, (mod, out.stderr)
