@@ -42,10 +42,12 @@ __all__ = [
     "RawRequester",
     "Services",
     "format_table",
+    "interleaved_pipelined",
+    "interleaved_sequential",
     "log",
     "pipelined",
     "sequential",
-    "startup_runs",
+    "startup_once",
     "summarize",
 ]
 
@@ -143,6 +145,54 @@ def pipelined(issue: Callable[[], Future[Any]], total: int, window: int) -> dict
         "calls_per_s": total / elapsed,
         "max_in_flight": state["max"],
     }
+
+
+def interleaved_sequential(
+    calls: dict[str, Callable[[], Any]], n: int, warmup: int, block: int = 250
+) -> dict[str, list[float]]:
+    """``n`` sequential calls of each kind, in alternating blocks of ``block`` (the
+    order flips every round), so that slow drift of the machine hits every kind alike."""
+    for call in calls.values():
+        sequential(call, 0, warmup)
+    out: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
+    done = 0
+    while done < n:
+        k = min(block, n - done)
+        for name in names:
+            out[name] += sequential(calls[name], k)
+        names.reverse()
+        done += k
+    return out
+
+
+def interleaved_pipelined(
+    issuers: dict[str, Callable[[], Future[Any]]], total: int, window: int, trials: int
+) -> dict[str, dict[str, Any]]:
+    """``trials`` pipelined runs of ``total // trials`` calls for each kind, alternating
+    kinds; the median trial is the figure (pipelined throughput on a small machine swings
+    by 2x between runs of a few seconds: scheduling of 3-4 busy processes on few cores)."""
+    per = max(1, total // trials)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in issuers}
+    names = list(issuers)
+    for _ in range(trials):
+        for name in names:
+            runs[name].append(pipelined(issuers[name], per, window))
+        names.reverse()
+    out = {}
+    for name, rs in runs.items():
+        rates = [r["calls_per_s"] for r in rs]
+        out[name] = {
+            "calls_per_s": median(rates),
+            "trials_calls_per_s": [round(x, 1) for x in rates],
+            "min_calls_per_s": min(rates),
+            "max_calls_per_s": max(rates),
+            "calls_per_trial": per,
+            "trials": trials,
+            "window": window,
+            "max_in_flight": max(r["max_in_flight"] for r in rs),
+        }
+    return out
 
 
 # -- processes -------------------------------------------------------------------------
@@ -379,9 +429,10 @@ def responder_main(broker: str, topic: str) -> None:
         reply_to = getattr(req, "ResponseTopic", None)
         if not reply_to:
             return
-        props = Properties(PacketTypes.PUBLISH)
         corr = getattr(req, "CorrelationData", None)
+        props = None
         if corr is not None:
+            props = Properties(PacketTypes.PUBLISH)
             props.CorrelationData = corr
         client.publish(reply_to, msg.payload, qos=1, properties=props)
 
@@ -395,18 +446,26 @@ def responder_main(broker: str, topic: str) -> None:
 
 
 class RawRequester:
-    """A bare paho requester: Response Topic + Correlation Data, QoS 1, a future per
-    request completed on paho's network thread (the same threading as continuum's
-    client), TCP_NODELAY."""
+    """A bare paho requester, QoS 1, TCP_NODELAY, a future per request completed on
+    paho's network thread (the same threading as continuum's client).
 
-    def __init__(self, url: str, request_topic: str, qos: int = 1) -> None:
+    ``lite=False`` (the floor): MQTT 5 request/response as the spec has it, a fresh
+    Response Topic + Correlation Data per request, echoed back with the Correlation
+    Data. ``lite=True``: the wire shape continuum uses, one cached Properties with
+    the Response Topic only and the request id inside the payload (its first 8 bytes),
+    so replies carry no properties at all."""
+
+    def __init__(self, url: str, request_topic: str, *, lite: bool = False, qos: int = 1) -> None:
         self.request_topic = request_topic
         self.qos = qos
-        cid = f"bench-raw-{os.getpid()}"
+        self.lite = lite
+        cid = f"bench-raw{'-lite' if lite else ''}-{os.getpid()}"
         self.reply_topic = f"bench/raw/reply/{cid}"
         self._pending: dict[bytes, Future[bytes]] = {}
         self._ids = itertools.count(1)
         self._ready = threading.Event()
+        self._props = Properties(PacketTypes.PUBLISH)
+        self._props.ResponseTopic = self.reply_topic
         c = self.client = _bare_client(cid)
         c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(self.reply_topic, 1)
         c.on_subscribe = lambda cl, u, mid, rcs, p: self._ready.set()
@@ -418,7 +477,9 @@ class RawRequester:
             raise RuntimeError("bare requester: no SUBACK within 10 s")
 
     def _on_message(self, client: paho.Client, u: Any, msg: paho.MQTTMessage) -> None:
-        fut = self._pending.pop(msg.properties.CorrelationData, None)  # type: ignore[union-attr]
+        props = msg.properties
+        key = msg.payload[:8] if self.lite else props.CorrelationData  # type: ignore[union-attr]
+        fut = self._pending.pop(key, None)
         if fut is not None:
             fut.set_result(msg.payload)
 
@@ -426,6 +487,13 @@ class RawRequester:
         corr = next(self._ids).to_bytes(8, "big")
         fut: Future[bytes] = Future()
         self._pending[corr] = fut
+        if self.lite:
+            if len(payload) < 8:
+                raise ValueError("lite requests carry their 8-byte id in the payload")
+            self.client.publish(
+                self.request_topic, corr + payload[8:], qos=self.qos, properties=self._props
+            )
+            return fut
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = self.reply_topic
         props.CorrelationData = corr
@@ -433,7 +501,10 @@ class RawRequester:
         return fut
 
     def call(self, payload: bytes, timeout: float = 30.0) -> bytes:
-        return self.request(payload).result(timeout)
+        got = self.request(payload).result(timeout)
+        if len(got) != len(payload):
+            raise RuntimeError(f"echo returned {len(got)} bytes, sent {len(payload)}")
+        return got
 
     def close(self) -> None:
         self.client.disconnect()
@@ -517,57 +588,38 @@ print(json.dumps({"end_wall": _wall, "since_exec_ms": _proc,
 )
 
 
-def startup_runs(code: str, args: list[str], runs: int) -> dict[str, Any]:
-    """Run ``python -c code *args`` ``runs`` times; medians of every phase."""
-    samples: list[dict[str, float]] = []
-    for _ in range(runs):
-        start_wall = time.time()
-        proc = subprocess.run(
-            [sys.executable, "-c", code, *args],
-            cwd=REPO,
-            env=child_env(),
-            capture_output=True,
-            timeout=60,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"start-up child failed: {proc.stderr.decode(errors='replace')}")
-        rec = json.loads(proc.stdout.decode().strip().splitlines()[-1])
-        rec["spawn_ms"] = (rec.pop("end_wall") - start_wall) * 1000.0
-        samples.append(rec)
-    keys = [k for k in samples[0] if k != "end_wall"]
-    out: dict[str, Any] = {k: median([s[k] for s in samples]) for k in keys}
-    out["runs"] = runs
-    out["spawn_ms_all"] = [round(s["spawn_ms"], 1) for s in samples]
-    return out
+def startup_once(code: str, args: list[str]) -> dict[str, float]:
+    """Run ``python -c code *args`` once; its phases in ms, and ``spawn_ms``: from just
+    before the spawn (this process's clock) to the end of the child's first call."""
+    start_wall = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        timeout=60,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"start-up child failed: {proc.stderr.decode(errors='replace')}")
+    rec: dict[str, float] = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    rec["spawn_ms"] = (rec.pop("end_wall") - start_wall) * 1000.0
+    return rec
 
 
 # -- the report ----------------------------------------------------------------------------
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """Rows of {metric, ours, floor, ratio, goal, verdict, reference} as text."""
-    head = ["metric", "continuum", "floor", "ratio", "goal", "", "dataClay"]
-    body = [
-        [
-            r["metric"],
-            r.get("ours", ""),
-            r.get("floor", ""),
-            r.get("ratio", ""),
-            r.get("goal", ""),
-            r.get("verdict", ""),
-            r.get("reference", ""),
-        ]
-        for r in rows
-    ]
-    widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
+def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
+    """``rows`` of dicts as text; ``columns`` are (key, heading, "<" or ">")."""
+    body = [[str(r.get(key, "")) for key, _, _ in columns] for r in rows]
+    head = [h for _, h, _ in columns]
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(columns))]
 
-    def line(cells: list[Any]) -> str:
-        parts = [str(cells[0]).ljust(widths[0])]
-        parts += [str(c).rjust(w) for c, w in zip(cells[1:4], widths[1:4], strict=True)]
-        parts += [str(c).ljust(w) for c, w in zip(cells[4:6], widths[4:6], strict=True)]
-        parts.append(str(cells[6]).rjust(widths[6]))
-        return "  ".join(parts).rstrip()
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if align == "<" else c.rjust(w)
+            for c, w, (_, _, align) in zip(cells, widths, columns, strict=True)
+        ).rstrip()
 
-    sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line(head), sep, *(line(b) for b in body)])
+    return "\n".join([line(head), "  ".join("-" * w for w in widths), *(line(b) for b in body)])
 
 
 def _main(argv: Sequence[str] | None = None) -> int:

@@ -41,10 +41,11 @@ from ._common import (
     RawRequester,
     Services,
     format_table,
+    interleaved_pipelined,
+    interleaved_sequential,
     log,
-    pipelined,
-    sequential,
-    startup_runs,
+    median,
+    startup_once,
     summarize,
     terminate_as_interrupt,
 )
@@ -88,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--window", type=int, default=64, help="calls outstanding when pipelined (default: 64)"
     )
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=5,
+        help="pipelined runs per kind, alternating; the median is reported (default: 5)",
+    )
     p.add_argument("--warmup", type=int, default=300, help="warm-up calls before each series")
     p.add_argument(
         "--echo-calls", type=int, default=1000, help="1 KiB echo round trips (default: 1000)"
@@ -126,74 +133,114 @@ def _apply_quick(args: argparse.Namespace) -> None:
         args.echo_calls = 100
         args.big_calls = 10
         args.start_runs = 3
+        args.trials = 3
 
 
 # -- measurements -------------------------------------------------------------------------
-def measure_floor(svc: Services, args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    raw = RawRequester(svc.url, svc.raw_topic)
-    try:
-        small = b"x" * 16
-        log(f"floor: {args.calls} sequential 16 B round trips")
-        out["sequential"] = summarize(sequential(lambda: raw.call(small), args.calls, args.warmup))
-        log(f"floor: {args.pipelined_calls} pipelined, {args.window} outstanding")
-        sequential(lambda: raw.call(small), args.warmup)
-        out["pipelined"] = pipelined(lambda: raw.request(small), args.pipelined_calls, args.window)
-        for label, size, n in (
-            ("echo_1kib", 1024, args.echo_calls),
-            ("echo_1mib", 1 << 20, args.big_calls),
-        ):
-            data = os.urandom(size)
-            log(f"floor: {n} sequential {label[5:]} round trips")
-            samples = sequential(lambda d=data: _check(raw.call(d), d), n, max(2, n // 10))
-            out[label] = summarize(samples)
-    finally:
-        raw.close()
-    return out
+def _echo_check(call: Any, data: bytes) -> Any:
+    def run() -> None:
+        got = call(data)
+        if len(got) != len(data):
+            raise RuntimeError(f"echo returned {len(got)} bytes, sent {len(data)}")
+
+    return run
 
 
-def _check(got: Any, want: bytes) -> None:
-    if got != want:
-        raise RuntimeError(f"echo returned {len(got)} bytes, expected {len(want)}")
-
-
-def measure_continuum(svc: Services, args: argparse.Namespace) -> dict[str, Any]:
+def measure_calls(svc: Services, args: argparse.Namespace) -> dict[str, Any]:
+    """Floor, lite floor and continuum side by side, interleaved in blocks/trials."""
     import continuum
 
-    out: dict[str, Any] = {}
-    with continuum.Client(svc.url) as client:
-        obj = client.stub(CLASS).create(start=0, alias=ALIAS)
-        add = obj.add
-        log(f"continuum: {args.calls} sequential Counter.add(1)")
-        out["sequential"] = summarize(sequential(lambda: add(1), args.calls, args.warmup))
-        log(f"continuum: {args.pipelined_calls} pipelined, {args.window} outstanding")
-        sequential(lambda: add(1), args.warmup)
-        before = add(0)
-        out["pipelined"] = pipelined(lambda: add.future(1), args.pipelined_calls, args.window)
-        after = add(0)
-        if after - before != args.pipelined_calls:
-            raise RuntimeError(f"counter moved by {after - before}, not {args.pipelined_calls}")
-        echo = obj.echo
-        for label, size, n in (
-            ("echo_1kib", 1024, args.echo_calls),
-            ("echo_1mib", 1 << 20, args.big_calls),
-        ):
-            data = os.urandom(size)
-            log(f"continuum: {n} sequential Counter.echo of {label[5:]}")
-            samples = sequential(lambda d=data: _check(echo(d), d), n, max(2, n // 10))
-            out[label] = summarize(samples)
+    floor = RawRequester(svc.url, svc.raw_topic)
+    lite = RawRequester(svc.url, svc.raw_topic, lite=True)
+    out: dict[str, Any] = {"floor": {}, "floor_lite": {}, "continuum": {}}
+    try:
+        with continuum.Client(svc.url) as client:
+            obj = client.stub(CLASS).create(start=0, alias=ALIAS)
+            add, echo = obj.add, obj.echo
+            small = b"x" * 16
+
+            log(f"sequential: {args.calls} round trips each (16 B bare, Counter.add(1))")
+            seq = interleaved_sequential(
+                {
+                    "floor": lambda: floor.call(small),
+                    "floor_lite": lambda: lite.call(small),
+                    "continuum": lambda: add(1),
+                },
+                args.calls,
+                args.warmup,
+            )
+            for name, samples in seq.items():
+                out[name]["sequential"] = summarize(samples)
+
+            log(
+                f"pipelined: {args.pipelined_calls} calls each, {args.window} in flight, "
+                f"{args.trials} alternating trials"
+            )
+            before = add(0)
+            pipe = interleaved_pipelined(
+                {
+                    "floor": lambda: floor.request(small),
+                    "floor_lite": lambda: lite.request(small),
+                    "continuum": lambda: add.future(1),
+                },
+                args.pipelined_calls,
+                args.window,
+                args.trials,
+            )
+            moved = add(0) - before
+            want = pipe["continuum"]["calls_per_trial"] * args.trials
+            if moved != want:
+                raise RuntimeError(f"the counter moved by {moved}, not {want}: calls were lost")
+            for name, figures in pipe.items():
+                out[name]["pipelined"] = figures
+
+            for label, size, n in (
+                ("echo_1kib", 1024, args.echo_calls),
+                ("echo_1mib", 1 << 20, args.big_calls),
+            ):
+                data = os.urandom(size)
+                log(f"echo {size} B: {n} round trips each (bare, Counter.echo)")
+                seq = interleaved_sequential(
+                    {
+                        "floor": _echo_check(floor.call, data),
+                        "continuum": _echo_check(echo, data),
+                    },
+                    n,
+                    max(2, n // 10),
+                    block=max(1, n // 5),
+                )
+                for name, samples in seq.items():
+                    out[name][label] = summarize(samples)
+    finally:
+        floor.close()
+        lite.close()
     return out
 
 
 def measure_startup(svc: Services, args: argparse.Namespace) -> dict[str, Any]:
     n = args.start_runs
-    log(f"start to first call: {n} fresh processes each (bare paho, then continuum)")
+    log(f"start to first call: {n} fresh processes each (bare paho, continuum), alternating")
     # One throw-away run each, so that both see warm file caches and .pyc files.
-    startup_runs(CHILD_RAW, [svc.url, svc.raw_topic], 1)
-    startup_runs(CHILD_CONTINUUM, [svc.url, ALIAS], 1)
-    floor = startup_runs(CHILD_RAW, [svc.url, svc.raw_topic], n)
-    ours = startup_runs(CHILD_CONTINUUM, [svc.url, ALIAS], n)
-    return {"continuum": ours, "floor": floor, "python_only": _python_only(n)}
+    startup_once(CHILD_RAW, [svc.url, svc.raw_topic])
+    startup_once(CHILD_CONTINUUM, [svc.url, ALIAS])
+    floor: list[dict[str, float]] = []
+    ours: list[dict[str, float]] = []
+    for _ in range(n):
+        floor.append(startup_once(CHILD_RAW, [svc.url, svc.raw_topic]))
+        ours.append(startup_once(CHILD_CONTINUUM, [svc.url, ALIAS]))
+    return {
+        "continuum": _medians(ours),
+        "floor": _medians(floor),
+        "python_only": _python_only(n),
+    }
+
+
+def _medians(runs: list[dict[str, float]]) -> dict[str, Any]:
+    keys = list(runs[0])
+    out: dict[str, Any] = {k: median([r[k] for r in runs]) for k in keys}
+    out["runs"] = len(runs)
+    out["spawn_ms_all"] = [round(r["spawn_ms"], 1) for r in runs]
+    return out
 
 
 def _python_only(n: int) -> dict[str, float]:
@@ -208,62 +255,88 @@ def _python_only(n: int) -> dict[str, float]:
             cwd=REPO,
         )
         vals.append((float(proc.stdout) - t) * 1000.0)
-    vals.sort()
-    return {"spawn_ms": vals[len(vals) // 2]}
+    return {"spawn_ms": median(vals)}
 
 
 # -- the report ----------------------------------------------------------------------------
+COLUMNS = [
+    ("metric", "metric", "<"),
+    ("ours", "continuum", ">"),
+    ("floor", "floor", ">"),
+    ("ratio", "ratio", ">"),
+    ("goal", "goal", "<"),
+    ("verdict", "", "<"),
+    ("lite", "floor-lite", ">"),
+    ("reference", "dataClay", ">"),
+]
+
+
 def _f(x: float, digits: int = 2) -> str:
     return f"{x:.{digits}f}"
 
 
-def build_report(
-    floor: dict[str, Any], ours: dict[str, Any], start: dict[str, Any]
-) -> dict[str, Any]:
+def build_report(calls: dict[str, Any], start: dict[str, Any]) -> dict[str, Any]:
+    ours, floor, lite = calls["continuum"], calls["floor"], calls["floor_lite"]
     rows: list[dict[str, Any]] = []
     goals: list[dict[str, Any]] = []
 
-    def lat_row(metric: str, o: float, f: float, ref: float | None, goal: bool = False) -> None:
+    def lat_row(metric: str, key: str, q: str, ref: float | None = None) -> dict[str, Any]:
+        o, f = ours[key][q], floor[key][q]
         row: dict[str, Any] = {
             "metric": metric,
             "ours": _f(o),
             "floor": _f(f),
             "ratio": f"{o / f:.2f}x",
+            "lite": _f(lite[key][q]) if key in lite else "",
             "reference": _f(ref, 1) if ref is not None else "",
         }
-        if goal:
-            limit = GOALS["p50_vs_floor_max"]
-            ok = o <= limit * f
-            row.update(goal=f"<= {limit}x floor", verdict="PASS" if ok else "FAIL")
-            goals.append(
-                {
-                    "goal": f"call p50 <= {limit}x floor p50",
-                    "ours_ms": o,
-                    "floor_ms": f,
-                    "limit_ms": limit * f,
-                    "pass": ok,
-                }
-            )
         rows.append(row)
+        return row
 
-    s_o, s_f = ours["sequential"], floor["sequential"]
-    lat_row("call p50 (ms)", s_o["p50_ms"], s_f["p50_ms"], REFERENCE["call_p50_ms"], goal=True)
-    lat_row("call p90 (ms)", s_o["p90_ms"], s_f["p90_ms"], None)
-    lat_row("call p99 (ms)", s_o["p99_ms"], s_f["p99_ms"], REFERENCE["call_p99_ms"])
+    row = lat_row("call p50 (ms)", "sequential", "p50_ms", REFERENCE["call_p50_ms"])
+    o, f = ours["sequential"]["p50_ms"], floor["sequential"]["p50_ms"]
+    limit = GOALS["p50_vs_floor_max"]
+    ok = o <= limit * f
+    row.update(goal=f"<= {limit}x floor", verdict="PASS" if ok else "FAIL")
+    goals.append(
+        {
+            "goal": f"call p50 <= {limit}x floor p50",
+            "ours_ms": o,
+            "floor_ms": f,
+            "limit_ms": limit * f,
+            "pass": ok,
+        }
+    )
+    lat_row("call p90 (ms)", "sequential", "p90_ms")
+    lat_row("call p99 (ms)", "sequential", "p99_ms", REFERENCE["call_p99_ms"])
 
     t_o, t_f = ours["pipelined"]["calls_per_s"], floor["pipelined"]["calls_per_s"]
     limit = GOALS["throughput_vs_floor_min"]
     ok = t_o >= limit * t_f
-    window = ours["pipelined"]["window"]
     rows.append(
         {
-            "metric": f"pipelined, {window} in flight (calls/s)",
+            "metric": f"pipelined, {ours['pipelined']['window']} in flight (calls/s)",
             "ours": _f(t_o, 0),
             "floor": _f(t_f, 0),
             "ratio": f"{t_o / t_f:.0%}",
             "goal": f">= {limit:.0%} of floor",
             "verdict": "PASS" if ok else "FAIL",
+            "lite": _f(lite["pipelined"]["calls_per_s"], 0),
             "reference": _f(REFERENCE["throughput_calls_per_s"], 0) + " (4 thr)",
+        }
+    )
+    rows.append(
+        {
+            "metric": "  trials min-max (calls/s)",
+            "ours": "{:.0f}-{:.0f}".format(
+                ours["pipelined"]["min_calls_per_s"], ours["pipelined"]["max_calls_per_s"]
+            ),
+            "floor": "{:.0f}-{:.0f}".format(
+                floor["pipelined"]["min_calls_per_s"], floor["pipelined"]["max_calls_per_s"]
+            ),
+            "lite": "{:.0f}-{:.0f}".format(
+                lite["pipelined"]["min_calls_per_s"], lite["pipelined"]["max_calls_per_s"]
+            ),
         }
     )
     goals.append(
@@ -276,20 +349,15 @@ def build_report(
         }
     )
 
-    lat_row("echo 1 KiB p50 (ms)", ours["echo_1kib"]["p50_ms"], floor["echo_1kib"]["p50_ms"], None)
-    lat_row(
-        "echo 1 MiB p50 (ms)",
-        ours["echo_1mib"]["p50_ms"],
-        floor["echo_1mib"]["p50_ms"],
-        REFERENCE["echo_1mib_ms"],
-    )
+    lat_row("echo 1 KiB p50 (ms)", "echo_1kib", "p50_ms")
+    lat_row("echo 1 MiB p50 (ms)", "echo_1mib", "p50_ms", REFERENCE["echo_1mib_ms"])
 
     st_o, st_f = start["continuum"], start["floor"]
     limit_ms = GOALS["start_to_first_call_max_ms"]
     ok = st_o["spawn_ms"] <= limit_ms
     rows.append(
         {
-            "metric": "start to first call, spawn (ms)",
+            "metric": "start to first call, from spawn (ms)",
             "ours": _f(st_o["spawn_ms"], 1),
             "floor": _f(st_f["spawn_ms"], 1),
             "ratio": f"{st_o['spawn_ms'] / st_f['spawn_ms']:.2f}x",
@@ -307,31 +375,28 @@ def build_report(
             "pass": ok,
         }
     )
-    rows.append(
-        {
-            "metric": "  from process creation (ms, +-10)",
-            "ours": _f(st_o["since_exec_ms"], 0),
-            "floor": _f(st_f["since_exec_ms"], 0),
-            "ratio": f"{st_o['since_exec_ms'] / st_f['since_exec_ms']:.2f}x",
-        }
-    )
-    for key, label in (
-        ("code_ms", "  from first line of code (ms)"),
-        ("import_ms", "    import"),
-        ("connect_ms", "    connect (+SUBACK for floor)"),
-        ("resolve_ms", "    resolve alias (gateway)"),
-        ("call_ms", "    first call"),
+    for key, label, digits in (
+        ("since_exec_ms", "  from process creation (ms, +-10)", 0),
+        ("code_ms", "  from first line of code (ms)", 1),
+        ("import_ms", "    import", 1),
+        ("connect_ms", "    connect (floor: +SUBACK)", 1),
+        ("resolve_ms", "    resolve alias (gateway)", 1),
+        ("call_ms", "    first call", 1),
     ):
         rows.append(
             {
                 "metric": label,
-                "ours": _f(st_o[key], 1),
-                "floor": _f(st_f[key], 1),
+                "ours": _f(st_o[key], digits),
+                "floor": _f(st_f[key], digits),
                 "ratio": f"{st_o[key] / st_f[key]:.2f}x" if st_f[key] else "",
             }
         )
     rows.append(
-        {"metric": "  bare python -c, spawn (ms)", "ours": _f(start["python_only"]["spawn_ms"], 1)}
+        {
+            "metric": "  empty python -c, from spawn (ms)",
+            "ours": _f(start["python_only"]["spawn_ms"], 1),
+            "floor": _f(start["python_only"]["spawn_ms"], 1),
+        }
     )
     return {"rows": rows, "goals": goals}
 
@@ -371,15 +436,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     meta = _meta(args)
     t0 = time.monotonic()
     with Services(keep_logs=args.keep_logs) as svc:
-        floor = measure_floor(svc, args)
-        ours = measure_continuum(svc, args)
+        calls = measure_calls(svc, args)
         start = measure_startup(svc, args)
     meta["seconds"] = round(time.monotonic() - t0, 1)
-    report = build_report(floor, ours, start)
+    report = build_report(calls, start)
     return {
         "meta": meta,
-        "floor": floor,
-        "continuum": ours,
+        "floor": calls["floor"],
+        "floor_lite": calls["floor_lite"],
+        "continuum": calls["continuum"],
         "start_to_first_call": start,
         "reference_dataclay": REFERENCE,
         "goals": report["goals"],
@@ -398,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.echo_calls,
             args.big_calls,
             args.start_runs,
+            args.trials,
         )
         < 1
     ):
@@ -408,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log("interrupted; every process stopped")
         return 130
-    print(format_table(result["table"]))
+    print(format_table(result["table"], COLUMNS))
     failed = [g["goal"] for g in result["goals"] if not g["pass"]]
     print(
         f"\ngoals: {len(result['goals']) - len(failed)}/{len(result['goals'])} pass"

@@ -367,16 +367,16 @@ def test_append_validates_rows_all_or_nothing() -> None:
     assert f.clear() == 0 and f.info()["rows"] == 0
 
 
-def test_add_sample_takes_feed_samples_and_drops_redeliveries() -> None:
+def test_ingest_takes_feed_samples_and_drops_redeliveries() -> None:
     f = Forecaster(device="cpu")
     sample = {"dev": "pi1", "seq": 1, "ts": 1.7e9, "cpu": 12.5, "mem": 40.0, "temp": 51.0}
-    assert f.add_sample(sample) == 1
-    assert f.add_sample(sample) == 1  # QoS 1 redelivery: same seq
-    assert f.add_sample({**sample, "seq": 2, "cpu": 13.0}) == 2
-    assert f.add_sample({**sample, "dev": "pi2", "seq": 1}) == 3  # seq is per device
-    assert f.add_sample({"cpu": 1.0, "mem": 2.0}) == 4  # no seq: always kept
+    assert f.ingest(sample) == 1
+    assert f.ingest(sample) == 1  # QoS 1 redelivery: same seq
+    assert f.ingest({**sample, "seq": 2, "cpu": 13.0}) == 2
+    assert f.ingest({**sample, "dev": "pi2", "seq": 1}) == 3  # seq is per device
+    assert f.ingest({"cpu": 1.0, "mem": 2.0}) == 4  # no seq: always kept
     with pytest.raises(ValueError):
-        f.add_sample({"dev": "pi1", "seq": 9, "cpu": 1.0})
+        f.ingest({"dev": "pi1", "seq": 9, "cpu": 1.0})
     assert f.tail(2) == [[12.5, 40.0], [1.0, 2.0]]
     assert f.info()["has_timestamps"]
 

@@ -82,9 +82,9 @@ class Forecaster(ActiveObject):
         return len(self._values)
 
     @active
-    def add_sample(self, sample: dict[str, Any]) -> int:
+    def ingest(self, sample: dict[str, Any]) -> int:
         """One metrics sample of a device feed (``Client.bind_metrics(obj, device,
-        "add_sample")``): a map with ``cpu``, ``mem`` and optionally ``ts``, ``dev``,
+        "ingest")``): a map with ``cpu``, ``mem`` and optionally ``ts``, ``dev``,
         ``seq`` (other fields ignored). A sample whose ``seq`` is not above the last
         one seen from its ``dev`` is a redelivery and is dropped. Returns the length."""
         if not isinstance(sample, dict):
