@@ -9,10 +9,8 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from continuum._errors import NotConnected
 from continuum._mqtt import BrokerURL
-from continuum._protocol import DEFAULT_ROOT
-from continuum._service import parse_args, sd_notify, setup_logging, wait_for_signal
+from continuum._service import add_common_arguments, parse_args, serve, setup_logging
 
 log = logging.getLogger("continuum.node")
 
@@ -28,11 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="Example: continuum-node --id node1 --path . --module examples.counter",
     )
-    p.add_argument(
-        "--broker",
-        default="mqtt://127.0.0.1:1883",
-        help="broker URL (default: %(default)s); password from CONTINUUM_PASSWORD",
-    )
+    add_common_arguments(p)
     p.add_argument(
         "--id",
         dest="node_id",
@@ -53,7 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="directory added to the import path first (repeatable)",
     )
-    p.add_argument("--root", default=DEFAULT_ROOT, help="topic root (default: %(default)s)")
     p.add_argument(
         "--workers",
         type=int,
@@ -77,9 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=max(1, (os.cpu_count() or 2) - 1),
         help="intra-op threads for torch, set once at start (default: cores - 1 = %(default)s, "
         "leaving a core to the network and the broker)",
-    )
-    p.add_argument(
-        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: %(default)s)"
     )
     return p
 
@@ -110,17 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_payload=args.max_payload,
         state_dir=args.state_dir,
     )
-    try:
-        node.start()
-    except NotConnected as exc:
-        log.error("%s", exc)
-        return 1
-    sd_notify("READY=1")
-    try:
-        wait_for_signal()
-    finally:
-        node.stop()
-    return 0
+    return serve(node)
 
 
 if __name__ == "__main__":

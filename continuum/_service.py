@@ -12,9 +12,59 @@ import sys
 import threading
 import tomllib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["ConfigError", "parse_args", "sd_notify", "setup_logging", "wait_for_signal"]
+__all__ = [
+    "ConfigError",
+    "Service",
+    "add_common_arguments",
+    "parse_args",
+    "sd_notify",
+    "serve",
+    "setup_logging",
+    "wait_for_signal",
+]
+
+log = logging.getLogger("continuum")
+
+
+class Service(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """--broker, --root and --log-level, as every service takes them."""
+    from ._protocol import DEFAULT_ROOT
+
+    p.add_argument(
+        "--broker",
+        default="mqtt://127.0.0.1:1883",
+        help="broker URL, mqtt:// or mqtts:// (default: %(default)s); the password may "
+        "come from CONTINUUM_PASSWORD, the CA file from CONTINUUM_CA_FILE",
+    )
+    p.add_argument("--root", default=DEFAULT_ROOT, help="topic root (default: %(default)s)")
+    p.add_argument(
+        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: %(default)s)"
+    )
+
+
+def serve(service: Service) -> int:
+    """Start ``service``, tell systemd it is ready, run until SIGTERM/SIGINT
+    (pinging the watchdog), stop it. Returns the process exit code."""
+    from ._errors import NotConnected
+
+    try:
+        service.start()
+    except NotConnected as exc:
+        log.error("%s", exc)
+        return 1
+    sd_notify("READY=1")
+    try:
+        wait_for_signal()
+    finally:
+        service.stop()
+    return 0
 
 
 class ConfigError(Exception):

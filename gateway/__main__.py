@@ -8,10 +8,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from continuum._errors import NotConnected
 from continuum._mqtt import BrokerURL
-from continuum._protocol import DEFAULT_ROOT
-from continuum._service import parse_args, sd_notify, setup_logging, wait_for_signal
+from continuum._service import add_common_arguments, parse_args, serve, setup_logging
 
 log = logging.getLogger("continuum.gateway")
 
@@ -25,11 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
             "liveness from their retained status and last will. Calls never pass through it."
         ),
     )
-    p.add_argument(
-        "--broker",
-        default="mqtt://127.0.0.1:1883",
-        help="broker URL (default: %(default)s); password from CONTINUUM_PASSWORD",
-    )
+    add_common_arguments(p)
     p.add_argument(
         "--db",
         default="continuum-directory.db",
@@ -38,15 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--id", dest="gateway_id", default="gateway", help="gateway id (default: %(default)s)"
     )
-    p.add_argument("--root", default=DEFAULT_ROOT, help="topic root (default: %(default)s)")
     p.add_argument(
         "--node-timeout",
         type=float,
         default=30.0,
         help="seconds to wait for a node to create or delete an object (default: %(default)s)",
-    )
-    p.add_argument(
-        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: %(default)s)"
     )
     return p
 
@@ -65,17 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         root=args.root,
         node_timeout=args.node_timeout,
     )
-    try:
-        gw.start()
-    except NotConnected as exc:
-        log.error("%s", exc)
-        return 1
-    sd_notify("READY=1")
-    try:
-        wait_for_signal()
-    finally:
-        gw.stop()
-    return 0
+    return serve(gw)
 
 
 if __name__ == "__main__":
