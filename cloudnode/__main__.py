@@ -60,6 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest request accepted, bytes (default: %(default)s)",
     )
     p.add_argument(
+        "--max-queue",
+        type=int,
+        default=10_000,
+        help="calls waiting for one object before new ones get a 'busy' error (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-node-queue",
+        type=int,
+        default=100_000,
+        help="calls waiting on the whole node before new ones get 'busy' (default: %(default)s)",
+    )
+    p.add_argument(
         "--state-dir",
         default=None,
         help="directory for durable object snapshots; objects survive a restart (default: none, in memory)",
@@ -99,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=args.workers,
         max_payload=args.max_payload,
         state_dir=args.state_dir,
+        max_queue=args.max_queue,
+        max_node_queue=args.max_node_queue,
     )
     return serve(node)
 

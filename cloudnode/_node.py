@@ -15,18 +15,20 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from continuum._codec import decode, encode, is_json
 from continuum._errors import (
     BadRequest,
+    Busy,
     ContinuumError,
     DeadlineExpired,
     ObjectNotHere,
     UnknownClass,
     UnknownMethod,
+    error_from_envelope,
 )
 from continuum._invoke import bind_arguments, describe_class, invoke, lookup_method, remote_error
 from continuum._model import ActiveObject, class_path
@@ -41,6 +43,7 @@ __all__ = ["Node", "load_classes"]
 log = logging.getLogger("continuum.node")
 
 _BATCH = 32  # calls an actor runs before yielding its worker to other objects
+_RESULTS_KEPT = 1024  # per object: results of recent mutating calls, for exactly-once
 
 
 def load_classes(modules: list[str], paths: list[str]) -> dict[str, type]:
@@ -104,15 +107,34 @@ class _Job:
 class _Resident:
     """One object and its mailbox."""
 
-    __slots__ = ("cls_path", "feeds", "id", "instance", "lock", "mailbox", "scheduled")
+    __slots__ = (
+        "cls_path",
+        "feeds",
+        "id",
+        "inflight",
+        "instance",
+        "lock",
+        "mailbox",
+        "results",
+        "scheduled",
+    )
 
     def __init__(
-        self, oid: str, cls_path: str, instance: Any, feeds: dict[str, str] | None = None
+        self,
+        oid: str,
+        cls_path: str,
+        instance: Any,
+        feeds: dict[str, str] | None = None,
+        results: dict[str, tuple[bool, Any]] | None = None,
     ) -> None:
         self.id = oid
         self.cls_path = cls_path
         self.instance = instance
         self.feeds: dict[str, str] = dict(feeds or {})  # topic -> active method
+        # request id -> (ok, value or error envelope) of recent mutating calls:
+        # a redelivered or retried request gets this answer instead of a rerun.
+        self.results: OrderedDict[str, tuple[bool, Any]] = OrderedDict(results or {})
+        self.inflight: set[str] = set()  # ids queued or running
         self.mailbox: deque[_Job] = deque()
         self.lock = threading.Lock()
         self.scheduled = False
@@ -131,6 +153,8 @@ class Node:
         max_reply: int | None = None,
         state_dir: str | None = None,
         session_expiry: int = 24 * 3600,
+        max_queue: int = 10_000,
+        max_node_queue: int = 100_000,
     ) -> None:
         self.node_id = node_id
         self.topics = Topics(root)
@@ -141,6 +165,10 @@ class Node:
         self._objects_lock = threading.Lock()
         self._feeds: dict[str, list[_Resident]] = {}  # topic -> objects fed by it
         self.store = Store(state_dir) if state_dir else None
+        self.max_queue = max_queue
+        self.max_node_queue = max_node_queue
+        self._queued = 0  # calls waiting in all mailboxes
+        self._queued_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"continuum-node-{node_id}")
         self._started = time.time()
         self._call_topic = self.topics.node_call(node_id)
@@ -196,7 +224,9 @@ class Node:
                     rec.get("class"),
                 )
                 continue
-            res = _Resident(rec["id"], rec["class"], rec["instance"], rec.get("feeds"))
+            res = _Resident(
+                rec["id"], rec["class"], rec["instance"], rec.get("feeds"), rec.get("results")
+            )
             self.objects[res.id] = res
             for topic in res.feeds:
                 self._add_feed(topic, res)
@@ -207,7 +237,13 @@ class Node:
         if self.store is not None:
             self.store.save(
                 res.id,
-                {"id": res.id, "class": res.cls_path, "feeds": res.feeds, "instance": res.instance},
+                {
+                    "id": res.id,
+                    "class": res.cls_path,
+                    "feeds": res.feeds,
+                    "results": res.results,
+                    "instance": res.instance,
+                },
             )
 
     def _add_feed(self, topic: str, res: _Resident) -> None:
@@ -277,6 +313,8 @@ class Node:
             )
 
     def _enqueue(self, res: _Resident, job: _Job) -> None:
+        with self._queued_lock:
+            self._queued += 1
         with res.lock:
             res.mailbox.append(job)
             if res.scheduled:
@@ -299,7 +337,37 @@ class Node:
         except ContinuumError as exc:
             chan.error(exc)
             return
+        rid = req.id
+        done = None
+        with res.lock:
+            if rid is not None:
+                done = res.results.get(rid)
+                if done is None and rid in res.inflight:
+                    return  # a redelivery of a call not finished yet: its reply will come
+            if done is None:
+                if len(res.mailbox) >= self.max_queue or self._queued >= self.max_node_queue:
+                    chan.error(
+                        Busy(
+                            f"queue full on node {self.node_id} ({len(res.mailbox)} calls for"
+                            f" this object, {self._queued} in all); retry later",
+                            node=self.node_id,
+                        )
+                    )
+                    return
+                if rid is not None:
+                    res.inflight.add(rid)
+        if done is not None:
+            self._answer_again(chan, done)
+            return
         self._enqueue(res, _Job(req, chan))
+
+    @staticmethod
+    def _answer_again(chan: ReplyChannel, done: tuple[bool, Any]) -> None:
+        ok, value = done
+        if ok:
+            chan.result(value)
+        else:
+            chan.error(error_from_envelope(value))
 
     # -- workers -----------------------------------------------------------------
     def _drain(self, res: _Resident) -> None:
@@ -309,6 +377,8 @@ class Node:
                     res.scheduled = False
                     return
                 job = res.mailbox.popleft()
+            with self._queued_lock:
+                self._queued -= 1
             self._run(res, job)
         self._pool.submit(self._drain, res)  # still scheduled: let other objects in
 
@@ -326,24 +396,44 @@ class Node:
             if job.ack is not None:
                 job.ack.done(self.conn)
             return
+        rid = req.id
         if chan.expired():
+            self._forget(res, rid)
             chan.error(DeadlineExpired(f"deadline passed before {req.method} started; not run"))
             return
+        readonly = lookup_method(type(res.instance), req.method).readonly
+        outcome: tuple[bool, Any]
         try:
-            value = invoke(res.instance, req.method, req.args, req.kwargs, chan.progress)
-            if (
-                self.store is not None
-                and not lookup_method(type(res.instance), req.method).readonly
-            ):
-                self._persist(res)  # durable before the caller hears of it
+            outcome = (True, invoke(res.instance, req.method, req.args, req.kwargs, chan.progress))
         except ContinuumError as exc:
-            chan.error(exc)
+            outcome = (False, exc.to_envelope())
+        if readonly:
+            self._forget(res, rid)
+        else:
+            try:
+                self._remember(res, rid, outcome)
+                self._persist(res)  # durable before the caller hears of it
+            except Exception as exc:
+                log.exception("cannot persist %s after %s", res.id, req.method)
+                chan.error(remote_error(exc))
+                return
+        self._answer_again(chan, outcome)
+
+    @staticmethod
+    def _remember(res: _Resident, rid: str | None, outcome: tuple[bool, Any]) -> None:
+        if rid is None:
             return
-        except Exception as exc:
-            log.exception("cannot persist %s after %s", res.id, req.method)
-            chan.error(remote_error(exc))
-            return
-        chan.result(value)
+        with res.lock:
+            res.inflight.discard(rid)
+            res.results[rid] = outcome
+            while len(res.results) > _RESULTS_KEPT:
+                res.results.popitem(last=False)
+
+    @staticmethod
+    def _forget(res: _Resident, rid: str | None) -> None:
+        if rid is not None:
+            with res.lock:
+                res.inflight.discard(rid)
 
     def _control(self, req: Request, chan: ReplyChannel) -> None:
         try:
