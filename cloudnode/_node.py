@@ -19,6 +19,7 @@ from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from continuum._client import Requester
 from continuum._codec import decode, encode, is_json
 from continuum._errors import (
     BadRequest,
@@ -36,7 +37,7 @@ from continuum._mqtt import BrokerURL, Connection, Message
 from continuum._protocol import DEFAULT_ROOT, PROTOCOL_VERSION, Request, Topics
 from continuum._server import ReplyChannel, accept
 
-from ._store import Store
+from ._store import Store, dumps_state, loads_state
 
 __all__ = ["Node", "load_classes"]
 
@@ -115,7 +116,9 @@ class _Resident:
         "instance",
         "lock",
         "mailbox",
+        "replicas",
         "results",
+        "role",
         "scheduled",
     )
 
@@ -126,8 +129,14 @@ class _Resident:
         instance: Any,
         feeds: dict[str, str] | None = None,
         results: dict[str, tuple[bool, Any]] | None = None,
+        role: str = "primary",
+        replicas: list[str] | None = None,
     ) -> None:
         self.id = oid
+        # A primary serves calls and ships its state to its replicas after each
+        # mutating call; a replica only holds the latest state until promoted.
+        self.role = role
+        self.replicas: list[str] = list(replicas or [])
         self.cls_path = cls_path
         self.instance = instance
         self.feeds: dict[str, str] = dict(feeds or {})  # topic -> active method
@@ -155,6 +164,7 @@ class Node:
         session_expiry: int = 24 * 3600,
         max_queue: int = 10_000,
         max_node_queue: int = 100_000,
+        sync_timeout: float = 5.0,
     ) -> None:
         self.node_id = node_id
         self.topics = Topics(root)
@@ -170,15 +180,28 @@ class Node:
         self._queued = 0  # calls waiting in all mailboxes
         self._queued_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"continuum-node-{node_id}")
+        # Syncs from primaries never wait behind calls (two nodes replicating to
+        # each other with busy pools would otherwise deadlock until timeouts).
+        self._sync_pool = ThreadPoolExecutor(1, thread_name_prefix=f"continuum-sync-{node_id}")
+        self.sync_timeout = sync_timeout
+        self._node_state: dict[str, str] = {}  # other nodes' liveness, from their status
+        self.requester = Requester(self.topics, f"node-{node_id}")
         self._started = time.time()
         self._call_topic = self.topics.node_call(node_id)
         self._ctl_topic = self.topics.node_ctl(node_id)
+        self._sync_topic = self.topics.node_sync(node_id)
         self._status_topic = self.topics.node_status(node_id)
         self.conn = Connection(
             broker,
             client_id=f"node-{node_id}",
             on_message=self._on_message,
-            subscriptions={self._call_topic: 1, self._ctl_topic: 1},
+            subscriptions={
+                self._call_topic: 1,
+                self._ctl_topic: 1,
+                self._sync_topic: 1,
+                self.requester.reply_topic: 1,
+                self.topics.node_status_all: 1,
+            },
             will=(self._status_topic, encode({"state": "offline", "node": node_id}), True),
             on_connected=self._publish_status,
             # A durable node keeps its broker session across restarts, so the
@@ -191,6 +214,7 @@ class Node:
     def start(self) -> None:
         if self.store is not None:
             self._restore()
+        self.requester.start(self.conn)
         self.conn.start()
         log.info(
             "node %s serving %d class(es) on %s: %s",
@@ -209,8 +233,10 @@ class Node:
             info.wait_for_publish(2)
         except (RuntimeError, ValueError):
             pass
+        self.requester.stop()
         self.conn.stop()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._sync_pool.shutdown(wait=True, cancel_futures=True)
         if self.store is not None:
             self.store.close()
 
@@ -224,27 +250,77 @@ class Node:
                     rec.get("class"),
                 )
                 continue
-            res = _Resident(
-                rec["id"], rec["class"], rec["instance"], rec.get("feeds"), rec.get("results")
-            )
+            res = self._resident_from(rec)
             self.objects[res.id] = res
-            for topic in res.feeds:
-                self._add_feed(topic, res)
+            if res.role == "primary":
+                for topic in res.feeds:
+                    self._add_feed(topic, res)
         if self.objects:
             log.info("restored %d object(s) from %s", len(self.objects), self.store.dir)
 
+    @staticmethod
+    def _record(res: _Resident) -> dict[str, Any]:
+        """Everything that makes up an object: what snapshots and replicas hold."""
+        return {
+            "id": res.id,
+            "class": res.cls_path,
+            "feeds": res.feeds,
+            "results": res.results,
+            "role": res.role,
+            "replicas": res.replicas,
+            "instance": res.instance,
+        }
+
+    @staticmethod
+    def _resident_from(rec: dict[str, Any]) -> _Resident:
+        return _Resident(
+            rec["id"],
+            rec["class"],
+            rec["instance"],
+            rec.get("feeds"),
+            rec.get("results"),
+            rec.get("role", "primary"),
+            rec.get("replicas"),
+        )
+
     def _persist(self, res: _Resident) -> None:
         if self.store is not None:
-            self.store.save(
-                res.id,
-                {
-                    "id": res.id,
-                    "class": res.cls_path,
-                    "feeds": res.feeds,
-                    "results": res.results,
-                    "instance": res.instance,
-                },
+            self.store.save(res.id, self._record(res))
+
+    def _replicate(self, res: _Resident) -> None:
+        """Ship the object's state to its live replicas and wait for them, so
+        that every acknowledged mutation survives the primary (node-to-node
+        sync topic: trusted services only, the one place cloudpickle crosses
+        the network)."""
+        targets = [r for r in res.replicas if self._node_state.get(r) == "online"]
+        if not targets:
+            return
+        state = dumps_state(self._record(res))
+        pending = [
+            (
+                r,
+                self.requester.send(
+                    self.topics.node_sync(r),
+                    Request(
+                        "sync",
+                        [],
+                        {
+                            "obj": res.id,
+                            "cls": res.cls_path,
+                            "state": state,
+                            "primary": self.node_id,
+                        },
+                    ),
+                    self.sync_timeout,
+                ),
             )
+            for r in targets
+        ]
+        for r, fut in pending:
+            try:
+                fut.result()
+            except ContinuumError as exc:
+                log.warning("replica %s of %s did not confirm a sync: %s", r, res.id, exc)
 
     def _add_feed(self, topic: str, res: _Resident) -> None:
         fed = self._feeds.setdefault(topic, [])
@@ -283,14 +359,32 @@ class Node:
             self._route_feed(msg, fed)
             return
         if msg.qos:
-            self.conn.client.ack(msg.mid, msg.qos)  # a call is acknowledged on receipt
+            self.conn.client.ack(msg.mid, msg.qos)  # anything else is acknowledged on receipt
+        topic = msg.topic
+        if topic == self.requester.reply_topic:
+            self.requester.on_reply(msg)
+            return
+        other = self.topics.node_of_status(topic)
+        if other is not None:
+            self._node_status(other, msg.payload)
+            return
         req, chan = accept(msg, self.conn, self.topics, self.max_payload, self.max_reply)
         if req is None:
             return
-        if msg.topic == self._call_topic:
+        if topic == self._call_topic:
             self._route_call(req, chan)
-        elif msg.topic == self._ctl_topic:
+        elif topic == self._ctl_topic:
             self._pool.submit(self._control, req, chan)
+        elif topic == self._sync_topic:
+            self._sync_pool.submit(self._sync, req, chan)
+
+    def _node_status(self, node: str, payload: bytes | bytearray) -> None:
+        try:
+            status = decode(payload) if payload else {}
+        except ContinuumError:
+            return
+        state = status.get("state") if isinstance(status, dict) else None
+        self._node_state[node] = "online" if state == "online" else "offline"
 
     def _route_feed(self, msg: Message, fed: list[_Resident]) -> None:
         """A message on a feed topic (a device's metrics) becomes a call of the
@@ -327,7 +421,7 @@ class Node:
             chan.error(BadRequest("a call needs the field 'obj'"))
             return
         res = self.objects.get(req.obj)
-        if res is None:
+        if res is None or res.role != "primary":
             chan.error(
                 ObjectNotHere(f"object {req.obj} is not on node {self.node_id}", node=self.node_id)
             )
@@ -389,6 +483,8 @@ class Node:
                 invoke(res.instance, req.method, req.args, req.kwargs)
                 if not lookup_method(type(res.instance), req.method).readonly:
                     self._persist(res)
+                    if res.replicas:
+                        self._replicate(res)
             except Exception as exc:
                 log.warning(
                     "feed call %s.%s on %s failed: %s", res.cls_path, req.method, res.id, exc
@@ -413,6 +509,8 @@ class Node:
             try:
                 self._remember(res, rid, outcome)
                 self._persist(res)  # durable before the caller hears of it
+                if res.replicas:
+                    self._replicate(res)
             except Exception as exc:
                 log.exception("cannot persist %s after %s", res.id, req.method)
                 chan.error(remote_error(exc))
@@ -445,10 +543,18 @@ class Node:
                 chan.result(self._bind(**req.kwargs))
             elif req.method == "unbind":
                 chan.result(self._unbind(**req.kwargs))
+            elif req.method == "promote":
+                chan.result(self._promote(**req.kwargs))
             elif req.method == "list":
                 chan.result(
                     [
-                        {"id": r.id, "class": r.cls_path, "feeds": dict(r.feeds)}
+                        {
+                            "id": r.id,
+                            "class": r.cls_path,
+                            "feeds": dict(r.feeds),
+                            "role": r.role,
+                            "replicas": list(r.replicas),
+                        }
                         for r in list(self.objects.values())
                     ]
                 )
@@ -467,6 +573,7 @@ class Node:
         cls: str,
         args: list[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
+        replicas: list[str] | None = None,
     ) -> dict[str, Any]:
         klass = self.classes.get(cls)
         if klass is None:
@@ -481,11 +588,18 @@ class Node:
                 instance = klass(*args, **kwargs)
             except Exception as exc:
                 raise remote_error(exc) from exc
-            res = _Resident(obj, cls, instance)
+            res = _Resident(obj, cls, instance, replicas=replicas)
             self._persist(res)
             self.objects[obj] = res
-        log.info("created %s %s", cls, obj)
-        return {"id": obj, "class": cls, "node": self.node_id}
+        if res.replicas:
+            self._replicate(res)
+        log.info(
+            "created %s %s%s",
+            cls,
+            obj,
+            f" (replicas: {', '.join(res.replicas)})" if res.replicas else "",
+        )
+        return {"id": obj, "class": cls, "node": self.node_id, "replicas": res.replicas}
 
     def _delete(self, obj: str) -> dict[str, Any]:
         with self._objects_lock:
@@ -498,9 +612,51 @@ class Node:
         log.info("deleted %s %s", res.cls_path, obj)
         return {"id": obj, "deleted": True}
 
-    def _resident(self, obj: str) -> _Resident:
+    def _sync(self, req: Request, chan: ReplyChannel) -> None:
+        """A primary's state for an object we replicate (trusted node-to-node topic)."""
+        try:
+            kw = req.kwargs
+            obj, cls, state = kw["obj"], kw["cls"], kw["state"]
+            if cls not in self.classes:
+                raise UnknownClass(f"node {self.node_id} does not host class {cls!r}", cls=cls)
+            if not isinstance(state, bytes):
+                raise BadRequest("sync: 'state' must be bytes")
+            rec = loads_state(state)
+            rec.update(id=obj, role="replica", replicas=[])
+            res = self._resident_from(rec)
+            with self._objects_lock:
+                current = self.objects.get(obj)
+                if current is not None and current.role == "primary":
+                    raise BadRequest(f"{obj} is primary on {self.node_id}; refusing a sync")
+                self.objects[obj] = res
+            self._persist(res)
+            chan.result({"id": obj, "node": self.node_id})
+        except KeyError as exc:
+            chan.error(BadRequest(f"sync: missing {exc}"))
+        except ContinuumError as exc:
+            chan.error(exc)
+        except Exception as exc:
+            log.exception("sync of %s failed", req.kwargs.get("obj"))
+            chan.error(remote_error(exc))
+
+    def _promote(self, obj: str, replicas: list[str] | None = None) -> dict[str, Any]:
+        """Make our replica of ``obj`` the primary (the gateway does this when
+        the primary's last will arrives)."""
+        res = self._resident(obj, any_role=True)
+        with res.lock:
+            res.role = "primary"
+            res.replicas = [r for r in (replicas or []) if r != self.node_id]
+        for topic in res.feeds:
+            self._add_feed(topic, res)
+        self._persist(res)
+        if res.replicas:
+            self._replicate(res)
+        log.info("promoted %s %s to primary", res.cls_path, obj)
+        return {"id": obj, "node": self.node_id, "replicas": res.replicas}
+
+    def _resident(self, obj: str, any_role: bool = False) -> _Resident:
         res = self.objects.get(obj)
-        if res is None:
+        if res is None or not (any_role or res.role == "primary"):
             raise ObjectNotHere(f"object {obj} is not on node {self.node_id}", node=self.node_id)
         return res
 

@@ -15,7 +15,18 @@ from typing import Any
 
 import cloudpickle
 
-__all__ = ["Store"]
+__all__ = ["Store", "dumps_state", "loads_state"]
+
+
+def dumps_state(record: dict[str, Any]) -> bytes:
+    """An object's record as bytes, for snapshots and node-to-node syncs."""
+    return cloudpickle.dumps(record, protocol=5)
+
+
+def loads_state(data: bytes) -> dict[str, Any]:
+    """Only for bytes from this node's disk or a trusted node (never a device)."""
+    return cloudpickle.loads(data)
+
 
 log = logging.getLogger("continuum.node.store")
 
@@ -33,7 +44,7 @@ class Store:
 
     def save(self, oid: str, record: dict[str, Any]) -> int:
         """Write ``record`` durably; returns the snapshot size in bytes."""
-        data = cloudpickle.dumps(record, protocol=5)
+        data = dumps_state(record)
         path = self._path(oid)
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -59,8 +70,7 @@ class Store:
         records = []
         for path in sorted(self.dir.glob("*.snapshot")):
             try:
-                with open(path, "rb") as fh:
-                    records.append(cloudpickle.load(fh))
+                records.append(loads_state(path.read_bytes()))
             except Exception as exc:  # a damaged snapshot must not stop the node
                 log.error("cannot load snapshot %s: %s", path.name, exc)
         for tmp in self.dir.glob("*.tmp"):

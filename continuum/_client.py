@@ -38,7 +38,18 @@ ProgressFn = Callable[[Any], None]
 
 
 class _Pending:
-    __slots__ = ("deadline", "future", "on_progress", "payload", "retry", "rid", "topic")
+    __slots__ = (
+        "deadline",
+        "future",
+        "node",
+        "obj",
+        "on_progress",
+        "payload",
+        "reroutes",
+        "retry",
+        "rid",
+        "topic",
+    )
 
     def __init__(
         self,
@@ -55,6 +66,9 @@ class _Pending:
         self.retry = retry
         self.topic = ""
         self.payload = b""
+        self.obj: str | None = None  # the object called, when this is a call
+        self.node: str | None = None  # the node it was sent to
+        self.reroutes = 0
 
 
 class Requester:
@@ -111,7 +125,13 @@ class Requester:
         timeout: float,
         on_progress: ProgressFn | None = None,
         retry: Callable[[_Pending, ContinuumError], bool] | None = None,
+        *,
+        node: str | None = None,
+        publish: bool = True,
     ) -> Future[Any]:
+        """Send ``req`` to ``topic``; ``node``/``req.obj`` mark it as a call the
+        client may re-route. With ``publish=False`` the call is registered but
+        left for the caller to route (see :meth:`pending`)."""
         fut: Future[Any] = Future()
         conn = self.conn
         if conn is None:
@@ -136,13 +156,23 @@ class Requester:
         deadline = time.monotonic() + timeout
         p = _Pending(req.id, fut, deadline, on_progress, retry)
         p.payload = payload
+        p.obj = req.obj
+        p.node = node
+        p.topic = topic
         self._pending[req.id] = p
         with self._cond:
             heapq.heappush(self._heap, (deadline, req.id))
             if self._heap[0][1] == req.id:
                 self._cond.notify()
-        self.publish(p, topic)
+        if publish:
+            self.publish(p, topic)
         return fut
+
+    def pending(self, rid: str) -> _Pending | None:
+        return self._pending.get(rid)
+
+    def pending_on(self, node: str) -> list[_Pending]:
+        return [p for p in list(self._pending.values()) if p.node == node]
 
     def publish(self, p: _Pending, topic: str) -> None:
         p.topic = topic
@@ -305,12 +335,26 @@ class ClassStub:
         self.class_path = class_path
 
     def create(
-        self, *args: Any, alias: str | None = None, node: str | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        alias: str | None = None,
+        node: str | None = None,
+        replicas: int = 0,
+        **kwargs: Any,
     ) -> ObjectProxy:
         """Create an instance on ``node`` (or one the gateway picks), optionally
-        under ``alias``. ``alias`` and ``node`` are reserved keyword names."""
+        under ``alias``, with ``replicas`` copies on other nodes kept in sync
+        after every mutating call (one is promoted if the primary dies). The
+        other arguments go to the class's ``__init__``; ``alias``, ``node`` and
+        ``replicas`` are reserved keyword names."""
         info = self._backend._gateway(
-            "create", cls=self.class_path, args=list(args), kwargs=kwargs, node=node, alias=alias
+            "create",
+            cls=self.class_path,
+            args=list(args),
+            kwargs=kwargs,
+            node=node,
+            alias=alias,
+            replicas=replicas or None,
         )
         return self._backend._proxy(info)
 
@@ -406,6 +450,7 @@ class Client(_Directory):
         self._ca_file = ca_file
         self._requester = Requester(self.topics, self.client_id, qos=qos, max_payload=max_payload)
         self._locations: dict[str, str] = {}
+        self._node_state: dict[str, str] = {}  # from the nodes' retained status
         self._conn: Connection | None = None
 
     # -- lifecycle -------------------------------------------------------------
@@ -415,8 +460,8 @@ class Client(_Directory):
         conn = Connection(
             self.broker,
             self.client_id,
-            on_message=self._requester.on_reply,
-            subscriptions={self._requester.reply_topic: 1},
+            on_message=self._on_message,
+            subscriptions={self._requester.reply_topic: 1, self.topics.node_status_all: 1},
             will=(
                 f"{self.topics.root}/client/{self.client_id}/status",
                 encode({"state": "offline", "client": self.client_id}),
@@ -457,6 +502,29 @@ class Client(_Directory):
     ) -> None:
         await asyncio.to_thread(self.close, with_will=et is not None)
 
+    # -- network thread ------------------------------------------------------------
+    def _on_message(self, msg: Message) -> None:
+        if msg.topic == self._requester.reply_topic:
+            self._requester.on_reply(msg)
+            return
+        node = self.topics.node_of_status(msg.topic)
+        if node is None:
+            return
+        try:
+            status = decode(msg.payload) if msg.payload else {}
+        except ContinuumError:
+            return
+        online = isinstance(status, dict) and status.get("state") == "online"
+        self._node_state[node] = "online" if online else "offline"
+        if not online:
+            # Calls in flight to a dead node: re-route each (a replica may be
+            # promoted), or fail it with a clear error; never leave it hanging.
+            for p in self._requester.pending_on(node):
+                if not self._reroute(p, Unavailable(f"node {node} went offline", node=node)):
+                    self._requester._fail(
+                        p.rid, Unavailable(f"node {node} went offline", node=node)
+                    )
+
     # -- directory -------------------------------------------------------------
     def _gateway(self, op: str, /, **kwargs: Any) -> Any:
         req = Request(op, [], {k: v for k, v in kwargs.items() if v is not None})
@@ -490,48 +558,88 @@ class Client(_Directory):
                 fut: Future[Any] = Future()
                 fut.set_exception(exc)
                 return fut
-        return self._requester.send(
+        offline = self._node_state.get(node) == "offline"
+        fut = self._requester.send(
             self.topics.node_call(node),
             req,
             timeout or self.timeout,
             on_progress,
-            self._retry_elsewhere,
+            self._on_call_error,
+            node=node,
+            publish=not offline,
         )
+        if offline:  # known dead: find where the object is now, or say it is unavailable
+            p = self._requester.pending(req.id or "")
+            if p is not None:
+                err = Unavailable(f"object {oid} is on node {node}, which is offline", node=node)
+                if not self._reroute(p, err):
+                    self._requester._fail(p.rid, err)
+        return fut
 
     def _resolve(self, oid: str) -> str:
         info = self._gateway("resolve", ref=oid)
         self._locations[oid] = info["node"]
         return info["node"]
 
-    def _retry_elsewhere(self, p: _Pending, exc: ContinuumError) -> bool:
-        """On ``object_not_here``, re-resolve through the gateway (once) and resend."""
-        if not isinstance(exc, ObjectNotHere):
-            return False
-        p.retry = None  # one re-resolution per call
-        oid = decode(p.payload)["obj"]
-        stale = self._locations.pop(oid, None)
-        req = Request("resolve", [], {"ref": oid})
-        remaining = max(0.05, p.deadline - time.monotonic())
-        lookup = self._requester.send(self.topics.gateway_call, req, remaining)
+    def _on_call_error(self, p: _Pending, exc: ContinuumError) -> bool:
+        """``object_not_here``: the object moved; find it again and resend."""
+        return isinstance(exc, ObjectNotHere) and self._reroute(p, exc)
 
-        def resend(f: Future[Any]) -> None:
+    _MAX_REROUTES = 100  # at 0.1 s a try: 10 s for a replica to be promoted
+
+    def _reroute(self, p: _Pending, exc: ContinuumError) -> bool:
+        """Resend call ``p`` (same request id, so it never runs twice) to the
+        object's current node, asking the gateway where that is; while the
+        gateway has not yet promoted a replica of a dead primary, ask again
+        every 0.1 s until the call's deadline. False when not re-routable."""
+        oid, stale = p.obj, p.node
+        if oid is None or p.future.done() or p.reroutes >= self._MAX_REROUTES:
+            return False
+        remaining = p.deadline - time.monotonic()
+        if remaining <= 0.01:
+            return False
+        p.reroutes += 1
+        p.node = None  # not on the dead node any more: no second re-route from its will
+        if self._locations.get(oid) == stale:
+            self._locations.pop(oid, None)
+        lookup = self._requester.send(
+            self.topics.gateway_call,
+            Request("resolve", [], {"ref": oid}),
+            min(remaining, self.timeout),
+        )
+
+        def route(f: Future[Any]) -> None:
+            if p.future.done():
+                return
             err = f.exception()
             if err is not None:
                 self._requester._fail(p.rid, err)
                 return
             info = f.result()
             node = info["node"]
-            self._locations[oid] = node
-            if node == stale:
-                state = info.get("node_state")
-                self._requester._fail(
-                    p.rid,
-                    Unavailable(f"object {oid} is not on its node {node} ({state})", node=node)
-                    if state == "offline"
-                    else exc,
-                )
+            live = info.get("node_state") == "online" and self._node_state.get(node) != "offline"
+            if node != stale and live:
+                self._locations[oid] = node
+                p.node = node
+                self._requester.publish(p, self.topics.node_call(node))
                 return
-            self._requester.publish(p, self.topics.node_call(node))
+            if any(self._node_state.get(r) == "online" for r in info.get("replicas", [])):
+                p.node = stale  # a replica will be promoted: ask again shortly
+                timer = threading.Timer(0.1, self._retry_reroute, (p, exc))
+                timer.daemon = True
+                timer.start()
+                return
+            if not live:
+                exc2: ContinuumError = Unavailable(
+                    f"object {oid} is on node {node}, which is {info.get('node_state')}", node=node
+                )
+                self._requester._fail(p.rid, exc2)
+            else:
+                self._requester._fail(p.rid, exc)
 
-        lookup.add_done_callback(resend)
+        lookup.add_done_callback(route)
         return True
+
+    def _retry_reroute(self, p: _Pending, exc: ContinuumError) -> None:
+        if not p.future.done() and not self._reroute(p, exc):
+            self._requester._fail(p.rid, exc)

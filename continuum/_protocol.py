@@ -39,6 +39,9 @@ class Topics:
     def node_ctl(self, node: str) -> str:
         return f"{self.root}/node/{_check_level('node id', node)}/ctl"
 
+    def node_sync(self, node: str) -> str:
+        return f"{self.root}/node/{_check_level('node id', node)}/sync"
+
     def node_status(self, node: str) -> str:
         return f"{self.root}/node/{_check_level('node id', node)}/status"
 

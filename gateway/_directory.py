@@ -36,7 +36,9 @@ class Directory:
             )
         if "objects" not in db.table_names():
             db.table("objects").create(
-                {"id": str, "class": str, "node": str, "created": float}, pk="id"
+                {"id": str, "class": str, "node": str, "replicas": str, "created": float},
+                pk="id",
+                defaults={"replicas": "[]"},
             )
             db.table("objects").create_index(["node"])
             db.table("objects").create_index(["class"])
@@ -47,6 +49,8 @@ class Directory:
                 foreign_keys=[("object", "objects", "id")],
             )
             db.table("aliases").create_index(["object"])
+        if "replicas" not in db.table("objects").columns_dict:  # directories from 0.1.0
+            db.table("objects").add_column("replicas", str, not_null_default="[]")
 
     def close(self) -> None:
         self.db.close()
@@ -104,9 +108,9 @@ class Directory:
                 entry["nodes"].append(r["id"])
         return out
 
-    def place(self, cls: str, node: str | None) -> str | None:
-        """A live node hosting ``cls``: ``node`` if given and suitable, else the
-        least loaded one. None if there is none."""
+    def place(self, cls: str, node: str | None, count: int = 1) -> list[str]:
+        """``count`` distinct live nodes hosting ``cls``, least loaded first
+        (``node`` first if given and suitable). Fewer if there are not enough."""
         with self._lock:
             rows = list(self.db.table("nodes").rows_where("state = 'online'"))
             counts = {
@@ -116,19 +120,29 @@ class Directory:
         hosting = [
             r["id"] for r in rows if cls in json.loads(r["manifest"] or "{}").get("classes", {})
         ]
+        ranked = sorted(hosting, key=lambda n: (counts.get(n, 0), n))
         if node is not None:
-            return node if node in hosting else None
-        if not hosting:
-            return None
-        return min(hosting, key=lambda n: (counts.get(n, 0), n))
+            if node not in hosting:
+                return []
+            ranked = [node] + [n for n in ranked if n != node]
+        return ranked[:count]
 
     # -- objects -------------------------------------------------------------------
-    def add_object(self, oid: str, cls: str, node: str, alias: str | None) -> dict[str, Any]:
+    def add_object(
+        self, oid: str, cls: str, node: str, alias: str | None, replicas: list[str] | None = None
+    ) -> dict[str, Any]:
         with self._lock:
             if alias is not None:
                 self._check_alias_free(alias, oid)
             self.db.table("objects").insert(
-                {"id": oid, "class": cls, "node": node, "created": time.time()}, pk="id"
+                {
+                    "id": oid,
+                    "class": cls,
+                    "node": node,
+                    "replicas": json.dumps(replicas or []),
+                    "created": time.time(),
+                },
+                pk="id",
             )
             if alias is not None:
                 self.db.table("aliases").insert({"alias": alias, "object": oid}, pk="alias")
@@ -166,8 +180,23 @@ class Directory:
             "class": row["class"],
             "node": row["node"],
             "node_state": node["state"] if node else "unknown",
+            "replicas": json.loads(row["replicas"] or "[]"),
             "aliases": aliases,
         }
+
+    def objects_on(self, node: str) -> list[dict[str, Any]]:
+        """Objects whose primary is ``node``, with their replicas."""
+        with self._lock:
+            rows = list(self.db.table("objects").rows_where("node = ?", [node]))
+        return [
+            {"id": r["id"], "class": r["class"], "replicas": json.loads(r["replicas"] or "[]")}
+            for r in rows
+        ]
+
+    def move(self, oid: str, node: str, replicas: list[str]) -> None:
+        """Record a new primary (a promoted replica) and the remaining replicas."""
+        with self._lock:
+            self.db.table("objects").update(oid, {"node": node, "replicas": json.dumps(replicas)})
 
     def set_alias(self, ref: str, name: str) -> dict[str, Any]:
         oid = self.resolve(ref)["id"]
@@ -194,7 +223,7 @@ class Directory:
             where.append("o.node = ?")
             params.append(node)
         sql = (
-            "select o.id, o.class, o.node, o.created, group_concat(a.alias) as aliases "
+            "select o.id, o.class, o.node, o.replicas, o.created, group_concat(a.alias) as aliases "
             "from objects o left join aliases a on a.object = o.id "
             + ("where " + " and ".join(where) + " " if where else "")
             + "group by o.id order by o.created"
@@ -206,6 +235,7 @@ class Directory:
                 "id": r["id"],
                 "class": r["class"],
                 "node": r["node"],
+                "replicas": json.loads(r["replicas"] or "[]"),
                 "created": r["created"],
                 "aliases": sorted(r["aliases"].split(",")) if r["aliases"] else [],
             }

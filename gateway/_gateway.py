@@ -4,6 +4,7 @@ status messages and last wills. It is on the path of directory operations
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -20,6 +21,7 @@ from continuum._errors import (
     ObjectNotHere,
     UnknownClass,
     UnknownMethod,
+    UnknownObject,
 )
 from continuum._invoke import bind_arguments, remote_error
 from continuum._mqtt import BrokerURL, Connection, Message
@@ -132,8 +134,14 @@ class Gateway:
         except ContinuumError as exc:
             log.warning("ignoring malformed status of node %s: %s", node, exc)
             return
+        before = self.directory.node_state(node)
+        online = status.get("state") == "online"
         self.directory.node_status(node, status)
-        log.info("node %s is %s", node, "online" if status.get("state") == "online" else "offline")
+        log.info("node %s is %s", node, "online" if online else "offline")
+        if not online and before == "online":
+            self._pool.submit(self._failover, node)
+        elif online and before == "offline":
+            self._pool.submit(self._reconcile, node)
 
     def _serve(self, req: Request, chan: ReplyChannel) -> None:
         try:
@@ -169,30 +177,102 @@ class Gateway:
         kwargs: dict[str, Any] | None = None,
         node: str | None = None,
         alias: str | None = None,
+        replicas: int = 0,
         _deadline: float | None = None,
     ) -> dict[str, Any]:
         if not isinstance(cls, str) or not cls:
             raise BadRequest("create: 'cls' must be a class path")
-        target = self.directory.place(cls, node)
-        if target is None:
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+            raise BadRequest("create: 'replicas' must be a non-negative integer")
+        placed = self.directory.place(cls, node, 1 + replicas)
+        if not placed:
             if node is not None:
                 state = self.directory.node_state(node)
                 if state != "online":
                     raise NoNodeAvailable(f"node {node!r} is {state}", node=node)
                 raise UnknownClass(f"node {node!r} does not host class {cls!r}", cls=cls)
             raise NoNodeAvailable(f"no live node hosts class {cls!r}", cls=cls)
+        if len(placed) < 1 + replicas:
+            raise NoNodeAvailable(
+                f"{replicas} replica(s) need {1 + replicas} live nodes hosting {cls!r};"
+                f" there are {len(placed)}",
+                cls=cls,
+            )
         if alias is not None:
             self.directory._check_alias_free(alias, "")
+        target, backups = placed[0], placed[1:]
         oid = uuid.uuid4().hex
         self._node_call(
             target,
             "create",
-            {"obj": oid, "cls": cls, "args": args or [], "kwargs": kwargs or {}},
+            {
+                "obj": oid,
+                "cls": cls,
+                "args": args or [],
+                "kwargs": kwargs or {},
+                "replicas": backups,
+            },
             _deadline,
         )
-        info = self.directory.add_object(oid, cls, target, alias)
-        log.info("created %s %s on %s%s", cls, oid, target, f" as {alias!r}" if alias else "")
+        info = self.directory.add_object(oid, cls, target, alias, backups)
+        log.info(
+            "created %s %s on %s%s%s",
+            cls,
+            oid,
+            target,
+            f" as {alias!r}" if alias else "",
+            f", replicas on {', '.join(backups)}" if backups else "",
+        )
         return info
+
+    # -- liveness --------------------------------------------------------------------
+    def _failover(self, dead: str) -> None:
+        """The primary ``dead`` is gone: promote a live replica of each of its objects."""
+        for obj in self.directory.objects_on(dead):
+            live = [
+                r for r in obj["replicas"] if r != dead and self.directory.node_state(r) == "online"
+            ]
+            if not live:
+                if obj["replicas"]:
+                    log.error(
+                        "object %s lost its primary %s and has no live replica", obj["id"], dead
+                    )
+                continue
+            new, rest = live[0], [r for r in obj["replicas"] if r not in (dead, live[0])]
+            t0 = time.monotonic()
+            try:
+                self._node_call(new, "promote", {"obj": obj["id"], "replicas": rest}, None)
+            except ContinuumError as exc:
+                log.error("cannot promote the replica of %s on %s: %s", obj["id"], new, exc)
+                continue
+            self.directory.move(obj["id"], new, rest)
+            log.warning(
+                "failover: %s %s moved from %s to its replica on %s in %.0f ms",
+                obj["class"],
+                obj["id"],
+                dead,
+                new,
+                (time.monotonic() - t0) * 1000,
+            )
+
+    def _reconcile(self, node: str) -> None:
+        """A node came back: drop the copies it holds of objects that failed over
+        while it was away (another node is their primary now)."""
+        try:
+            held = self._node_call(node, "list", {}, None)
+        except ContinuumError as exc:
+            log.warning("cannot list the objects of returning node %s: %s", node, exc)
+            return
+        for obj in held:
+            try:
+                info = self.directory.resolve(obj["id"])
+            except UnknownObject:
+                info = None
+            stale = info is None or (info["node"] != node and node not in info["replicas"])
+            if stale:
+                with contextlib.suppress(ContinuumError):
+                    self._node_call(node, "delete", {"obj": obj["id"]}, None)
+                log.info("dropped stale copy of %s on returning node %s", obj["id"], node)
 
     def resolve(self, ref: str) -> dict[str, Any]:
         return self.directory.resolve(ref)
@@ -205,11 +285,10 @@ class Gateway:
 
     def delete(self, ref: str, _deadline: float | None = None) -> dict[str, Any]:
         info = self.directory.resolve(ref)
-        if info["node_state"] == "online":
-            try:
-                self._node_call(info["node"], "delete", {"obj": info["id"]}, _deadline)
-            except ObjectNotHere:
-                pass
+        for holder in [info["node"], *info["replicas"]]:
+            if self.directory.node_state(holder) == "online":
+                with contextlib.suppress(ObjectNotHere):
+                    self._node_call(holder, "delete", {"obj": info["id"]}, _deadline)
         self.directory.delete_object(info["id"])
         log.info("deleted %s %s", info["class"], info["id"])
         return {"id": info["id"], "deleted": True}
