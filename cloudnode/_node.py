@@ -185,7 +185,7 @@ class Node:
         self._sync_pool = ThreadPoolExecutor(1, thread_name_prefix=f"continuum-sync-{node_id}")
         self.sync_timeout = sync_timeout
         self._node_state: dict[str, str] = {}  # other nodes' liveness, from their status
-        self.requester = Requester(self.topics, f"node-{node_id}")
+        self.requester = Requester(self.topics, f"node-{node_id}", owner=broker.username)
         self._started = time.time()
         self._call_topic = self.topics.node_call(node_id)
         self._ctl_topic = self.topics.node_ctl(node_id)

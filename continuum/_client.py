@@ -77,11 +77,16 @@ class Requester:
     Used by :class:`Client` and by the gateway (to talk to nodes)."""
 
     def __init__(
-        self, topics: Topics, client_id: str, qos: int = 1, max_payload: int = 8 << 20
+        self,
+        topics: Topics,
+        client_id: str,
+        qos: int = 1,
+        max_payload: int = 8 << 20,
+        owner: str | None = None,
     ) -> None:
         self.topics = topics
         self.client_id = client_id
-        self.reply_topic = topics.reply(client_id)
+        self.reply_topic = topics.reply(client_id, owner)
         self.qos = qos
         self.max_payload = max_payload
         self.conn: Connection | None = None
@@ -448,7 +453,13 @@ class Client(_Directory):
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self._ca_file = ca_file
-        self._requester = Requester(self.topics, self.client_id, qos=qos, max_payload=max_payload)
+        self._requester = Requester(
+            self.topics,
+            self.client_id,
+            qos=qos,
+            max_payload=max_payload,
+            owner=self.broker.username,
+        )
         self._locations: dict[str, str] = {}
         self._node_state: dict[str, str] = {}  # from the nodes' retained status
         self._conn: Connection | None = None

@@ -61,8 +61,14 @@ class Topics:
     def reply_prefix(self) -> str:
         return f"{self.root}/reply/"
 
-    def reply(self, client_id: str) -> str:
-        return f"{self.root}/reply/{_check_level('client id', client_id)}"
+    def reply(self, client_id: str, owner: str | None = None) -> str:
+        """A client's reply topic: ``<root>/reply/<client id>``, or, for a client
+        that authenticates, ``<root>/reply/<username>/<client id>``, so a broker
+        ACL ``pattern read <root>/reply/%u/#`` (or ``%c/#``) confines it."""
+        cid = _check_level("client id", client_id)
+        if owner:
+            return f"{self.root}/reply/{_check_level('username', owner)}/{cid}"
+        return f"{self.root}/reply/{cid}"
 
     # -- device (edge agent) topics --------------------------------------------
     def device(self, device: str, kind: str) -> str:

@@ -55,7 +55,7 @@ class Gateway:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="continuum-gateway")
         # Status updates are applied in arrival order, one at a time.
         self._status_pool = ThreadPoolExecutor(1, thread_name_prefix="continuum-gateway-status")
-        self.requester = Requester(self.topics, f"gw-{gateway_id}")
+        self.requester = Requester(self.topics, f"gw-{gateway_id}", owner=broker.username)
         self.conn = Connection(
             broker,
             client_id=f"gw-{gateway_id}",

@@ -153,3 +153,12 @@ def test_cli_help_texts() -> None:
             [sys.executable, "-m", mod, "--help"], capture_output=True, text=True, timeout=60
         )
         assert out.returncode == 0 and "usage:" in out.stdout, (mod, out.stderr)
+
+
+def test_reply_topics_are_confined_to_the_caller() -> None:
+    t = Topics("continuum/v1")
+    assert t.reply("client-1") == "continuum/v1/reply/client-1"
+    # an authenticated client's replies live under its username (ACL %u)
+    assert t.reply("client-1", "dev-a") == "continuum/v1/reply/dev-a/client-1"
+    c = continuum.Client("mqtt://dev-a:pw@127.0.0.1:1", client_id="c9")
+    assert c._requester.reply_topic == "continuum/v1/reply/dev-a/c9"
