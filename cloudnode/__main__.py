@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory for durable object snapshots; objects survive a restart (default: none, in memory)",
     )
     p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=1000,
+        help="with --state-dir: journaled calls between full checkpoints of an object (default: %(default)s)",
+    )
+    p.add_argument(
         "--torch-threads",
         type=int,
         default=max(1, (os.cpu_count() or 2) - 1),
@@ -113,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         state_dir=args.state_dir,
         max_queue=args.max_queue,
         max_node_queue=args.max_node_queue,
+        checkpoint_every=args.checkpoint_every,
     )
     return serve(node)
 

@@ -8,6 +8,7 @@ run in parallel.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -27,6 +28,7 @@ from continuum._errors import (
     ContinuumError,
     DeadlineExpired,
     ObjectNotHere,
+    UnencodableResult,
     UnknownClass,
     UnknownMethod,
     error_from_envelope,
@@ -114,12 +116,14 @@ class _Resident:
         "id",
         "inflight",
         "instance",
+        "journaled",
         "lock",
         "mailbox",
         "replicas",
         "results",
         "role",
         "scheduled",
+        "seq",
     )
 
     def __init__(
@@ -137,6 +141,8 @@ class _Resident:
         # mutating call; a replica only holds the latest state until promoted.
         self.role = role
         self.replicas: list[str] = list(replicas or [])
+        self.seq = 0  # mutating calls applied, ever (journal entries carry it)
+        self.journaled = 0  # calls in the journal since the last checkpoint
         self.cls_path = cls_path
         self.instance = instance
         self.feeds: dict[str, str] = dict(feeds or {})  # topic -> active method
@@ -165,6 +171,7 @@ class Node:
         max_queue: int = 10_000,
         max_node_queue: int = 100_000,
         sync_timeout: float = 5.0,
+        checkpoint_every: int = 1000,
     ) -> None:
         self.node_id = node_id
         self.topics = Topics(root)
@@ -184,6 +191,7 @@ class Node:
         # each other with busy pools would otherwise deadlock until timeouts).
         self._sync_pool = ThreadPoolExecutor(1, thread_name_prefix=f"continuum-sync-{node_id}")
         self.sync_timeout = sync_timeout
+        self.checkpoint_every = checkpoint_every
         self._node_state: dict[str, str] = {}  # other nodes' liveness, from their status
         self.requester = Requester(self.topics, f"node-{node_id}", owner=broker.username)
         self._started = time.time()
@@ -242,7 +250,7 @@ class Node:
 
     def _restore(self) -> None:
         assert self.store is not None
-        for rec in self.store.load_all():
+        for rec, journal in self.store.load_all():
             if rec.get("class") not in self.classes:
                 log.error(
                     "snapshot of %s has class %s, not hosted here: skipped",
@@ -251,6 +259,13 @@ class Node:
                 )
                 continue
             res = self._resident_from(rec)
+            for entry in journal:  # the calls made after the checkpoint, in order
+                with contextlib.suppress(ContinuumError):
+                    invoke(res.instance, entry["method"], entry["args"], entry["kwargs"])
+                res.seq = entry["seq"]
+                if entry.get("rid") is not None:
+                    self._remember(res, entry["rid"], (entry["ok"], entry["value"]))
+            res.journaled = len(journal)
             self.objects[res.id] = res
             if res.role == "primary":
                 for topic in res.feeds:
@@ -268,12 +283,13 @@ class Node:
             "results": res.results,
             "role": res.role,
             "replicas": res.replicas,
+            "seq": res.seq,
             "instance": res.instance,
         }
 
     @staticmethod
     def _resident_from(rec: dict[str, Any]) -> _Resident:
-        return _Resident(
+        res = _Resident(
             rec["id"],
             rec["class"],
             rec["instance"],
@@ -282,10 +298,42 @@ class Node:
             rec.get("role", "primary"),
             rec.get("replicas"),
         )
+        res.seq = rec.get("seq", 0)
+        return res
 
     def _persist(self, res: _Resident) -> None:
+        """Checkpoint the whole object (durable node only)."""
         if self.store is not None:
-            self.store.save(res.id, self._record(res))
+            self.store.checkpoint(res.id, self._record(res))
+            res.journaled = 0
+
+    def _commit(
+        self, res: _Resident, req: Request, outcome: tuple[bool, Any], snapshot: bool
+    ) -> None:
+        """Make a mutating call durable (journal entry or checkpoint) and
+        replicated; runs before the caller hears of the call."""
+        res.seq += 1
+        self._remember(res, req.id, outcome)
+        if self.store is not None:
+            if snapshot or res.journaled >= self.checkpoint_every:
+                self._persist(res)
+            else:
+                entry = {
+                    "seq": res.seq,
+                    "method": req.method,
+                    "args": req.args,
+                    "kwargs": req.kwargs,
+                    "rid": req.id,
+                    "ok": outcome[0],
+                    "value": outcome[1],
+                }
+                try:
+                    self.store.append(res.id, entry)
+                    res.journaled += 1
+                except UnencodableResult:  # the outcome cannot be journaled: checkpoint
+                    self._persist(res)
+        if res.replicas:
+            self._replicate(res)
 
     def _replicate(self, res: _Resident) -> None:
         """Ship the object's state to its live replicas and wait for them, so
@@ -478,44 +526,51 @@ class Node:
 
     def _run(self, res: _Resident, job: _Job) -> None:
         req, chan = job.req, job.chan
-        if chan is None:  # a feed message
-            try:
-                invoke(res.instance, req.method, req.args, req.kwargs)
-                if not lookup_method(type(res.instance), req.method).readonly:
-                    self._persist(res)
-                    if res.replicas:
-                        self._replicate(res)
-            except Exception as exc:
-                log.warning(
-                    "feed call %s.%s on %s failed: %s", res.cls_path, req.method, res.id, exc
-                )
-            if job.ack is not None:
-                job.ack.done(self.conn)
+        if chan is None:
+            self._run_feed(res, job)
             return
         rid = req.id
         if chan.expired():
             self._forget(res, rid)
             chan.error(DeadlineExpired(f"deadline passed before {req.method} started; not run"))
             return
-        readonly = lookup_method(type(res.instance), req.method).readonly
+        spec = lookup_method(type(res.instance), req.method)
         outcome: tuple[bool, Any]
         try:
             outcome = (True, invoke(res.instance, req.method, req.args, req.kwargs, chan.progress))
         except ContinuumError as exc:
             outcome = (False, exc.to_envelope())
-        if readonly:
+        if spec.readonly:
             self._forget(res, rid)
         else:
             try:
-                self._remember(res, rid, outcome)
-                self._persist(res)  # durable before the caller hears of it
-                if res.replicas:
-                    self._replicate(res)
+                self._commit(res, req, outcome, spec.snapshot)
             except Exception as exc:
                 log.exception("cannot persist %s after %s", res.id, req.method)
                 chan.error(remote_error(exc))
                 return
         self._answer_again(chan, outcome)
+
+    def _run_feed(self, res: _Resident, job: _Job) -> None:
+        """A device sample: run the bound method; acknowledge the message to the
+        broker once it is committed (never, if it could not be persisted: the
+        broker delivers it again after a reconnect)."""
+        req = job.req
+        spec = lookup_method(type(res.instance), req.method)
+        outcome: tuple[bool, Any]
+        try:
+            outcome = (True, invoke(res.instance, req.method, req.args, req.kwargs))
+        except ContinuumError as exc:
+            outcome = (False, exc.to_envelope())
+            log.warning("feed %s.%s on %s failed: %s", res.cls_path, req.method, res.id, exc)
+        if not spec.readonly:
+            try:
+                self._commit(res, req, outcome, spec.snapshot)
+            except Exception:
+                log.exception("cannot persist %s after a feed sample; not acknowledged", res.id)
+                return
+        if job.ack is not None:
+            job.ack.done(self.conn)
 
     @staticmethod
     def _remember(res: _Resident, rid: str | None, outcome: tuple[bool, Any]) -> None:

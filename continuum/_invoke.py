@@ -104,6 +104,7 @@ def describe_class(cls: type) -> dict[str, Any]:
         params = [p for p in _signature(fn).parameters if p != "self"]
         methods[name] = {
             "readonly": spec.readonly,
+            "snapshot": spec.snapshot,
             "params": params,
             "doc": (inspect.getdoc(fn) or "").split("\n", 1)[0],
         }

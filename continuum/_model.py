@@ -24,22 +24,28 @@ class ActiveSpec:
     """Metadata stored on a function marked with :func:`active`."""
 
     readonly: bool = False
-    """The method does not mutate the object (no snapshot needed after it runs)."""
-    timeout: float | None = None
-    """Default deadline in seconds for calls of this method (None: the caller's default)."""
+    """The method does not change the object: nothing is persisted or replicated
+    after it runs, and a retry simply runs it again."""
+    snapshot: bool = False
+    """On a durable node, persist a full snapshot after this method instead of
+    journaling the call. Use it for methods that change much of the object, are
+    slow to replay, or are not deterministic (see docs/architecture.md)."""
 
 
 @overload
 def active(fn: F, /) -> F: ...
 @overload
-def active(*, readonly: bool = False, timeout: float | None = None) -> Callable[[F], F]: ...
+def active(*, readonly: bool = False, snapshot: bool = False) -> Callable[[F], F]: ...
 def active(
-    fn: F | None = None, /, *, readonly: bool = False, timeout: float | None = None
+    fn: F | None = None, /, *, readonly: bool = False, snapshot: bool = False
 ) -> F | Callable[[F], F]:
     """Mark a public method as callable remotely, bare (``@active``) or with options
-    (``@active(readonly=True)``). The function itself is returned unchanged, with the
-    metadata stored on it, so it runs the same in local mode and on a node."""
-    spec = ActiveSpec(readonly=readonly, timeout=timeout)
+    (``@active(readonly=True)``, ``@active(snapshot=True)``, see :class:`ActiveSpec`).
+    The function itself is returned unchanged, with the metadata stored on it, so
+    it runs the same in local mode and on a node."""
+    if readonly and snapshot:
+        raise TypeError("a readonly method changes nothing to snapshot")
+    spec = ActiveSpec(readonly=readonly, snapshot=snapshot)
 
     def mark(f: F) -> F:
         if not callable(f):

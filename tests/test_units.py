@@ -18,7 +18,7 @@ def test_active_bare_and_with_arguments() -> None:
         def a(self) -> int:
             return 1
 
-        @continuum.active(readonly=True, timeout=5)
+        @continuum.active(readonly=True)
         def b(self) -> int:
             return 2
 
@@ -26,7 +26,7 @@ def test_active_bare_and_with_arguments() -> None:
             return 3
 
     assert set(A.__active_methods__) == {"a", "b"}
-    assert A.__active_methods__["b"] == continuum.ActiveSpec(readonly=True, timeout=5)
+    assert A.__active_methods__["b"] == continuum.ActiveSpec(readonly=True)
     assert A().a() == 1 and A().b() == 2  # plain methods locally
 
     class B(A):

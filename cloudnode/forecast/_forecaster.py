@@ -107,7 +107,7 @@ class Forecaster(ActiveObject):
             self._last_seq[dev] = seq
         return len(self._values)
 
-    @active
+    @active(snapshot=True)
     def load_csv(self, name: str, replace: bool = True) -> int:
         """Load a CSV that lives on the node (columns CPU/MEM or input_1/input_2, an
         optional timestamp/time column). A bare name is looked up in ``data_dir``, then
@@ -137,7 +137,7 @@ class Forecaster(ActiveObject):
 
     # -- model -------------------------------------------------------------------
 
-    @active
+    @active(snapshot=True)
     def train(
         self,
         epochs: int = 100,
