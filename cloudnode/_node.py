@@ -199,6 +199,12 @@ class Node:
         self._ctl_topic = self.topics.node_ctl(node_id)
         self._sync_topic = self.topics.node_sync(node_id)
         self._status_topic = self.topics.node_status(node_id)
+        # One instance per stateless class serves its pool (shared subscription).
+        self._pools: dict[str, Any] = {
+            self.topics.pool_call(path): None
+            for path, cls in classes.items()
+            if getattr(cls, "__continuum_stateless__", False)
+        }
         self.conn = Connection(
             broker,
             client_id=f"node-{node_id}",
@@ -209,6 +215,11 @@ class Node:
                 self._sync_topic: 1,
                 self.requester.reply_topic: 1,
                 self.topics.node_status_all: 1,
+                **{
+                    self.topics.pool_share(p): 1
+                    for p in sorted(self.classes)
+                    if self.topics.pool_call(p) in self._pools
+                },
             },
             will=(self._status_topic, encode({"state": "offline", "node": node_id}), True),
             on_connected=self._publish_status,
@@ -220,6 +231,9 @@ class Node:
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
+        for path, cls in self.classes.items():
+            if self.topics.pool_call(path) in self._pools:
+                self._pools[self.topics.pool_call(path)] = cls()
         if self.store is not None:
             self._restore()
         self.requester.start(self.conn)
@@ -421,6 +435,8 @@ class Node:
             return
         if topic == self._call_topic:
             self._route_call(req, chan)
+        elif topic in self._pools:
+            self._pool.submit(self._run_pooled, self._pools[topic], req, chan)
         elif topic == self._ctl_topic:
             self._pool.submit(self._control, req, chan)
         elif topic == self._sync_topic:
@@ -550,6 +566,17 @@ class Node:
                 chan.error(remote_error(exc))
                 return
         self._answer_again(chan, outcome)
+
+    @staticmethod
+    def _run_pooled(instance: Any, req: Request, chan: ReplyChannel) -> None:
+        """A call for a stateless class's pool: no mailbox, no persistence."""
+        if chan.expired():
+            chan.error(DeadlineExpired(f"deadline passed before {req.method} started; not run"))
+            return
+        try:
+            chan.result(invoke(instance, req.method, req.args, req.kwargs, chan.progress))
+        except ContinuumError as exc:
+            chan.error(exc)
 
     def _run_feed(self, res: _Resident, job: _Job) -> None:
         """A device sample: run the bound method; acknowledge the message to the

@@ -307,7 +307,7 @@ class ObjectProxy:
     id, class and aliases are ``_id``, ``_class_path`` and ``_aliases``."""
 
     def __init__(
-        self, backend: Any, oid: str, class_path: str, aliases: list[str] | None = None
+        self, backend: Any, oid: str | None, class_path: str, aliases: list[str] | None = None
     ) -> None:
         self._backend = backend
         self._id = oid
@@ -389,6 +389,11 @@ class _Directory:
     def stub(self, class_path: str) -> ClassStub:
         """A stub for the class at ``class_path`` (never imported here)."""
         return ClassStub(self, class_path)
+
+    def pool(self, class_path: str) -> ObjectProxy:
+        """The pool of a stateless class (``ActiveObject, stateless=True``):
+        each call is served by one of the live nodes hosting the class."""
+        return ObjectProxy(self, None, class_path)
 
     def get(self, ref: str) -> ObjectProxy:
         """The object with this alias or id."""
@@ -559,6 +564,13 @@ class Client(_Directory):
         on_progress: ProgressFn | None,
     ) -> Future[Any]:
         oid = proxy._id
+        if oid is None:  # a stateless class's pool: any node hosting it answers
+            return self._requester.send(
+                self.topics.pool_call(proxy._class_path),
+                Request(method, args, kwargs),
+                timeout or self.timeout,
+                on_progress,
+            )
         node = self._locations.get(oid)
         req = Request(method, args, kwargs, obj=oid)
         if node is None:

@@ -108,4 +108,8 @@ def describe_class(cls: type) -> dict[str, Any]:
             "params": params,
             "doc": (inspect.getdoc(fn) or "").split("\n", 1)[0],
         }
-    return {"doc": (inspect.getdoc(cls) or "").split("\n", 1)[0], "methods": methods}
+    return {
+        "doc": (inspect.getdoc(cls) or "").split("\n", 1)[0],
+        "stateless": bool(getattr(cls, "__continuum_stateless__", False)),
+        "methods": methods,
+    }

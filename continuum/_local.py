@@ -196,6 +196,15 @@ class LocalClient(_Directory):
         if self._pool is None:
             self.connect()
         assert self._pool is not None
+        if proxy._id is None:  # a stateless class's pool: one shared instance here
+            with self._lock:
+                oid = f"pool:{proxy._class_path}"
+                if oid not in self._objects:
+                    cls = self._class(proxy._class_path)
+                    if not getattr(cls, "__continuum_stateless__", False):
+                        raise UnknownClass(f"{proxy._class_path} is not stateless: it has no pool")
+                    self._objects[oid] = _Local(proxy._class_path, cls())
+            return self._pool.submit(self._run, oid, method, args, kwargs, on_progress)
         return self._pool.submit(self._run, proxy._id, method, args, kwargs, on_progress)
 
     def _run(

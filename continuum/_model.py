@@ -91,10 +91,18 @@ class ActiveObject:
     """
 
     __active_methods__: dict[str, ActiveSpec] = {}
+    __continuum_stateless__: bool = False
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, *, stateless: bool | None = None, **kwargs: Any) -> None:
+        """``class Scorer(ActiveObject, stateless=True)``: instances hold no state
+        worth keeping, so every node hosting the class keeps one and serves the
+        class's *pool*: calls spread over those nodes (MQTT 5 shared
+        subscription), and adding a node adds throughput. Its ``__init__`` takes
+        no arguments and its active methods may run concurrently."""
         super().__init_subclass__(**kwargs)
         cls.__active_methods__ = active_methods(cls)
+        if stateless is not None:
+            cls.__continuum_stateless__ = stateless
 
 
 # -- progress ---------------------------------------------------------------

@@ -39,6 +39,14 @@ class Topics:
     def node_ctl(self, node: str) -> str:
         return f"{self.root}/node/{_check_level('node id', node)}/ctl"
 
+    def pool_call(self, class_path: str) -> str:
+        """Calls for the pool of a stateless class, served by any node hosting it."""
+        return f"{self.root}/pool/{_check_level('class path', class_path)}/call"
+
+    def pool_share(self, class_path: str, group: str = "continuum") -> str:
+        """The MQTT 5 shared subscription a node serves a pool with."""
+        return f"$share/{_check_level('share group', group)}/{self.pool_call(class_path)}"
+
     def node_sync(self, node: str) -> str:
         return f"{self.root}/node/{_check_level('node id', node)}/sync"
 
