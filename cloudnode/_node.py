@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from continuum._client import Requester
@@ -328,61 +328,67 @@ class Node:
         replicated; runs before the caller hears of the call."""
         res.seq += 1
         self._remember(res, req.id, outcome)
+        entry = {
+            "seq": res.seq,
+            "method": req.method,
+            "args": req.args,
+            "kwargs": req.kwargs,
+            "rid": req.id,
+            "ok": outcome[0],
+            "value": outcome[1],
+        }
         if self.store is not None:
             if snapshot or res.journaled >= self.checkpoint_every:
                 self._persist(res)
             else:
-                entry = {
-                    "seq": res.seq,
-                    "method": req.method,
-                    "args": req.args,
-                    "kwargs": req.kwargs,
-                    "rid": req.id,
-                    "ok": outcome[0],
-                    "value": outcome[1],
-                }
                 try:
                     self.store.append(res.id, entry)
                     res.journaled += 1
                 except UnencodableResult:  # the outcome cannot be journaled: checkpoint
                     self._persist(res)
         if res.replicas:
-            self._replicate(res)
+            self._replicate(res, None if snapshot else entry)
 
-    def _replicate(self, res: _Resident) -> None:
-        """Ship the object's state to its live replicas and wait for them, so
-        that every acknowledged mutation survives the primary (node-to-node
-        sync topic: trusted services only, the one place cloudpickle crosses
-        the network)."""
+    def _replicate(self, res: _Resident, entry: dict[str, Any] | None = None) -> None:
+        """Bring the object's live replicas up to date and wait for them, so that
+        every acknowledged mutation survives the primary. A journaled call is
+        shipped as the call itself (the replica applies it, as a restart replays
+        a journal); a snapshot method, or a replica that is behind, gets the
+        whole state (cloudpickle: node-to-node sync topic, trusted services only)."""
         targets = [r for r in res.replicas if self._node_state.get(r) == "online"]
         if not targets:
             return
-        state = dumps_state(self._record(res))
-        pending = [
-            (
-                r,
-                self.requester.send(
-                    self.topics.node_sync(r),
-                    Request(
-                        "sync",
-                        [],
-                        {
-                            "obj": res.id,
-                            "cls": res.cls_path,
-                            "state": state,
-                            "primary": self.node_id,
-                        },
-                    ),
-                    self.sync_timeout,
-                ),
-            )
-            for r in targets
-        ]
+        state: bytes | None = None
+        pending = []
+        for r in targets:
+            if entry is not None:
+                body: dict[str, Any] = {"obj": res.id, "cls": res.cls_path, "apply": entry}
+            else:
+                state = state or dumps_state(self._record(res))
+                body = {"obj": res.id, "cls": res.cls_path, "state": state}
+            pending.append((r, self._sync_send(r, body)))
         for r, fut in pending:
             try:
                 fut.result()
             except ContinuumError as exc:
-                log.warning("replica %s of %s did not confirm a sync: %s", r, res.id, exc)
+                if entry is None:
+                    log.warning("replica %s of %s did not confirm a sync: %s", r, res.id, exc)
+                    continue
+                # behind, new, or the call cannot be shipped as such: send everything
+                state = state or dumps_state(self._record(res))
+                try:
+                    self._sync_send(
+                        r, {"obj": res.id, "cls": res.cls_path, "state": state}
+                    ).result()
+                except ContinuumError as exc2:
+                    log.warning("replica %s of %s did not confirm a sync: %s", r, res.id, exc2)
+
+    def _sync_send(self, node: str, body: dict[str, Any]) -> Future[Any]:
+        return self.requester.send(
+            self.topics.node_sync(node),
+            Request("sync", [], {**body, "primary": self.node_id}),
+            self.sync_timeout,
+        )
 
     def _add_feed(self, topic: str, res: _Resident) -> None:
         fed = self._feeds.setdefault(topic, [])
@@ -698,9 +704,13 @@ class Node:
         """A primary's state for an object we replicate (trusted node-to-node topic)."""
         try:
             kw = req.kwargs
-            obj, cls, state = kw["obj"], kw["cls"], kw["state"]
+            obj, cls = kw["obj"], kw["cls"]
             if cls not in self.classes:
                 raise UnknownClass(f"node {self.node_id} does not host class {cls!r}", cls=cls)
+            if "apply" in kw:
+                chan.result(self._apply(obj, kw["apply"]))
+                return
+            state = kw["state"]
             if not isinstance(state, bytes):
                 raise BadRequest("sync: 'state' must be bytes")
             rec = loads_state(state)
@@ -720,6 +730,19 @@ class Node:
         except Exception as exc:
             log.exception("sync of %s failed", req.kwargs.get("obj"))
             chan.error(remote_error(exc))
+
+    def _apply(self, obj: str, entry: dict[str, Any]) -> dict[str, Any]:
+        """Apply a call the primary made to our replica; a replica that is not
+        exactly one call behind asks for the whole state (``resync``)."""
+        res = self.objects.get(obj)
+        if res is None or res.role != "replica" or res.seq != entry["seq"] - 1:
+            have = None if res is None else res.seq
+            raise ObjectNotHere(f"replica of {obj} on {self.node_id} is at {have}", resync=True)
+        req = Request(entry["method"], entry["args"], entry["kwargs"], id=entry["rid"])
+        with contextlib.suppress(ContinuumError):
+            invoke(res.instance, req.method, req.args, req.kwargs)
+        self._commit(res, req, (entry["ok"], entry["value"]), snapshot=False)
+        return {"id": obj, "node": self.node_id, "seq": res.seq}
 
     def _promote(self, obj: str, replicas: list[str] | None = None) -> dict[str, Any]:
         """Make our replica of ``obj`` the primary (the gateway does this when

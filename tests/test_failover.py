@@ -100,3 +100,23 @@ def test_a_returning_primary_drops_its_stale_copy(bare_cluster: Cluster) -> None
 
         wait_for(n1_dropped_it, timeout=10)
         assert obj.add(1) == 12
+
+
+def test_a_replica_that_lost_its_copy_is_resynced(bare_cluster: Cluster) -> None:
+    """Calls reach replicas as calls; a replica that restarted empty gets the
+    whole state at the next call, and can then take over."""
+    c = bare_cluster
+    c.start_gateway()
+    c.start_node("n1")
+    c.start_node("n2")
+    with c.client() as client:
+        obj = client.stub(COUNTER).create(node="n1", replicas=1)
+        for _ in range(5):
+            obj.add(1)
+        c.stop("n2", signal.SIGKILL)  # not durable: its copy is gone
+        assert obj.add(1) == 6  # replica offline: the primary carries on
+        c.start_node("n2")
+        assert obj.add(1) == 7  # n2 is behind (empty): resynced with the whole state
+        assert obj.add(1) == 8  # and follows call by call again
+        c.stop("n1", signal.SIGKILL)
+        assert obj.add(1) == 9  # the promoted replica had everything
