@@ -418,7 +418,9 @@ class Node:
         }
 
     def _publish_status(self) -> None:
+        """On every (re)connect: announce ourselves, resend syncs in flight."""
         self.conn.publish(self._status_topic, encode(self.manifest()), retain=True)
+        self.requester.resend_all()
 
     # -- network thread --------------------------------------------------------
     def _on_message(self, msg: Message) -> None:

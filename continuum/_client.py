@@ -173,6 +173,15 @@ class Requester:
             self.publish(p, topic)
         return fut
 
+    def resend_all(self) -> None:
+        """After a reconnect: publish every call still waiting again, with the
+        same request id (a node answers a duplicate from its results table, so
+        nothing runs twice), since the broker may have lost the request or its
+        reply while we were away."""
+        for p in list(self._pending.values()):
+            if p.topic and not p.future.done():
+                self.publish(p, p.topic)
+
     def pending(self, rid: str) -> _Pending | None:
         return self._pending.get(rid)
 
@@ -438,6 +447,13 @@ class Client(_Directory):
     Use it as a context manager, sync (``with``) or async (``async with``); it
     can be entered again after it exits. On an exit by exception the broker is
     asked to publish the client's last will.
+
+    ``timeout`` is the default deadline of a call in seconds (per call:
+    ``obj.method.options(timeout=...)``); ``qos`` the MQTT QoS of requests;
+    ``max_payload`` the largest request it will publish; ``offline_grace`` how
+    long a call in flight waits for its node to come back when the node goes
+    offline and the object has no replica, before failing with
+    :class:`Unavailable` (a new call to an offline node fails at once).
     """
 
     def __init__(
@@ -451,12 +467,14 @@ class Client(_Directory):
         max_payload: int = 8 << 20,
         ca_file: str | None = None,
         connect_timeout: float = 10.0,
+        offline_grace: float = 3.0,
     ) -> None:
         self.broker = broker if isinstance(broker, BrokerURL) else BrokerURL.parse(broker)
         self.client_id = client_id or new_client_id("client")
         self.topics = Topics(root)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.offline_grace = offline_grace
         self._ca_file = ca_file
         self._requester = Requester(
             self.topics,
@@ -477,13 +495,18 @@ class Client(_Directory):
             self.broker,
             self.client_id,
             on_message=self._on_message,
-            subscriptions={self._requester.reply_topic: 1, self.topics.node_status_all: 1},
+            subscriptions={
+                self._requester.reply_topic: 1,
+                self.topics.node_status_all: 1,
+                self.topics.gateway_status: 1,
+            },
             will=(
                 f"{self.topics.root}/client/{self.client_id}/status",
                 encode({"state": "offline", "client": self.client_id}),
                 False,
             ),
             ca_file=self._ca_file,
+            on_connected=self._on_connected,
         )
         self._requester.start(conn)
         try:
@@ -519,11 +542,19 @@ class Client(_Directory):
         await asyncio.to_thread(self.close, with_will=et is not None)
 
     # -- network thread ------------------------------------------------------------
+    def _on_connected(self) -> None:
+        # What we knew of node liveness may be stale after a reconnect: the
+        # retained statuses arrive again with our subscription.
+        self._node_state.clear()
+        self._requester.resend_all()
+
     def _on_message(self, msg: Message) -> None:
         if msg.topic == self._requester.reply_topic:
             self._requester.on_reply(msg)
             return
         node = self.topics.node_of_status(msg.topic)
+        if node is None:
+            node = "" if msg.topic == self.topics.gateway_status else None
         if node is None:
             return
         try:
@@ -531,7 +562,16 @@ class Client(_Directory):
         except ContinuumError:
             return
         online = isinstance(status, dict) and status.get("state") == "online"
+        was = self._node_state.get(node)
         self._node_state[node] = "online" if online else "offline"
+        if online and was != "online":
+            # The node (or, for "", the gateway) (re)connected: what we sent it
+            # while it was away may be lost; send again (same request ids, so
+            # nothing runs twice).
+            for p in self._requester.pending_on(node):
+                self._requester.publish(p, p.topic)
+        if node == "":
+            return
         if not online:
             # Calls in flight to a dead node: re-route each (a replica may be
             # promoted), or fail it with a clear error; never leave it hanging.
@@ -543,8 +583,12 @@ class Client(_Directory):
 
     # -- directory -------------------------------------------------------------
     def _gateway(self, op: str, /, **kwargs: Any) -> Any:
+        return self._gateway_future(op, self.timeout, **kwargs).result()
+
+    def _gateway_future(self, op: str, timeout: float, /, **kwargs: Any) -> Future[Any]:
         req = Request(op, [], {k: v for k, v in kwargs.items() if v is not None})
-        return self._requester.send(self.topics.gateway_call, req, self.timeout).result()
+        # node "" stands for the gateway: requests to it are resent when it returns
+        return self._requester.send(self.topics.gateway_call, req, timeout, node="")
 
     def _proxy(self, info: dict[str, Any]) -> ObjectProxy:
         if info.get("node_state") == "offline":
@@ -625,11 +669,7 @@ class Client(_Directory):
         p.node = None  # not on the dead node any more: no second re-route from its will
         if self._locations.get(oid) == stale:
             self._locations.pop(oid, None)
-        lookup = self._requester.send(
-            self.topics.gateway_call,
-            Request("resolve", [], {"ref": oid}),
-            min(remaining, self.timeout),
-        )
+        lookup = self._gateway_future("resolve", min(remaining, self.timeout), ref=oid)
 
         def route(f: Future[Any]) -> None:
             if p.future.done():
@@ -653,15 +693,24 @@ class Client(_Directory):
                 timer.start()
                 return
             if not live:
-                exc2: ContinuumError = Unavailable(
-                    f"object {oid} is on node {node}, which is {info.get('node_state')}", node=node
-                )
-                self._requester._fail(p.rid, exc2)
+                # No replica: wait a little for the node itself (a broker restart
+                # makes every node look dead for a moment); its return resends
+                # the call, else it fails with a clear error.
+                p.node = node
+                timer = threading.Timer(self.offline_grace, self._give_up, (p, node))
+                timer.daemon = True
+                timer.start()
             else:
                 self._requester._fail(p.rid, exc)
 
         lookup.add_done_callback(route)
         return True
+
+    def _give_up(self, p: _Pending, node: str) -> None:
+        if not p.future.done() and self._node_state.get(node) != "online":
+            self._requester._fail(
+                p.rid, Unavailable(f"object {p.obj} is on node {node}, which is offline", node=node)
+            )
 
     def _retry_reroute(self, p: _Pending, exc: ContinuumError) -> None:
         if not p.future.done() and not self._reroute(p, exc):

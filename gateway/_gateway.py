@@ -102,6 +102,8 @@ class Gateway:
         self.directory.close()
 
     def _publish_status(self) -> None:
+        """On every (re)connect: announce ourselves, resend node requests in flight."""
+        self.requester.resend_all()
         self.conn.publish(
             self.topics.gateway_status,
             encode({"state": "online", "protocol": PROTOCOL_VERSION, "started": time.time()}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from pathlib import Path
 
 import cbor2
 import paho.mqtt.client as paho
@@ -97,3 +98,53 @@ def test_a_full_queue_answers_busy(bare_cluster: Cluster) -> None:
         assert "busy" in outcomes and 1 <= len(done) <= 5
         assert obj.get() == len(done)  # busy calls never ran
         assert obj.add(1) == len(done) + 1  # and the object serves again
+
+
+def test_calls_in_flight_survive_a_broker_restart(tmp_path: Path) -> None:
+    """Clients, nodes and the gateway reconnect and resend what was in flight
+    (same request ids): calls complete and none runs twice. (A new call made
+    while the client still believes the node offline fails at once with
+    Unavailable; such a call may or may not have run.)"""
+    from continuum._devbroker import LocalBroker
+
+    broker = LocalBroker().start()
+    port = broker.port
+    c = Cluster(broker.url, tmp_path)
+    try:
+        c.start_gateway()
+        c.start_node("n1")
+        with c.client(timeout=30.0) as client:
+            obj = client.stub(COUNTER).create()
+            acked, errors = [0], []
+            unavailable = [0]
+            stop = threading.Event()
+
+            def hammer() -> None:
+                while not stop.is_set():
+                    try:
+                        obj.add(1)
+                        acked[0] += 1
+                    except continuum.Unavailable:
+                        unavailable[0] += 1
+                        time.sleep(0.05)
+                    except continuum.ContinuumError as exc:  # pragma: no cover - reported
+                        errors.append(exc)
+
+            t = threading.Thread(target=hammer)
+            t.start()
+            time.sleep(0.5)
+            broker.stop()
+            time.sleep(1.5)
+            broker = LocalBroker(port=port).start()
+            before = acked[0]
+            deadline = time.monotonic() + 20
+            while acked[0] < before + 100 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            stop.set()
+            t.join(35)
+            assert not errors, errors[:3]
+            assert acked[0] >= before + 100
+            assert acked[0] <= obj.get() <= acked[0] + unavailable[0]
+    finally:
+        c.close()
+        broker.stop()
