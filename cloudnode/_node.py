@@ -371,17 +371,30 @@ class Node:
             try:
                 fut.result()
             except ContinuumError as exc:
-                if entry is None:
-                    log.warning("replica %s of %s did not confirm a sync: %s", r, res.id, exc)
-                    continue
-                # behind, new, or the call cannot be shipped as such: send everything
-                state = state or dumps_state(self._record(res))
-                try:
-                    self._sync_send(
-                        r, {"obj": res.id, "cls": res.cls_path, "state": state}
-                    ).result()
-                except ContinuumError as exc2:
-                    log.warning("replica %s of %s did not confirm a sync: %s", r, res.id, exc2)
+                if entry is not None and not exc.data.get("fenced"):
+                    # behind, new, or the call cannot be shipped as such: send everything
+                    state = state or dumps_state(self._record(res))
+                    try:
+                        self._sync_send(
+                            r, {"obj": res.id, "cls": res.cls_path, "state": state}
+                        ).result()
+                        continue
+                    except ContinuumError as exc2:
+                        exc = exc2
+                if exc.data.get("fenced"):
+                    self._fence(res, r)
+                log.warning("replica %s of %s did not confirm a sync: %s", r, res.id, exc)
+
+    def _fence(self, res: _Resident, new_primary: str) -> None:
+        """Our replica was promoted (the gateway took us for dead): we are no
+        longer the primary. Drop our copy and refuse the call in hand, whose
+        caller then finds the object on its new node (same request id)."""
+        log.warning(
+            "%s %s was promoted on %s: dropping our stale copy", res.cls_path, res.id, new_primary
+        )
+        with contextlib.suppress(ObjectNotHere):
+            self._delete(res.id)
+        raise ObjectNotHere(f"object {res.id} moved to node {new_primary}", node=self.node_id)
 
     def _sync_send(self, node: str, body: dict[str, Any]) -> Future[Any]:
         return self.requester.send(
@@ -569,6 +582,9 @@ class Node:
         else:
             try:
                 self._commit(res, req, outcome, spec.snapshot)
+            except ObjectNotHere as exc:  # fenced: the object has a new primary
+                chan.error(exc)
+                return
             except Exception as exc:
                 log.exception("cannot persist %s after %s", res.id, req.method)
                 chan.error(remote_error(exc))
@@ -721,7 +737,9 @@ class Node:
             with self._objects_lock:
                 current = self.objects.get(obj)
                 if current is not None and current.role == "primary":
-                    raise BadRequest(f"{obj} is primary on {self.node_id}; refusing a sync")
+                    raise ObjectNotHere(
+                        f"{obj} is primary on {self.node_id}; refusing a sync", fenced=True
+                    )
                 self.objects[obj] = res
             self._persist(res)
             chan.result({"id": obj, "node": self.node_id})
@@ -737,6 +755,8 @@ class Node:
         """Apply a call the primary made to our replica; a replica that is not
         exactly one call behind asks for the whole state (``resync``)."""
         res = self.objects.get(obj)
+        if res is not None and res.role == "primary":
+            raise ObjectNotHere(f"{obj} is primary on {self.node_id}; refusing a sync", fenced=True)
         if res is None or res.role != "replica" or res.seq != entry["seq"] - 1:
             have = None if res is None else res.seq
             raise ObjectNotHere(f"replica of {obj} on {self.node_id} is at {have}", resync=True)

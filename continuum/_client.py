@@ -639,7 +639,7 @@ class Client(_Directory):
             p = self._requester.pending(req.id or "")
             if p is not None:
                 err = Unavailable(f"object {oid} is on node {node}, which is offline", node=node)
-                if not self._reroute(p, err):
+                if not self._reroute(p, err, wait_for_node=False):
                     self._requester._fail(p.rid, err)
         return fut
 
@@ -654,7 +654,7 @@ class Client(_Directory):
 
     _MAX_REROUTES = 100  # at 0.1 s a try: 10 s for a replica to be promoted
 
-    def _reroute(self, p: _Pending, exc: ContinuumError) -> bool:
+    def _reroute(self, p: _Pending, exc: ContinuumError, wait_for_node: bool = True) -> bool:
         """Resend call ``p`` (same request id, so it never runs twice) to the
         object's current node, asking the gateway where that is; while the
         gateway has not yet promoted a replica of a dead primary, ask again
@@ -688,11 +688,13 @@ class Client(_Directory):
                 return
             if any(self._node_state.get(r) == "online" for r in info.get("replicas", [])):
                 p.node = stale  # a replica will be promoted: ask again shortly
-                timer = threading.Timer(0.1, self._retry_reroute, (p, exc))
+                timer = threading.Timer(0.1, self._retry_reroute, (p, exc, wait_for_node))
                 timer.daemon = True
                 timer.start()
                 return
-            if not live:
+            if not live and not wait_for_node:
+                self._give_up(p, node)
+            elif not live:
                 # No replica: wait a little for the node itself (a broker restart
                 # makes every node look dead for a moment); its return resends
                 # the call, else it fails with a clear error.
@@ -712,6 +714,6 @@ class Client(_Directory):
                 p.rid, Unavailable(f"object {p.obj} is on node {node}, which is offline", node=node)
             )
 
-    def _retry_reroute(self, p: _Pending, exc: ContinuumError) -> None:
-        if not p.future.done() and not self._reroute(p, exc):
+    def _retry_reroute(self, p: _Pending, exc: ContinuumError, wait_for_node: bool = True) -> None:
+        if not p.future.done() and not self._reroute(p, exc, wait_for_node):
             self._requester._fail(p.rid, exc)

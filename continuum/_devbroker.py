@@ -43,13 +43,20 @@ class LocalBroker:
     """A mosquitto on 127.0.0.1 and a free port, for as long as the context lasts."""
 
     def __init__(
-        self, port: int | None = None, extra_config: str = "", log_path: str | None = None
+        self,
+        port: int | None = None,
+        extra_config: str = "",
+        log_path: str | None = None,
+        persistence_dir: str | None = None,
     ) -> None:
+        """``persistence_dir``: keep sessions, queued messages and retained
+        messages across a restart of this broker (saved there at shutdown)."""
         self.port = port or free_port()
         self.extra_config = extra_config
         self._dir = tempfile.mkdtemp(prefix="continuum-broker-")
         self.log_path = log_path or os.path.join(self._dir, "mosquitto.log")
         self.proc: subprocess.Popen[bytes] | None = None
+        self.persistence_dir = persistence_dir
 
     @property
     def url(self) -> str:
@@ -62,9 +69,19 @@ class LocalBroker:
                 "mosquitto is not installed (Debian/Ubuntu: apt-get install mosquitto mosquitto-clients)"
             )
         conf = Path(self._dir) / "mosquitto.conf"
+        # Started as root, mosquitto drops to the 'mosquitto' user, which cannot
+        # write into our private temporary folders: this broker is ours, keep it.
+        as_root = "user root\n" if os.geteuid() == 0 else ""
+        if self.persistence_dir:
+            os.makedirs(self.persistence_dir, exist_ok=True)
         conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"{BROKER_SETTINGS}{self.extra_config}\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{as_root}"
+            + (
+                f"persistence true\npersistence_location {self.persistence_dir.rstrip('/')}/\n"
+                if self.persistence_dir
+                else "persistence false\n"
+            )
+            + f"{BROKER_SETTINGS}{self.extra_config}\n"
         )
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)

@@ -183,7 +183,8 @@ class Connection:
         )
         c.max_inflight_messages_set(max_inflight)
         c.max_queued_messages_set(0)
-        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        # paho doubles the delay from min to max; it takes float seconds.
+        c.reconnect_delay_set(min_delay=0.25, max_delay=15)  # type: ignore[arg-type]
         if broker.username:
             c.username_pw_set(broker.username, broker.password)
         if broker.tls:

@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds to wait for a node to create or delete an object (default: %(default)s)",
     )
+    p.add_argument(
+        "--failover-delay",
+        type=float,
+        default=2.0,
+        help="seconds a primary must stay offline before a replica is promoted (default: %(default)s)",
+    )
     return p
 
 
@@ -54,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         gateway_id=args.gateway_id,
         root=args.root,
         node_timeout=args.node_timeout,
+        failover_delay=args.failover_delay,
     )
     return serve(gw)
 

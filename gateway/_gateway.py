@@ -46,11 +46,13 @@ class Gateway:
         workers: int = 4,
         max_payload: int = 1024 * 1024,
         node_timeout: float = 30.0,
+        failover_delay: float = 2.0,
     ) -> None:
         self.topics = Topics(root)
         self.directory = Directory(db_path)
         self.max_payload = max_payload
         self.node_timeout = node_timeout
+        self.failover_delay = failover_delay
         self.gateway_id = gateway_id
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="continuum-gateway")
         # Status updates are applied in arrival order, one at a time.
@@ -229,7 +231,17 @@ class Gateway:
 
     # -- liveness --------------------------------------------------------------------
     def _failover(self, dead: str) -> None:
-        """The primary ``dead`` is gone: promote a live replica of each of its objects."""
+        """The primary ``dead`` is gone: promote a live replica of each of its
+        objects. It must stay gone for ``failover_delay`` first: a broker
+        restart delivers every node's last will, and promoting a replica of a
+        live primary would make two primaries (the old one is fenced at its
+        next call in any case)."""
+        end = time.monotonic() + self.failover_delay
+        while time.monotonic() < end:
+            if self.directory.node_state(dead) == "online":
+                log.info("node %s is back within %.1f s: no failover", dead, self.failover_delay)
+                return
+            time.sleep(0.05)
         for obj in self.directory.objects_on(dead):
             live = [
                 r for r in obj["replicas"] if r != dead and self.directory.node_state(r) == "online"
