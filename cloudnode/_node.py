@@ -232,6 +232,11 @@ class Node:
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
         for path, cls in self.classes.items():
+            warm_up = getattr(cls, "__continuum_warm_up__", None)
+            if warm_up is not None:
+                t0 = time.perf_counter()
+                warm_up()
+                log.debug("warmed up %s in %.2f s", path, time.perf_counter() - t0)
             if self.topics.pool_call(path) in self._pools:
                 self._pools[self.topics.pool_call(path)] = cls()
         if self.store is not None:

@@ -93,6 +93,12 @@ class ActiveObject:
     __active_methods__: dict[str, ActiveSpec] = {}
     __continuum_stateless__: bool = False
 
+    @classmethod
+    def __continuum_warm_up__(cls) -> None:
+        """Called once by a node that hosts the class, before it serves calls:
+        pay one-time costs here (lazy imports, kernel set-up) instead of in
+        the first caller's call. Does nothing by default."""
+
     def __init_subclass__(cls, *, stateless: bool | None = None, **kwargs: Any) -> None:
         """``class Scorer(ActiveObject, stateless=True)``: instances hold no state
         worth keeping, so every node hosting the class keeps one and serves the

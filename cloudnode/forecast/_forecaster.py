@@ -31,6 +31,7 @@ from ._model import (
     resolve_device,
     test_predictions,
     train_summary,
+    warm_up_torch,
 )
 from ._model import model_size_mb as _size_mb
 from ._model import state_hash as _hash
@@ -69,6 +70,12 @@ class Forecaster(ActiveObject):
         self.source: str | None = None
         if rows:
             self.append(rows)
+
+    @classmethod
+    def __continuum_warm_up__(cls) -> None:
+        """torch builds its first Adam optimizer lazily (about 1 s here): do it
+        at node start, not in a caller's first ``train``."""
+        warm_up_torch()
 
     # -- series ------------------------------------------------------------------
 

@@ -247,6 +247,15 @@ def fit(
     return Trained(model, prepared, params, str(dev), seconds, losses)
 
 
+def warm_up_torch() -> None:
+    """Pay torch's one-time costs (the first optimizer pulls in lazy modules)."""
+    model = LSTMNet(2, 8, 2, 1)
+    optimizer = _adam(model, 1e-3)
+    loss = model(torch.zeros(2, 3, 2)).pow(2).mean()
+    loss.backward()
+    optimizer.step()
+
+
 def _adam(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     """Adam with the fused kernel (one kernel for all parameters: about 10% off
     the whole CPU training time, and deterministic); the plain one where the
