@@ -152,12 +152,28 @@ def run_up(args: Any) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``continuum demo``."""
-    p.add_argument("--seeds", type=int, default=3, help="training runs, seeds 0..N-1 (paper: 20; default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=100, help="epochs per training (default: %(default)s)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="training runs, seeds 0..N-1 (paper: 20; default: %(default)s)",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=100, help="epochs per training (default: %(default)s)"
+    )
     p.add_argument("--broker", help="use this broker instead of starting a local mosquitto")
-    p.add_argument("--out", default="reports", help="folder for the report and figures (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads on the node and baselines (default: cores - 1)")
-    p.add_argument("--quick", action="store_true", help="a fast smoke run: 1 seed, 3 epochs, small burst")
+    p.add_argument(
+        "--out", default="reports", help="folder for the report and figures (default: %(default)s)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads on the node and baselines (default: cores - 1)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="a fast smoke run: 1 seed, 3 epochs, small burst"
+    )
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
 
 
