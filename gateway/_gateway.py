@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -22,6 +24,7 @@ from continuum._errors import (
     UnknownClass,
     UnknownMethod,
     UnknownObject,
+    error_from_envelope,
 )
 from continuum._invoke import bind_arguments, remote_error
 from continuum._mqtt import BrokerURL, Connection, Message
@@ -53,6 +56,9 @@ class Gateway:
         self.max_payload = max_payload
         self.node_timeout = node_timeout
         self.failover_delay = failover_delay
+        self._recent: OrderedDict[str, tuple[bool, Any]] = OrderedDict()
+        self._running: set[str] = set()
+        self._recent_lock = threading.Lock()
         self.gateway_id = gateway_id
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="continuum-gateway")
         # Status updates are applied in arrival order, one at a time.
@@ -147,22 +153,58 @@ class Gateway:
         elif online and before == "offline":
             self._pool.submit(self._reconcile, node)
 
+    _CHANGES = frozenset({"create", "alias", "unalias", "delete", "bind", "unbind"})
+    _RECENT = 4096  # outcomes of recent changing requests kept, by request id
+
     def _serve(self, req: Request, chan: ReplyChannel) -> None:
+        """Run one gateway request. Requests that change the directory are
+        exactly-once by request id, like calls on nodes: a resent request gets
+        the first outcome (or, while the first still runs, no second reply)."""
+        rid = req.id if req.method in self._CHANGES else None
+        if rid is not None:
+            with self._recent_lock:
+                done = self._recent.get(rid)
+                if done is None and rid in self._running:
+                    return
+                if done is None:
+                    self._running.add(rid)
+            if done is not None:
+                self._answer(chan, done)
+                return
+        outcome: tuple[bool, Any]
         try:
-            fn = self._methods.get(req.method)
-            if fn is None:
-                raise UnknownMethod(f"the gateway has no method {req.method!r}", method=req.method)
-            if any(k.startswith("_") for k in req.kwargs):
-                raise BadRequest("argument names starting with '_' are reserved")
-            bind_arguments(fn, req.args, req.kwargs, f"gateway {req.method}")
-            if req.method in ("create", "delete", "bind", "unbind"):
-                req.kwargs["_deadline"] = chan.deadline
-            chan.result(fn(*req.args, **req.kwargs))
+            outcome = (True, self._dispatch(req, chan))
         except ContinuumError as exc:
-            chan.error(exc)
+            outcome = (False, exc.to_envelope())
         except Exception as exc:
             log.exception("gateway %s failed", req.method)
-            chan.error(remote_error(exc))
+            outcome = (False, remote_error(exc).to_envelope())
+        if rid is not None:
+            with self._recent_lock:
+                self._running.discard(rid)
+                self._recent[rid] = outcome
+                while len(self._recent) > self._RECENT:
+                    self._recent.popitem(last=False)
+        self._answer(chan, outcome)
+
+    @staticmethod
+    def _answer(chan: ReplyChannel, outcome: tuple[bool, Any]) -> None:
+        ok, value = outcome
+        if ok:
+            chan.result(value)
+        else:
+            chan.error(error_from_envelope(value))
+
+    def _dispatch(self, req: Request, chan: ReplyChannel) -> Any:
+        fn = self._methods.get(req.method)
+        if fn is None:
+            raise UnknownMethod(f"the gateway has no method {req.method!r}", method=req.method)
+        if any(k.startswith("_") for k in req.kwargs):
+            raise BadRequest("argument names starting with '_' are reserved")
+        bind_arguments(fn, req.args, req.kwargs, f"gateway {req.method}")
+        if req.method in ("create", "delete", "bind", "unbind"):
+            req.kwargs["_deadline"] = chan.deadline
+        return fn(*req.args, **req.kwargs)
 
     # -- directory methods ---------------------------------------------------------
     def _node_call(

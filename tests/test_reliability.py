@@ -148,3 +148,18 @@ def test_calls_in_flight_survive_a_broker_restart(tmp_path: Path) -> None:
     finally:
         c.close()
         broker.stop()
+
+
+def test_gateway_requests_are_exactly_once(cluster: Cluster) -> None:
+    """A create resent with the same request id creates one object."""
+    with cluster.client() as client:
+        req = continuum._protocol.Request(
+            "create", [], {"cls": COUNTER, "alias": "once"}, id="twice:create"
+        )
+        first = client._requester.send(cluster.topics.gateway_call, req, 10.0).result()
+        again = continuum._protocol.Request(
+            "create", [], {"cls": COUNTER, "alias": "once"}, id="twice:create"
+        )
+        second = client._requester.send(cluster.topics.gateway_call, again, 10.0).result()
+        assert first == second
+        assert [o["id"] for o in client.objects()] == [first["id"]]
