@@ -6,7 +6,6 @@ Edge-safe: imports paho-mqtt and cbor2 only.
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import itertools
 import logging
@@ -295,6 +294,8 @@ class RemoteMethod:
         return self.future(*args, **kwargs).result()
 
     async def aio(self, *args: Any, **kwargs: Any) -> Any:
+        import asyncio  # already loaded by the running loop; not at import (38 ms)
+
         on_progress = self._on_progress
         if on_progress is not None:
             loop = asyncio.get_running_loop()
@@ -533,12 +534,16 @@ class Client(_Directory):
         self.close(with_will=et is not None)
 
     async def __aenter__(self) -> Client:
+        import asyncio
+
         await asyncio.to_thread(self.connect)
         return self
 
     async def __aexit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
+        import asyncio
+
         await asyncio.to_thread(self.close, with_will=et is not None)
 
     # -- network thread ------------------------------------------------------------

@@ -7,7 +7,6 @@ offloaded (the paper's "develop locally, offload later").
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import threading
 import uuid
@@ -83,6 +82,8 @@ class LocalClient(_Directory):
     async def __aexit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
+        import asyncio
+
         await asyncio.to_thread(self.close)
 
     # -- directory -------------------------------------------------------------
