@@ -36,7 +36,7 @@ from continuum._errors import (
 from continuum._invoke import bind_arguments, describe_class, invoke, lookup_method, remote_error
 from continuum._model import ActiveObject, class_path
 from continuum._mqtt import BrokerURL, Connection, Message
-from continuum._protocol import DEFAULT_ROOT, PROTOCOL_VERSION, Request, Topics
+from continuum._protocol import DEFAULT_ROOT, PROTOCOL_VERSION, Request, Topics, _check_level
 from continuum._server import ReplyChannel, accept
 
 from ._store import Store, dumps_state, loads_state
@@ -74,6 +74,18 @@ def load_classes(modules: list[str], paths: list[str]) -> dict[str, type]:
             ):
                 found[class_path(value)] = value
     return found
+
+
+def _node_ids(value: Any) -> list[str]:
+    """A list of node ids from a control request, checked."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadRequest("'replicas' must be a list of node ids")
+    try:
+        return [_check_level("node id", v) for v in value]
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _is_class_path(name: str) -> bool:
@@ -563,7 +575,11 @@ class Node:
                 job = res.mailbox.popleft()
             with self._queued_lock:
                 self._queued -= 1
-            self._run(res, job)
+            try:
+                self._run(res, job)
+            except Exception:  # never leave the actor wedged (scheduled, never drained)
+                log.exception("call %s on %s failed in the node", job.req.method, res.id)
+                self._forget(res, job.req.id)
         self._pool.submit(self._drain, res)  # still scheduled: let other objects in
 
     def _run(self, res: _Resident, job: _Job) -> None:
@@ -689,6 +705,7 @@ class Node:
         klass = self.classes.get(cls)
         if klass is None:
             raise UnknownClass(f"node {self.node_id} does not host class {cls!r}", cls=cls)
+        replicas = _node_ids(replicas)
         args, kwargs = list(args or []), dict(kwargs or {})
         with self._objects_lock:
             existing = self.objects.get(obj)
@@ -774,6 +791,7 @@ class Node:
     def _promote(self, obj: str, replicas: list[str] | None = None) -> dict[str, Any]:
         """Make our replica of ``obj`` the primary (the gateway does this when
         the primary's last will arrives)."""
+        replicas = _node_ids(replicas)
         res = self._resident(obj, any_role=True)
         with res.lock:
             res.role = "primary"

@@ -29,8 +29,11 @@ def _keep_tag(tag: int) -> Any:
 
 
 # Tags whose built-in decoders do work an attacker can steer (compiling a
-# regular expression, parsing a MIME message) come back as raw CBORTag values.
-_SEMANTIC_OVERRIDES = {35: _keep_tag(35), 36: _keep_tag(36)}
+# regular expression, parsing a MIME message, huge exponents) come back as raw
+# CBORTag values.
+# Decimal fractions and bigfloats (tags 4, 5) too: 13 bytes make
+# Decimal("1E+10000000"), whose int() takes hours.
+_SEMANTIC_OVERRIDES = {tag: _keep_tag(tag) for tag in (4, 5, 35, 36)}
 
 
 def is_json(payload: bytes | bytearray, content_type: str | None) -> bool:

@@ -200,7 +200,12 @@ def error_from_envelope(env: Any) -> ContinuumError:
         return RemoteError(f"malformed error envelope: {env!r}", remote_type="ProtocolError")
     code = str(env.get("code", "internal"))
     message = str(env.get("message", ""))
-    extra = {k: v for k, v in env.items() if k not in ("code", "type", "message", "traceback")}
+    reserved = ("code", "type", "message", "traceback", "remote_type", "remote_code")
+    extra = {
+        k: v
+        for k, v in env.items()
+        if isinstance(k, str) and k.isidentifier() and k not in reserved
+    }
     cls = _BY_CODE.get(code)
     if cls is not None:
         return cls(message, **extra)

@@ -59,11 +59,12 @@ def remote_error(exc: BaseException) -> ContinuumError:
     """Wrap an exception raised by application code for the wire."""
     if isinstance(exc, ContinuumError):
         return exc
-    return RemoteError(
-        str(exc),
-        remote_type=type(exc).__name__,
-        traceback="".join(traceback.format_exception(exc)),
-    )
+    try:
+        message = str(exc)
+        tb = "".join(traceback.format_exception(exc))
+    except Exception:  # an exception whose text cannot be built (huge ints...)
+        message, tb = f"<{type(exc).__name__} with an unprintable message>", ""
+    return RemoteError(message[:10_000], remote_type=type(exc).__name__, traceback=tb[-20_000:])
 
 
 def invoke(

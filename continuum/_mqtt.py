@@ -289,9 +289,9 @@ class Connection:
         return self._connected.is_set()
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
-        self.subscriptions[topic] = qos
         if self.connected:
-            self.client.subscribe(topic, qos)
+            self.client.subscribe(topic, qos)  # raises on a filter paho refuses
+        self.subscriptions[topic] = qos
 
     def unsubscribe(self, topic: str) -> None:
         self.subscriptions.pop(topic, None)

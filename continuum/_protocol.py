@@ -21,9 +21,31 @@ PROTOCOL_VERSION = 1
 DEFAULT_ROOT = "continuum/v1"
 
 
+def valid_topic_text(text: str) -> bool:
+    """Text a broker accepts in a topic name: UTF-8 encodable, at most 65535
+    bytes, no control characters or noncharacters (MQTT 5, 1.5.4)."""
+    try:
+        if len(text.encode("utf-8")) > 65535:
+            return False
+    except UnicodeEncodeError:  # lone surrogates
+        return False
+    for c in text:
+        o = ord(c)
+        if o < 0x20 or 0x7F <= o <= 0x9F or 0xFDD0 <= o <= 0xFDEF or (o & 0xFFFE) == 0xFFFE:
+            return False
+    return True
+
+
 def _check_level(kind: str, value: str) -> str:
-    if not value or any(c in value for c in "/+#\0"):
-        raise ValueError(f"invalid {kind} {value!r}: must be non-empty, without / + # or NUL")
+    if (
+        not isinstance(value, str)
+        or not value
+        or any(c in value for c in "/+#")
+        or not valid_topic_text(value)
+    ):
+        raise ValueError(
+            f"invalid {kind} {value!r}: must be non-empty text without / + # or control characters"
+        )
     return value
 
 
@@ -88,7 +110,13 @@ class Topics:
 
     def is_metrics(self, topic: str) -> bool:
         parts = topic[len(self.root) + 1 :].split("/") if topic.startswith(self.root + "/") else []
-        return len(parts) == 3 and parts[0] == "dev" and parts[2] == "metrics" and bool(parts[1])
+        if len(parts) != 3 or parts[0] != "dev" or parts[2] != "metrics":
+            return False
+        try:
+            _check_level("device id", parts[1])
+        except ValueError:
+            return False
+        return True
 
     def node_of_status(self, topic: str) -> str | None:
         parts = topic[len(self.root) + 1 :].split("/") if topic.startswith(self.root + "/") else []
@@ -130,9 +158,11 @@ class Request:
             raise BadRequest("request field 'obj' must be a text string")
         timeout = body.get("timeout_ms")
         if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float)
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not -1e12 < timeout < 1e12  # also refuses NaN
         ):
-            raise BadRequest("request field 'timeout_ms' must be a number")
+            raise BadRequest("request field 'timeout_ms' must be a number of milliseconds")
         reply_to = body.get("reply_to")
         if reply_to is not None and not isinstance(reply_to, str):
             raise BadRequest("request field 'reply_to' must be a text string")

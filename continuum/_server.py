@@ -15,7 +15,14 @@ from typing import Any
 from ._codec import JSON, decode, encode, is_json
 from ._errors import BadRequest, ContinuumError, PayloadTooLarge, UnencodableResult
 from ._mqtt import Connection, Message, publish_properties
-from ._protocol import Request, Topics, error_reply, progress_reply, result_reply
+from ._protocol import (
+    Request,
+    Topics,
+    error_reply,
+    progress_reply,
+    result_reply,
+    valid_topic_text,
+)
 
 __all__ = ["ReplyChannel", "accept"]
 
@@ -135,7 +142,13 @@ def accept(
 def _reply_topic(candidate: str | None, topics: Topics, where: str) -> str | None:
     if candidate is None:
         return None
-    if not candidate.startswith(topics.reply_prefix) or "+" in candidate or "#" in candidate:
+    if (
+        not isinstance(candidate, str)
+        or not candidate.startswith(topics.reply_prefix)
+        or "+" in candidate
+        or "#" in candidate
+        or not valid_topic_text(candidate)
+    ):
         log.warning("refusing reply topic %r of a request on %s", candidate, where)
         return None
     return candidate

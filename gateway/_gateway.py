@@ -63,6 +63,7 @@ class Gateway:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="continuum-gateway")
         # Status updates are applied in arrival order, one at a time.
         self._status_pool = ThreadPoolExecutor(1, thread_name_prefix="continuum-gateway-status")
+        self._upkeep = ThreadPoolExecutor(1, thread_name_prefix="continuum-gateway-upkeep")
         self.requester = Requester(self.topics, f"gw-{gateway_id}", owner=broker.username)
         self.conn = Connection(
             broker,
@@ -107,6 +108,7 @@ class Gateway:
         self.conn.stop()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._status_pool.shutdown(wait=True)
+        self._upkeep.shutdown(wait=False, cancel_futures=True)
         self.directory.close()
 
     def _publish_status(self) -> None:
@@ -141,6 +143,11 @@ class Gateway:
             status = decode(payload)
             if not isinstance(status, dict):
                 raise BadRequest("status must be a map")
+            classes = status.get("classes", {})
+            if not isinstance(classes, dict) or not all(
+                isinstance(k, str) and isinstance(v, dict) for k, v in classes.items()
+            ):
+                raise BadRequest("status 'classes' must map class paths to maps")
         except ContinuumError as exc:
             log.warning("ignoring malformed status of node %s: %s", node, exc)
             return
@@ -149,9 +156,9 @@ class Gateway:
         self.directory.node_status(node, status)
         log.info("node %s is %s", node, "online" if online else "offline")
         if not online and before == "online":
-            self._pool.submit(self._failover, node)
+            self._upkeep.submit(self._failover, node)
         elif online and before == "offline":
-            self._pool.submit(self._reconcile, node)
+            self._upkeep.submit(self._reconcile, node)
 
     _CHANGES = frozenset({"create", "alias", "unalias", "delete", "bind", "unbind"})
     _RECENT = 4096  # outcomes of recent changing requests kept, by request id
@@ -297,7 +304,9 @@ class Gateway:
             new, rest = live[0], [r for r in obj["replicas"] if r not in (dead, live[0])]
             t0 = time.monotonic()
             try:
-                self._node_call(new, "promote", {"obj": obj["id"], "replicas": rest}, None)
+                self._node_call(
+                    new, "promote", {"obj": obj["id"], "replicas": rest}, self._upkeep_deadline()
+                )
             except ContinuumError as exc:
                 log.error("cannot promote the replica of %s on %s: %s", obj["id"], new, exc)
                 continue
@@ -311,11 +320,17 @@ class Gateway:
                 (time.monotonic() - t0) * 1000,
             )
 
+    def _upkeep_deadline(self) -> float:
+        # Liveness upkeep talks to nodes that may be junk (anyone who can
+        # publish a status): short deadlines, on its own thread, never in the
+        # way of clients.
+        return time.monotonic() + 3.0
+
     def _reconcile(self, node: str) -> None:
         """A node came back: drop the copies it holds of objects that failed over
         while it was away (another node is their primary now)."""
         try:
-            held = self._node_call(node, "list", {}, None)
+            held = self._node_call(node, "list", {}, self._upkeep_deadline())
         except ContinuumError as exc:
             log.warning("cannot list the objects of returning node %s: %s", node, exc)
             return
