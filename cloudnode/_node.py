@@ -110,6 +110,50 @@ class _Ack:
             conn.client.ack(self.mid, self.qos)
 
 
+FEED_HOLD = 2.0  # seconds a sample that skips ahead waits for the gap to fill
+
+
+class _FeedOrder:
+    """Puts one device's samples back in ``seq`` order. A bridge can forward a
+    QoS 1 message out of order around a reconnect, and consumers drop a seq
+    below the last one seen as a redelivery; so a sample that skips ahead is
+    held until the missing ones arrive, or for FEED_HOLD seconds at most."""
+
+    __slots__ = ("held", "next", "since")
+
+    def __init__(self) -> None:
+        self.next: int | None = None
+        self.held: dict[int, Any] = {}
+        self.since = 0.0
+
+    def offer(self, seq: int, item: Any) -> list[Any]:
+        if self.next is None or seq < self.next:  # first seen, or a late/duplicate one
+            if self.next is None:
+                self.next = seq + 1
+            return [item]
+        if seq > self.next:
+            self.held[seq] = item
+            self.since = self.since or time.monotonic()
+            return []
+        out = [item]
+        self.next = seq + 1
+        while self.next in self.held:
+            out.append(self.held.pop(self.next))
+            self.next += 1
+        if not self.held:
+            self.since = 0.0
+        return out
+
+    def expire(self, hold: float) -> list[Any]:
+        if not self.held or time.monotonic() - self.since < hold:
+            return []
+        seqs = sorted(self.held)
+        out = [self.held.pop(s) for s in seqs]
+        self.next = seqs[-1] + 1
+        self.since = 0.0
+        return out
+
+
 class _Job:
     __slots__ = ("ack", "chan", "req")
 
@@ -193,6 +237,9 @@ class Node:
         self.objects: dict[str, _Resident] = {}
         self._objects_lock = threading.Lock()
         self._feeds: dict[str, list[_Resident]] = {}  # topic -> objects fed by it
+        self._orders: dict[str, _FeedOrder] = {}  # topic -> its samples' order
+        self._order_lock = threading.Lock()
+        self._stopping = threading.Event()
         self.store = Store(state_dir) if state_dir else None
         self.max_queue = max_queue
         self.max_node_queue = max_node_queue
@@ -253,6 +300,9 @@ class Node:
                 self._pools[self.topics.pool_call(path)] = cls()
         if self.store is not None:
             self._restore()
+        threading.Thread(
+            target=self._flush_held_feeds, name=f"continuum-feeds-{self.node_id}", daemon=True
+        ).start()
         self.requester.start(self.conn)
         self.conn.start()
         log.info(
@@ -265,6 +315,7 @@ class Node:
 
     def stop(self) -> None:
         log.info("node %s stopping", self.node_id)
+        self._stopping.set()
         try:
             info = self.conn.publish(
                 self._status_topic, encode({"state": "offline", "node": self.node_id}), retain=True
@@ -491,8 +542,8 @@ class Node:
     def _route_feed(self, msg: Message, fed: list[_Resident]) -> None:
         """A message on a feed topic (a device's metrics) becomes a call of the
         bound method with the decoded sample; it is acknowledged to the broker
-        only after every bound object has processed (and persisted) it."""
-        ack = _Ack(msg.mid, msg.qos, len(fed))
+        only after every bound object has processed (and persisted) it.
+        Samples are put back in ``seq`` order first (see :class:`_FeedOrder`)."""
         try:
             if len(msg.payload) > self.max_payload:
                 raise BadRequest(f"feed message of {len(msg.payload)} bytes over the limit")
@@ -502,6 +553,33 @@ class Node:
             if msg.qos:
                 self.conn.client.ack(msg.mid, msg.qos)
             return
+        seq = sample.get("seq") if isinstance(sample, dict) else None
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            self._feed_now(msg, sample)
+            return
+        with self._order_lock:
+            order = self._orders.setdefault(msg.topic, _FeedOrder())
+            ready = order.offer(seq, (msg, sample))
+        for m, s in ready:
+            self._feed_now(m, s)
+
+    def _flush_held_feeds(self) -> None:
+        """Release samples held for a gap that did not fill within FEED_HOLD."""
+        while not self._stopping.wait(0.25):
+            with self._order_lock:
+                ready = [
+                    item for order in self._orders.values() for item in order.expire(FEED_HOLD)
+                ]
+            for m, s in ready:
+                self._feed_now(m, s)
+
+    def _feed_now(self, msg: Message, sample: Any) -> None:
+        fed = self._feeds.get(msg.topic, [])
+        if not fed:
+            if msg.qos:
+                self.conn.client.ack(msg.mid, msg.qos)
+            return
+        ack = _Ack(msg.mid, msg.qos, len(fed))
         for res in list(fed):
             self._enqueue(
                 res,

@@ -162,3 +162,20 @@ def test_reply_topics_are_confined_to_the_caller() -> None:
     assert t.reply("client-1", "dev-a") == "continuum/v1/reply/dev-a/client-1"
     c = continuum.Client("mqtt://dev-a:pw@127.0.0.1:1", client_id="c9")
     assert c._requester.reply_topic == "continuum/v1/reply/dev-a/c9"
+
+
+def test_feed_order_puts_samples_back_in_sequence() -> None:
+    import time as _time
+
+    from cloudnode._node import _FeedOrder
+
+    order = _FeedOrder()
+    assert order.offer(5, "s5") == ["s5"]
+    assert order.offer(7, "s7") == []  # 6 is missing: hold 7
+    assert order.offer(6, "s6") == ["s6", "s7"]  # the gap filled: both, in order
+    assert order.offer(6, "dup") == ["dup"]  # late or duplicate: passed on (consumers dedupe)
+    assert order.offer(10, "s10") == []
+    assert order.expire(60) == []
+    order.since = _time.monotonic() - 61
+    assert order.expire(60) == ["s10"]  # gave up on 8 and 9
+    assert order.offer(11, "s11") == ["s11"]
