@@ -110,7 +110,7 @@ class _Ack:
             conn.client.ack(self.mid, self.qos)
 
 
-FEED_HOLD = 2.0  # seconds a sample that skips ahead waits for the gap to fill
+FEED_HOLD = 1.0  # seconds a sample that skips ahead waits for the gap to fill
 
 
 class _FeedOrder:
@@ -127,7 +127,8 @@ class _FeedOrder:
         self.since = 0.0
 
     def offer(self, seq: int, item: Any) -> list[Any]:
-        if self.next is None or seq < self.next:  # first seen, or a late/duplicate one
+        if self.next is None or seq < self.next or seq in self.held:
+            # first seen, or a late or duplicate one: on at once (consumers dedupe)
             if self.next is None:
                 self.next = seq + 1
             return [item]
@@ -571,20 +572,23 @@ class Node:
                     item for order in self._orders.values() for item in order.expire(FEED_HOLD)
                 ]
             for m, s in ready:
-                self._feed_now(m, s)
+                try:
+                    self._feed_now(m, s)
+                except Exception:  # this thread must outlive any sample
+                    log.exception("cannot deliver a held sample of %s", m.topic)
 
     def _feed_now(self, msg: Message, sample: Any) -> None:
-        fed = self._feeds.get(msg.topic, [])
-        if not fed:
+        # (object, method) pairs now: bindings may change while samples are held
+        targets = [
+            (r, m) for r in list(self._feeds.get(msg.topic, [])) if (m := r.feeds.get(msg.topic))
+        ]
+        if not targets:
             if msg.qos:
                 self.conn.client.ack(msg.mid, msg.qos)
             return
-        ack = _Ack(msg.mid, msg.qos, len(fed))
-        for res in list(fed):
-            self._enqueue(
-                res,
-                _Job(Request(res.feeds[msg.topic], [sample], {}), None, ack if msg.qos else None),
-            )
+        ack = _Ack(msg.mid, msg.qos, len(targets)) if msg.qos else None
+        for res, method in targets:
+            self._enqueue(res, _Job(Request(method, [sample], {}), None, ack))
 
     def _enqueue(self, res: _Resident, job: _Job) -> None:
         with self._queued_lock:

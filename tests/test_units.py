@@ -179,3 +179,13 @@ def test_feed_order_puts_samples_back_in_sequence() -> None:
     order.since = _time.monotonic() - 61
     assert order.expire(60) == ["s10"]  # gave up on 8 and 9
     assert order.offer(11, "s11") == ["s11"]
+
+
+def test_feed_order_never_drops_a_held_duplicate() -> None:
+    from cloudnode._node import _FeedOrder
+
+    order = _FeedOrder()
+    assert order.offer(1, "a") == ["a"]
+    assert order.offer(3, "b") == []
+    assert order.offer(3, "b-again") == ["b-again"]  # passed on, not overwriting "b"
+    assert order.offer(2, "c") == ["c", "b"]
