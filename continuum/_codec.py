@@ -32,8 +32,10 @@ def _keep_tag(tag: int) -> Any:
 # regular expression, parsing a MIME message, huge exponents) come back as raw
 # CBORTag values.
 # Decimal fractions and bigfloats (tags 4, 5) too: 13 bytes make
-# Decimal("1E+10000000"), whose int() takes hours.
-_SEMANTIC_OVERRIDES = {tag: _keep_tag(tag) for tag in (4, 5, 35, 36)}
+# Decimal("1E+10000000"), whose int() takes hours; and shared values and string
+# references (28, 29, 25, 256): a few hundred bytes can describe a structure
+# with 2**39 leaves, which takes forever to encode again.
+_SEMANTIC_OVERRIDES = {tag: _keep_tag(tag) for tag in (4, 5, 25, 28, 29, 35, 36, 256)}
 
 
 def is_json(payload: bytes | bytearray, content_type: str | None) -> bool:

@@ -190,6 +190,7 @@ _BY_CODE: dict[str, type[ContinuumError]] = {
         Unavailable,
         NoNodeAvailable,
         AliasTaken,
+        NotConnected,
     )
 }
 

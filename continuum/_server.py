@@ -96,6 +96,10 @@ def accept(
     """Decode ``msg``. On a bad request the error is already answered and the
     request is None. A request whose reply topic lies outside the reply tree is
     never answered (a node must not be made to publish on arbitrary topics)."""
+    if msg.retain:
+        # A retained request would run again at every resubscription.
+        log.warning("dropped a retained request on %s", msg.topic)
+        return None, ReplyChannel(conn, None, None, False, max_reply)
     props = getattr(msg, "properties", None)
     response_topic = getattr(props, "ResponseTopic", None) if props else None
     correlation = getattr(props, "CorrelationData", None) if props else None

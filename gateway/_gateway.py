@@ -380,7 +380,10 @@ class Gateway:
 
     def unbind(self, ref: str, device: str, _deadline: float | None = None) -> dict[str, Any]:
         info = self.directory.resolve(ref)
-        topic = self.topics.metrics(device)
+        try:
+            topic = self.topics.metrics(device)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
         self._node_call(info["node"], "unbind", {"obj": info["id"], "topic": topic}, _deadline)
         return {**info, "topic": topic}
 

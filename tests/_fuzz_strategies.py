@@ -60,6 +60,7 @@ __all__ = [
     "DOCUMENTED_CODES",
     "GATEWAY_MAX_PAYLOAD",
     "HANDLERS",
+    "JSON",
     "NODE_MAX_PAYLOAD",
     "SINK",
     "Case",
@@ -1178,6 +1179,7 @@ class _Pending:
     rid: Any
     window: bool
     outcome: str | None = None
+    dedupe: str | None = None  # the exactly-once key, while in flight
     replies: int = 0
     progress: int = 0
     done: threading.Event = field(default_factory=threading.Event)
@@ -1193,6 +1195,26 @@ class Failure:
 
     def __str__(self) -> str:
         return f"[{self.handler} #{self.no}] {self.outcome}: {self.problem}\n  reproducer: {self.case!r}"
+
+
+_GATEWAY_CHANGES = frozenset({"create", "alias", "unalias", "delete", "bind", "unbind"})
+
+
+def _dedupe_key(handler: str, case: Case, rid: Any) -> str | None:
+    """The key under which the service deduplicates this request while it runs."""
+    if not isinstance(rid, str):
+        return None
+    if handler == "node_call":
+        return f"{handler}\x00{rid}"
+    if handler == "gateway_call":
+        try:
+            body = decode(case.payload, is_json(case.payload, case.content_type))
+        except ContinuumError:
+            return None
+        method = body.get("method") if isinstance(body, dict) else None
+        if isinstance(method, str) and method in _GATEWAY_CHANGES:
+            return f"{handler}\x00{rid}"
+    return None
 
 
 def _nodelay(client: Any, userdata: Any, sock: Any) -> None:
@@ -1233,7 +1255,7 @@ class Fuzzer:
         # corr -> (how it ended, the request, its outcome) for recent requests
         self._finished: dict[bytes, tuple[str, _Pending, str]] = {}
         self._numbers = itertools.count(1)
-        self._inflight_ids: Histogram[str] = Histogram()
+        self._inflight_ids: Histogram[str] = Histogram()  # dedupe key -> requests in flight
         self.stats: dict[str, Histogram[str]] = {}
         self.examples: dict[str, dict[str, Any]] = {}  # handler -> outcome -> first case
         self.failures: list[Failure] = []
@@ -1328,9 +1350,15 @@ class Fuzzer:
                 self.stats.setdefault("_late", Histogram())["late_reply"] += 1
                 if prior is None:
                     return
-        if p is None:  # a late reply (after an optional wait ran out): still checked
+        if p is None:  # a late reply (after a wait ran out): still checked
             assert prior is not None
             late = prior[1]
+            if prior[2] == "no_reply":
+                with self._lock:
+                    for x in self.failures:
+                        if x.no == late.no and "answered late" not in x.problem:
+                            waited = time.monotonic() - (late.deadline - self.reply_timeout)
+                            x.problem += f" (answered late, after {waited:.1f} s)"
             try:
                 body = decode(msg.payload, ctype is not None and JSON in ctype.lower())
                 outcome, _, problem = classify_reply(body)
@@ -1379,10 +1407,10 @@ class Fuzzer:
             if len(self._finished) > 40_000:
                 for k in list(self._finished)[:20_000]:
                     del self._finished[k]
-            if isinstance(p.rid, str):
-                self._inflight_ids[p.rid] -= 1
-                if self._inflight_ids[p.rid] <= 0:
-                    del self._inflight_ids[p.rid]
+            if p.dedupe is not None:
+                self._inflight_ids[p.dedupe] -= 1
+                if self._inflight_ids[p.dedupe] <= 0:
+                    del self._inflight_ids[p.dedupe]
             p.outcome = outcome
             self.stats.setdefault(p.handler, Histogram())[outcome] += 1
             seen = self.examples.setdefault(p.handler, {})
@@ -1442,27 +1470,24 @@ class Fuzzer:
         no = next(self._numbers)
         if "{n}" in case.topic:
             case.topic = case.topic.replace("{n}", f"fz{no}-")
-            if case.retain:
-                self.junk_status_topics.add(case.topic)
+            self.junk_status_topics.add(case.topic)
         exp, reply_json, rid = self.expectation(handler, case)
         if expect is not None:
             exp = expect
+        key = _dedupe_key(handler, case, rid)
         with self._lock:
-            # the node answers a request id once while it is in flight (exactly-once)
-            if (
-                handler == "node_call"
-                and isinstance(rid, str)
-                and exp == "reply"
-                and self._inflight_ids[rid] > 0
-            ):
-                exp = "any"
-            if isinstance(rid, str):
-                self._inflight_ids[rid] += 1
+            # Exactly-once: a node (any call) and the gateway (directory changes)
+            # give a request id that is still running no second reply.
+            if key is not None:
+                if exp == "reply" and self._inflight_ids[key] > 0:
+                    exp = "any"
+                self._inflight_ids[key] += 1
         window = exp == "reply"
         if window:
             self._sem.acquire()
         wait = self.reply_timeout if exp == "reply" else self.optional_wait
         p = _Pending(no, handler, case, exp, time.monotonic() + wait, reply_json, rid, window)
+        p.dedupe = key
         corr = str(no).encode()
         with self._lock:
             self._pending[corr] = p
@@ -1524,7 +1549,8 @@ class Fuzzer:
         return seen[1:]
 
     def clear_junk_statuses(self) -> None:
-        """Clear the retained junk statuses (the gateway forgets those nodes)."""
+        """Clear the junk statuses, retained or not: an empty retained status is
+        how a node id is retired (the gateway forgets it)."""
         for topic in sorted(self.junk_status_topics):
             self.client.publish(topic, b"", qos=1, retain=True)
         self.junk_status_topics.clear()

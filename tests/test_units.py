@@ -189,3 +189,10 @@ def test_feed_order_never_drops_a_held_duplicate() -> None:
     assert order.offer(3, "b") == []
     assert order.offer(3, "b-again") == ["b-again"]  # passed on, not overwriting "b"
     assert order.offer(2, "c") == ["c", "b"]
+
+
+def test_codec_leaves_amplifying_tags_raw() -> None:
+    shared = cbor2.dumps([cbor2.CBORTag(28, [0]), cbor2.CBORTag(29, 0)])
+    assert decode(shared) == [cbor2.CBORTag(28, [0]), cbor2.CBORTag(29, 0)]
+    bomb = cbor2.dumps(cbor2.CBORTag(4, [10_000_000, 1]))
+    assert decode(bomb) == cbor2.CBORTag(4, [10_000_000, 1])
