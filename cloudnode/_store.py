@@ -26,6 +26,7 @@ from typing import Any
 import cloudpickle
 
 from continuum._codec import decode, encode
+from continuum._errors import ContinuumError
 
 __all__ = ["Store", "dumps_state", "loads_state"]
 
@@ -142,6 +143,15 @@ def _read_journal(path: Path) -> list[dict[str, Any]]:
             # A torn write from a crash: that call was never acknowledged.
             log.warning("%s: ignoring a torn entry at byte %d", path.name, pos)
             break
-        entries.append(decode(body))
+        try:
+            entries.append(decode(body))
+        except ContinuumError as exc:  # never keep a node from starting
+            log.error(
+                "%s: cannot decode the entry at byte %d (%s); replay stops here",
+                path.name,
+                pos,
+                exc,
+            )
+            break
         pos += _HEADER.size + length
     return entries

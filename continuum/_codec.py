@@ -46,10 +46,26 @@ def is_json(payload: bytes | bytearray, content_type: str | None) -> bool:
     return payload[:1] == b"{"
 
 
+def _depth(value: Any) -> int:
+    """Nesting depth of decoded JSON (the CBOR decoder bounds its own)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, list | dict):
+            deepest = max(deepest, d)
+            if d > MAX_DEPTH:
+                break
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
 def decode(payload: bytes | bytearray, json_payload: bool = False) -> Any:
     try:
         if json_payload:
-            return json.loads(payload)
+            value = json.loads(payload)
+            if _depth(value) > MAX_DEPTH:
+                raise BadRequest(f"payload nested deeper than {MAX_DEPTH} levels")
+            return value
         return cbor2.loads(payload, semantic_decoders=_SEMANTIC_OVERRIDES, max_depth=MAX_DEPTH)
     except RecursionError as exc:
         raise BadRequest("payload nested too deeply") from exc

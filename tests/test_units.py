@@ -196,3 +196,10 @@ def test_codec_leaves_amplifying_tags_raw() -> None:
     assert decode(shared) == [cbor2.CBORTag(28, [0]), cbor2.CBORTag(29, 0)]
     bomb = cbor2.dumps(cbor2.CBORTag(4, [10_000_000, 1]))
     assert decode(bomb) == cbor2.CBORTag(4, [10_000_000, 1])
+
+
+def test_json_nesting_is_bounded_like_cbor() -> None:
+    deep = b"[" * 100 + b"]" * 100
+    with pytest.raises(continuum.BadRequest):
+        decode(b'{"method": "echo", "args": ' + deep + b"}", json_payload=True)
+    assert decode(b'{"a": [[1]]}', json_payload=True) == {"a": [[1]]}
