@@ -57,15 +57,15 @@ def test_edgeagent_call_cli(cluster: Cluster) -> None:
     with cluster.client() as c:
         c.stub("examples.counter.Counter").create(start=1, alias="cli")
     out = subprocess.run(
-        [sys.executable, "-m", "edgeagent", "--broker", cluster.url, "--root", cluster.root,
-         "call", "cli", "add", "[41]"],
+        [sys.executable, "-m", "edgeagent", "call", "--broker", cluster.url, "--root", cluster.root,
+         "cli", "add", "[41]"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "42"
     bad = subprocess.run(
-        [sys.executable, "-m", "edgeagent", "--broker", cluster.url, "--root", cluster.root,
-         "call", "cli", "reset"],
+        [sys.executable, "-m", "edgeagent", "call", "--broker", cluster.url, "--root", cluster.root,
+         "cli", "reset"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert bad.returncode == 1 and "method_not_active" in bad.stderr
@@ -75,6 +75,8 @@ def test_importing_the_edge_side_is_light() -> None:
     out = run(
         f"""
         import continuum, continuum._client, continuum._local, edgeagent, edgeagent.__main__
+        import edgeagent._agent, edgeagent._jobs, edgeagent._link, edgeagent._metrics
+        import edgeagent._outbox, edgeagent._config
         print([m for m in {HEAVY!r} if m in sys.modules])
         """
     )

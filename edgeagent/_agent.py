@@ -1,0 +1,364 @@
+"""``edgeagent run``: the daemon on each board.
+
+One thread samples, stores, sends and keeps the books (no locks on the hot
+path); the link's thread owns the MQTT connection; the jobs run as futures of
+a continuum.Client. Samples go to the outbox first, leave it on PUBACK, and
+are sent in sequence order at a bounded rate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+from continuum._codec import encode
+from continuum._mqtt import BrokerURL
+from continuum._protocol import Topics
+from continuum._service import sd_notify
+
+from ._config import AgentConfig, ConfigError, load
+from ._link import Link
+from ._metrics import Sampler
+from ._outbox import Outbox
+from ._sample import encode_sample
+
+__all__ = ["Agent", "status_path"]
+
+log = logging.getLogger("edgeagent")
+
+AGE_CHECK_EVERY = 60.0  # seconds between max_age sweeps of the outbox
+_LIVE = ("sampling", "outbox", "jobs", "log_level", "status_interval")  # reloaded in place
+
+
+def status_path(cfg: AgentConfig) -> str:
+    return os.path.join(cfg.state_dir, "status.json")
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, *, sampler: Sampler | None = None) -> None:
+        self.cfg = cfg
+        self.sampler = sampler
+        self.outbox: Outbox | None = None
+        self.link: Link | None = None
+        self._last_link: Link | None = None
+        self._last_jobs: dict[str, Any] | None = None
+        self.jobs: Any = None
+        self.started = time.time()
+        self.sent = 0
+        self.acked = 0
+        self.rejected = 0
+        self._inflight: dict[int, int] = {}  # mid -> seq, on the current connection
+        self._generation = 0
+        self._sent_upto = 0
+        self._tokens = 0.0
+        self._token_t = time.monotonic()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._reload = False
+        self._signal: int | None = None
+
+    # -- wiring ---------------------------------------------------------------------
+    def _broker(self) -> BrokerURL:
+        url = BrokerURL.parse(self.cfg.broker.url)
+        return dataclasses.replace(
+            url,
+            username=url.username or self.cfg.username,
+            password=url.password if url.password is not None else self.cfg.password(),
+        )
+
+    def _topic(self, kind: str) -> str:
+        return Topics(self.cfg.broker.root).device(self.cfg.device, kind)
+
+    def _start_parts(self) -> None:
+        cfg = self.cfg
+        os.makedirs(cfg.state_dir, exist_ok=True)
+        if self.outbox is None:
+            self.outbox = Outbox(os.path.join(cfg.state_dir, "outbox.sqlite"))
+        if self.sampler is None:
+            self.sampler = Sampler(cfg.sampling.disk_path)
+        self._metrics_topic = self._topic("metrics")
+        broker = self._broker()
+        self.link = Link(
+            broker,
+            f"edgeagent-{cfg.device}",
+            keepalive=cfg.broker.keepalive,
+            backoff=(cfg.broker.backoff_min, cfg.broker.backoff_max),
+            will=(self._topic("status"), encode(self._device_status("offline"))),
+            ca_file=cfg.broker.ca_file or None,
+            on_connected=self._on_connected,
+            wake=self._wake.set,
+        )
+        self._last_link = self.link
+        self.link.start()
+        if cfg.forecaster.enabled:
+            from ._jobs import Jobs  # the continuum client, only when there are jobs
+
+            self.jobs = Jobs(cfg, broker, self._publish_event)
+            self.jobs.start()
+        log.info(
+            "edgeagent %s: %s every %.3g s -> %s; outbox %s (%d waiting, next seq %d)",
+            cfg.device,
+            "metrics",
+            cfg.sampling.interval,
+            broker,
+            self.outbox.path,
+            len(self.outbox),
+            self.outbox.next_seq,
+        )
+
+    def _stop_parts(self) -> None:
+        if self.jobs is not None:
+            self.jobs.stop()
+            self._last_jobs = self.jobs.status()
+            self.jobs = None
+        if self.link is not None:
+            self.link.stop()
+            self.link = None
+
+    # -- callbacks from other threads --------------------------------------------------
+    def _on_connected(self, generation: int) -> None:
+        """After each CONNACK (network thread): say we are online."""
+        assert self.link is not None
+        self.link.publish(self._topic("status"), encode(self._device_status("online")), retain=True)
+
+    def _publish_event(self, kind: str, body: dict[str, Any], retain: bool) -> None:
+        if self.link is not None:
+            self.link.publish(self._topic(kind), encode(body), retain=retain)
+
+    def _device_status(self, state: str) -> dict[str, Any]:
+        return {"state": state, "dev": self.cfg.device, "ts": time.time(), "pid": os.getpid()}
+
+    # -- the loop -------------------------------------------------------------------------
+    def _sample(self) -> None:
+        assert self.outbox is not None and self.sampler is not None
+        ob = self.cfg.outbox
+        if len(self.outbox) >= ob.max_samples:
+            if ob.policy == "stop_sampling":
+                self.outbox.skip()
+                return
+            self.outbox.enforce(ob.max_samples - 1, None, True)
+        metrics = self.sampler.read()
+        seq = self.outbox.next_seq
+        ts = time.time()
+        self.outbox.add(seq, ts, encode_sample(self.cfg.device, seq, ts, metrics))
+        if self.jobs is not None:
+            self.jobs.on_sample(seq, ts, metrics)
+
+    def _take_acks(self) -> None:
+        assert self.link is not None and self.outbox is not None
+        done: list[int] = []
+        acks = self.link.acks
+        while acks:
+            generation, mid, ok = acks.popleft()
+            if generation != self._generation:
+                continue  # an older connection's: its samples are sent again
+            seq = self._inflight.pop(mid, None)
+            if seq is None:
+                continue
+            if not ok:
+                self.rejected += 1
+                log.error("broker refused sample #%d (not authorized?); dropping it", seq)
+            else:
+                self.acked += 1
+            done.append(seq)
+        self.outbox.remove(done)
+
+    def _drain(self, now: float) -> float | None:
+        """Send what the rate and in-flight bounds allow; seconds until more may go."""
+        link, ob = self.link, self.cfg.outbox
+        assert link is not None and self.outbox is not None
+        if not link.connected:
+            return None
+        if link.generation != self._generation:  # a new connection: resend all unacked
+            self._generation = link.generation
+            self._inflight.clear()
+            self._sent_upto = 0
+        rate = ob.drain_rate
+        burst = max(1.0, rate / 10)
+        self._tokens = min(burst, self._tokens + (now - self._token_t) * rate)
+        self._token_t = now
+        room = min(int(self._tokens), ob.max_inflight - len(self._inflight))
+        if room <= 0:
+            return (1 - self._tokens) / rate if self._tokens < 1 else None
+        rows = self.outbox.after(self._sent_upto, room)
+        for seq, payload in rows:
+            mid = link.publish(self._metrics_topic, payload)
+            if mid is None:
+                break
+            self._inflight[mid] = seq
+            self._sent_upto = seq
+            self._tokens -= 1
+            self.sent += 1
+        if len(rows) == room and len(self.outbox) > len(self._inflight):
+            return max(0.0, (1 - self._tokens) / rate)
+        return None
+
+    def request_stop(self, signum: int | None = None) -> None:
+        self._signal = signum
+        self._stop.set()
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self._reload = True
+        self._wake.set()
+
+    def run(self, *, install_signals: bool = True) -> int:
+        if install_signals:
+            signal.signal(signal.SIGTERM, lambda s, f: self.request_stop(s))
+            signal.signal(signal.SIGINT, lambda s, f: self.request_stop(s))
+            signal.signal(signal.SIGHUP, lambda s, f: self.request_reload())
+        self._start_parts()
+        sd_notify("READY=1")
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        watchdog = usec / 2e6 if usec else None
+        now = time.monotonic()
+        next_sample = now + min(self.cfg.sampling.interval, 1.0)  # cpu % needs a baseline
+        next_status = now
+        next_age = now + AGE_CHECK_EVERY
+        next_watchdog = now
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_sample:
+                try:
+                    self._sample()
+                except Exception:  # a sensor or disk error never ends the agent
+                    log.exception("sampling failed")
+                next_sample += self.cfg.sampling.interval
+                if next_sample < now:  # fell behind (suspend, slow disk): skip, no burst
+                    next_sample = now + self.cfg.sampling.interval
+            self._take_acks()
+            retry = self._drain(now)
+            if now >= next_age:
+                assert self.outbox is not None
+                ob = self.cfg.outbox
+                if self.outbox.enforce(ob.max_samples, ob.max_age, ob.policy == "drop_oldest"):
+                    log.warning("outbox over its bounds: %d dropped so far", self.outbox.dropped)
+                next_age = now + AGE_CHECK_EVERY
+            if now >= next_status:
+                self._write_status()
+                next_status = now + self.cfg.status_interval
+            if watchdog is not None and now >= next_watchdog:
+                sd_notify("WATCHDOG=1")
+                next_watchdog = now + watchdog
+            if self._reload:
+                self._reload = False
+                self._do_reload()
+                next_sample = min(next_sample, time.monotonic() + self.cfg.sampling.interval)
+            deadline = min(next_sample, next_status, next_age)
+            if watchdog is not None:
+                deadline = min(deadline, next_watchdog)
+            timeout = deadline - time.monotonic()
+            if retry is not None:
+                timeout = min(timeout, retry)
+            if timeout > 0:
+                self._wake.wait(timeout)
+            self._wake.clear()
+        self._shutdown()
+        return 0
+
+    # -- reload and shutdown -----------------------------------------------------------
+    def _do_reload(self) -> None:
+        source = self.cfg.source
+        try:
+            new = load(source)
+            new.password()  # a password file that cannot be read is a bad config
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
+        old = self.cfg
+        logging.getLogger().setLevel(new.log_level.upper())
+        if (
+            all(
+                getattr(new, f.name) == getattr(old, f.name)
+                for f in dataclasses.fields(AgentConfig)
+                if f.name not in _LIVE
+            )
+            and new.forecaster == old.forecaster
+        ):
+            self.cfg = new
+            if self.jobs is not None:
+                self.jobs.cfg = new
+            if new.sampling.disk_path != old.sampling.disk_path and self.sampler is not None:
+                self.sampler.disk_path = new.sampling.disk_path
+            log.info("config %s reloaded", source)
+            return
+        log.info("config %s reloaded: reconnecting with the new settings", source)
+        self._stop_parts()
+        if new.state_dir != old.state_dir and self.outbox is not None:
+            self.outbox.close()
+            self.outbox = None
+        self.cfg = new
+        self._generation = 0
+        self._start_parts()
+
+    def _shutdown(self) -> None:
+        sd_notify("STOPPING=1")
+        link, ob = self.link, self.cfg.outbox
+        assert link is not None and self.outbox is not None
+        if self._signal is not None:
+            log.info("signal %d: flushing the outbox, then stopping", self._signal)
+        end = time.monotonic() + ob.flush_timeout
+        while link.connected and len(self.outbox) and time.monotonic() < end:
+            self._take_acks()
+            retry = self._drain(time.monotonic())
+            self._wake.wait(min(0.05, retry or 0.05))
+            self._wake.clear()
+        self._take_acks()
+        if link.connected:
+            link.publish(self._topic("status"), encode(self._device_status("offline")), retain=True)
+            time.sleep(0.05)
+        self._stop_parts()
+        self._write_status(state="stopped")
+        log.info(
+            "stopped: %d sent, %d acknowledged, %d left in the outbox",
+            self.sent,
+            self.acked,
+            len(self.outbox),
+        )
+        self.outbox.close()
+
+    # -- status -----------------------------------------------------------------------
+    def status(self, state: str | None = None) -> dict[str, Any]:
+        ob, link = self.outbox, self.link or self._last_link
+        oldest = ob.oldest_ts() if ob is not None and len(ob) else None
+        return {
+            "device": self.cfg.device,
+            "pid": os.getpid(),
+            "state": state or "running",
+            "updated": time.time(),
+            "started": self.started,
+            "config": self.cfg.source,
+            "broker": str(link.broker) if link else self.cfg.broker.url,
+            "connected": bool(self.link and self.link.connected),
+            "connects": link.connects if link else 0,
+            "last_error": link.last_error if link else None,
+            "outbox": {
+                "depth": len(ob) if ob is not None else 0,
+                "oldest_age_s": None if oldest is None else round(time.time() - oldest, 1),
+                "next_seq": ob.next_seq if ob is not None else None,
+                "in_flight": len(self._inflight),
+                "dropped_full": ob.dropped_full if ob is not None else 0,
+                "dropped_age": ob.dropped_age if ob is not None else 0,
+                "not_sampled": ob.not_sampled if ob is not None else 0,
+            },
+            "sent": self.sent,
+            "acked": self.acked,
+            "rejected": self.rejected,
+            "forecaster": self.jobs.status() if self.jobs is not None else self._last_jobs,
+        }
+
+    def _write_status(self, state: str | None = None) -> None:
+        path = status_path(self.cfg)
+        tmp = f"{path}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(self.status(state), fh, indent=1, default=repr)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", path, exc)

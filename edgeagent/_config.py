@@ -1,0 +1,306 @@
+"""The agent's TOML config: every key, its type and its default, checked whole
+before anything starts (a bad file never leaves a half-configured agent).
+
+``docs/edgeagent.md`` lists the keys; :data:`SAMPLE` is a complete file with
+the defaults. Secrets do not belong in the file: the broker password comes
+from ``[broker] password_file`` or the environment (``EDGEAGENT_PASSWORD``,
+then ``CONTINUUM_PASSWORD``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "SAMPLE",
+    "AgentConfig",
+    "BrokerConfig",
+    "ConfigError",
+    "ForecasterConfig",
+    "JobsConfig",
+    "OutboxConfig",
+    "SamplingConfig",
+    "load",
+]
+
+DEFAULT_CONFIG = "/etc/edgeagent/edgeagent.toml"
+
+
+class ConfigError(Exception):
+    """The config is unusable; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str = ""  # "": the device id
+    password_file: str = ""
+    ca_file: str = ""
+    root: str = "continuum"
+    keepalive: int = 30
+    backoff_min: float = 0.5
+    backoff_max: float = 60.0
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    interval: float = 1.0
+    disk_path: str = "/"
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    max_samples: int = 100_000
+    max_age: float = 7 * 86400.0
+    policy: str = "drop_oldest"  # or "stop_sampling"
+    drain_rate: float = 200.0
+    max_inflight: int = 50
+    flush_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class ForecasterConfig:
+    enabled: bool = True
+    alias: str = "forecaster-{device}"
+    # a name the nodes know: no model code on the board
+    class_: str = "cloudnode.forecast.Forecaster"
+    node: str = ""
+    replicas: int = 0
+    args: dict[str, Any] = field(default_factory=dict)
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    forecast_every: int = 12
+    train_after: int = 48
+    train_every: int = 0
+    train_interval: float = 0.0
+    train_epochs: int = 20
+    alert_band: float = 15.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    device: str = field(default_factory=socket.gethostname)
+    state_dir: str = "/var/lib/edgeagent"
+    log_level: str = "INFO"
+    status_interval: float = 5.0
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    forecaster: ForecasterConfig = field(default_factory=ForecasterConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    source: str = ""  # the file it came from
+
+    @property
+    def username(self) -> str:
+        return self.broker.username or self.device
+
+    @property
+    def alias(self) -> str:
+        return self.forecaster.alias.replace("{device}", self.device)
+
+    def password(self) -> str | None:
+        """The broker password: ``password_file``, else the environment."""
+        if self.broker.password_file:
+            try:
+                with open(self.broker.password_file, encoding="utf-8") as fh:
+                    return fh.read().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"{self.source or 'config'}: [broker] password_file: {exc}"
+                ) from None
+        return os.environ.get("EDGEAGENT_PASSWORD") or os.environ.get("CONTINUUM_PASSWORD")
+
+
+_SECTIONS: dict[str, type] = {
+    "broker": BrokerConfig,
+    "sampling": SamplingConfig,
+    "outbox": OutboxConfig,
+    "forecaster": ForecasterConfig,
+    "jobs": JobsConfig,
+}
+
+
+def _check_value(where: str, name: str, value: Any, default: Any) -> Any:
+    """``value`` coerced to the type of ``default`` (ints accepted for floats)."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, dict):
+        ok = isinstance(value, dict)
+    else:  # pragma: no cover - every field has a default of one of these types
+        ok = True
+    if not ok:
+        raise ConfigError(
+            f"{where}{name}: expected {type(default).__name__}, got {type(value).__name__} "
+            f"{value!r}"
+        )
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    fields = {f.name.rstrip("_"): f for f in dataclasses.fields(cls)}
+    instance = cls()
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        f = fields.get(key)
+        if f is None or f.name == "source" or key in _SECTIONS:
+            known = sorted(k for k in fields if k != "source" and k not in _SECTIONS)
+            known += [f"[{k}]" for k in _SECTIONS if k in fields]
+            raise ConfigError(f"{where}{key}: unknown key (known: {', '.join(known)})")
+        values[f.name] = _check_value(where, key, value, getattr(instance, f.name))
+    return dataclasses.replace(instance, **values)
+
+
+def _validate(cfg: AgentConfig, src: str) -> None:
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"{src}: {key}: {why}")
+
+    from continuum._mqtt import BrokerURL
+    from continuum._protocol import valid_topic_text
+
+    if not cfg.device or not valid_topic_text(cfg.device) or any(c in cfg.device for c in "/+#"):
+        raise bad("device", f"{cfg.device!r} is not a valid device id (no / + # or control chars)")
+    if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise bad("log_level", "must be DEBUG, INFO, WARNING or ERROR")
+    if cfg.status_interval <= 0:
+        raise bad("status_interval", "must be > 0")
+    try:
+        BrokerURL.parse(cfg.broker.url)
+    except ValueError as exc:
+        raise bad("[broker] url", str(exc)) from None
+    if not cfg.broker.root or not valid_topic_text(cfg.broker.root):
+        raise bad("[broker] root", "must be a non-empty topic prefix")
+    if not 5 <= cfg.broker.keepalive <= 65535:
+        raise bad("[broker] keepalive", "must be 5..65535 seconds")
+    if not 0 < cfg.broker.backoff_min <= cfg.broker.backoff_max:
+        raise bad("[broker] backoff_min", "must be > 0 and <= backoff_max")
+    if cfg.broker.ca_file and not os.path.isfile(cfg.broker.ca_file):
+        raise bad("[broker] ca_file", f"no such file {cfg.broker.ca_file!r}")
+    if not 0.01 <= cfg.sampling.interval <= 86400:
+        raise bad("[sampling] interval", "must be 0.01..86400 seconds")
+    if cfg.outbox.max_samples < 1:
+        raise bad("[outbox] max_samples", "must be >= 1")
+    if cfg.outbox.max_age <= 0:
+        raise bad("[outbox] max_age", "must be > 0 seconds")
+    if cfg.outbox.policy not in ("drop_oldest", "stop_sampling"):
+        raise bad(
+            "[outbox] policy",
+            f"must be 'drop_oldest' or 'stop_sampling', not {cfg.outbox.policy!r}",
+        )
+    if cfg.outbox.drain_rate <= 0:
+        raise bad("[outbox] drain_rate", "must be > 0 samples/s")
+    if not 1 <= cfg.outbox.max_inflight <= 65535:
+        raise bad("[outbox] max_inflight", "must be 1..65535")
+    if cfg.outbox.flush_timeout < 0:
+        raise bad("[outbox] flush_timeout", "must be >= 0")
+    if "." not in cfg.forecaster.class_:
+        raise bad(
+            "[forecaster] class", "must be a class path such as cloudnode.forecast.Forecaster"
+        )
+    if not cfg.alias or not valid_topic_text(cfg.alias):
+        raise bad("[forecaster] alias", "must be non-empty text")
+    if cfg.forecaster.replicas < 0:
+        raise bad("[forecaster] replicas", "must be >= 0")
+    if cfg.forecaster.timeout <= 0:
+        raise bad("[forecaster] timeout", "must be > 0 seconds")
+    j = cfg.jobs
+    for key in ("forecast_every", "train_after", "train_every", "train_epochs"):
+        if getattr(j, key) < 0:
+            raise bad(f"[jobs] {key}", "must be >= 0")
+    if j.train_interval < 0:
+        raise bad("[jobs] train_interval", "must be >= 0 seconds")
+    if j.alert_band < 0:
+        raise bad("[jobs] alert_band", "must be >= 0 (0: no alerts)")
+
+
+def parse(data: dict[str, Any], source: str = "config") -> AgentConfig:
+    """An :class:`AgentConfig` from the decoded TOML ``data``."""
+    top: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: [{key}] must be a table")
+            sections[key] = _build(_SECTIONS[key], value, f"{source}: [{key}] ")
+        else:
+            top[key] = value
+    cfg = _build(AgentConfig, top, f"{source}: ")
+    cfg = dataclasses.replace(cfg, source=source, **sections)
+    _validate(cfg, source)
+    return cfg
+
+
+def load(path: str) -> AgentConfig:
+    """Read and check the TOML file ``path``; raises :class:`ConfigError`."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse(data, path)
+
+
+SAMPLE = """\
+# edgeagent config (TOML). Every key is optional; the values shown are the defaults.
+
+# device id: the topic level dev/<device>/... and, by default, the broker username
+# device = "<host name>"
+state_dir = "/var/lib/edgeagent"    # outbox.sqlite and status.json live here
+log_level = "INFO"                  # DEBUG, INFO, WARNING, ERROR
+status_interval = 5.0               # seconds between status.json / retained status updates
+
+[broker]
+url = "mqtt://127.0.0.1:1883"       # mqtts://host:8883 for TLS
+username = ""                       # "": the device id
+password_file = ""                  # file holding the password; else $EDGEAGENT_PASSWORD
+ca_file = ""                        # CA bundle for mqtts:// (default: the system's)
+root = "continuum"                  # topic root of the deployment
+keepalive = 30                      # seconds
+backoff_min = 0.5                   # reconnect backoff: exponential with full jitter,
+backoff_max = 60.0                  # between these bounds (seconds)
+
+[sampling]
+interval = 1.0                      # seconds between samples
+disk_path = "/"                     # file system whose use is reported as 'disk'
+
+[outbox]                            # store-and-forward (SQLite in state_dir)
+max_samples = 100000                # bound on samples kept while the broker is away
+max_age = 604800.0                  # seconds; older unsent samples are dropped (counted)
+policy = "drop_oldest"              # when full: "drop_oldest" or "stop_sampling"
+drain_rate = 200.0                  # samples/s when catching up after an outage
+max_inflight = 50                   # samples sent but not yet acknowledged (QoS 1)
+flush_timeout = 5.0                 # seconds spent sending the outbox on SIGTERM
+
+[forecaster]                        # the device's resident forecaster on a cloud node
+enabled = true                      # false: publish metrics only
+alias = "forecaster-{device}"
+class = "cloudnode.forecast.Forecaster"
+node = ""                           # "": the gateway places it
+replicas = 0
+args = {}                           # constructor arguments, e.g. { device = "cpu" }
+timeout = 60.0                      # seconds, per remote call
+
+[jobs]                              # 0 turns a job off
+forecast_every = 12                 # a forecast every N samples -> dev/<device>/forecast (retained)
+train_after = 48                    # first remote training after N samples
+train_every = 0                     # retrain after every N new samples
+train_interval = 0.0                # retrain every N seconds
+train_epochs = 20
+alert_band = 15.0                   # alert when cpu or mem leaves forecast +- band (points)
+"""

@@ -1,0 +1,261 @@
+"""The device's forecaster on a cloud node, and the jobs that use it.
+
+Only a stub of the class, addressed by name: the board never holds model
+code. Setup (find or create the object by alias, feed it the device's
+metrics) runs in its own thread and retries until the deployment answers, so
+a board that boots offline samples from its first second. Calls are futures:
+sampling never waits for the cloud.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import continuum
+from continuum._mqtt import BrokerURL
+
+from ._config import AgentConfig
+from ._link import backoff_delay
+
+__all__ = ["Jobs"]
+
+log = logging.getLogger("edgeagent")
+
+WINDOW = 32  # rows sent with each forecast request (the model uses its lookback of them)
+
+
+class Jobs:
+    """Forecast, train and alert jobs for one device."""
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        broker: BrokerURL,
+        publish: Callable[[str, dict[str, Any], bool], None],
+    ) -> None:
+        self.cfg = cfg
+        self.publish = publish
+        self.client = continuum.Client(
+            broker,
+            root=cfg.broker.root,
+            timeout=cfg.forecaster.timeout,
+            client_id=f"edgeagent-{cfg.device}-calls",
+            ca_file=cfg.broker.ca_file or None,
+        )
+        self.proxy: Any = None
+        self.state = "starting"  # starting, ready, error text
+        self.trained = False
+        self._training = False
+        self._forecasting = False
+        self._next_train = cfg.jobs.train_after
+        self._last_train_n = 0
+        self._last_train_t = time.monotonic()
+        self._n = 0  # samples seen since start
+        self._window: deque[list[float]] = deque(maxlen=WINDOW)
+        self._pending: dict[str, Any] | None = None  # forecast for the next sample
+        self.last_forecast: dict[str, Any] | None = None
+        self.last_alert: dict[str, Any] | None = None
+        self.counts = {"forecasts": 0, "trains": 0, "alerts": 0, "errors": 0}
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(
+            target=self._setup, name="edgeagent-forecaster-setup", daemon=True
+        )
+
+    # -- setup ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def _setup(self) -> None:
+        f = self.cfg.forecaster
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                if self.client._conn is None:
+                    self.client.connect()
+                try:
+                    proxy = self.client.get(self.cfg.alias)
+                    log.info("forecaster %s found (%s)", self.cfg.alias, proxy._id)
+                except continuum.UnknownObject:
+                    kwargs: dict[str, Any] = dict(f.args)
+                    if f.node:
+                        kwargs["node"] = f.node
+                    if f.replicas:
+                        kwargs["replicas"] = f.replicas
+                    proxy = self.client.stub(f.class_).create(alias=self.cfg.alias, **kwargs)
+                    log.info("forecaster %s created (%s)", self.cfg.alias, proxy._id)
+                self.client.bind_metrics(proxy, self.cfg.device, "ingest")
+                try:
+                    info = proxy.info()
+                    self.trained = bool(info.get("trained"))
+                except continuum.ContinuumError:
+                    pass
+                with self._lock:
+                    self.proxy = proxy
+                    self.state = "ready"
+                log.info(
+                    "device %s feeds %s.ingest%s",
+                    self.cfg.device,
+                    self.cfg.alias,
+                    " (already trained)" if self.trained else "",
+                )
+                return
+            except continuum.AliasTaken:
+                attempt = 0  # another agent run created it meanwhile: look again
+                continue
+            except (continuum.ContinuumError, OSError) as exc:
+                self.state = f"setup failed: {type(exc).__name__}: {exc}"
+                delay = backoff_delay(attempt, 1.0, 60.0)
+                attempt += 1
+                log.warning("forecaster setup: %s; retrying in %.1f s", exc, delay)
+                if self._stop.wait(delay):
+                    return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.client.close()
+
+    # -- per sample (the agent's thread) --------------------------------------------
+    def on_sample(self, seq: int, ts: float, metrics: dict[str, Any]) -> None:
+        self._n += 1
+        row = [float(metrics["cpu"]), float(metrics["mem"])]
+        self._window.append(row)
+        self._check_alert(seq, ts, row)
+        if self.proxy is None:
+            return
+        j = self.cfg.jobs
+        now = time.monotonic()
+        if not self._training:
+            since = self._n - self._last_train_n
+            if not self.trained:
+                if j.train_after and self._n >= self._next_train:
+                    self._train()
+            elif (j.train_every and since >= j.train_every) or (
+                j.train_interval and now - self._last_train_t >= j.train_interval
+            ):
+                self._train()
+        if (
+            self.trained
+            and j.forecast_every
+            and self._n % j.forecast_every == 0
+            and not self._forecasting
+        ):
+            self._forecast(seq)
+
+    def _error(self, what: str, exc: BaseException) -> None:
+        with self._lock:
+            self.counts["errors"] += 1
+            self.last_error = f"{what}: {type(exc).__name__}: {exc}"
+        log.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
+
+    def _train(self) -> None:
+        self._training = True
+        self._last_train_n = self._n
+        self._last_train_t = time.monotonic()
+        t0 = time.monotonic()
+        log.info("training %s remotely (%d samples seen)", self.cfg.alias, self._n)
+        fut: Future[Any] = self.proxy.train.future(epochs=self.cfg.jobs.train_epochs)
+
+        def done(f: Future[Any]) -> None:
+            exc = f.exception()
+            self._training = False
+            if exc is None:
+                res = f.result()
+                self.trained = True
+                with self._lock:
+                    self.counts["trains"] += 1
+                log.info(
+                    "trained %s in %.1f s (final loss %.4g)",
+                    self.cfg.alias,
+                    time.monotonic() - t0,
+                    res.get("final_loss", float("nan")) if isinstance(res, dict) else float("nan"),
+                )
+            elif "too short" in str(exc) and not self.trained:
+                # the node has not ingested enough of the series yet
+                self._next_train = self._n + max(4, self.cfg.jobs.train_after // 4)
+                log.info("series still too short on the node; training again later")
+            else:
+                self._error("train", exc)
+
+        fut.add_done_callback(done)
+
+    def _forecast(self, seq: int) -> None:
+        self._forecasting = True
+        window = list(self._window)
+        fut: Future[Any] = self.proxy.predict.future(window)
+
+        def done(f: Future[Any]) -> None:
+            self._forecasting = False
+            exc = f.exception()
+            if exc is not None:
+                self._error("forecast", exc)
+                return
+            cpu, mem = (float(v) for v in f.result())
+            body = {
+                "dev": self.cfg.device,
+                "after_seq": seq,
+                "ts": time.time(),
+                "cpu": cpu,
+                "mem": mem,
+                "band": self.cfg.jobs.alert_band,
+            }
+            with self._lock:
+                self.counts["forecasts"] += 1
+                self.last_forecast = body
+                self._pending = body
+            self.publish("forecast", body, True)
+            log.debug("forecast after #%d: cpu %.1f%% mem %.1f%%", seq, cpu, mem)
+
+        fut.add_done_callback(done)
+
+    def _check_alert(self, seq: int, ts: float, row: list[float]) -> None:
+        with self._lock:
+            fc, self._pending = self._pending, None
+        band = self.cfg.jobs.alert_band
+        if fc is None or not band or seq != fc["after_seq"] + 1:
+            return
+        for name, actual in zip(("cpu", "mem"), row, strict=True):
+            expected = fc[name]
+            if abs(actual - expected) > band:
+                alert = {
+                    "dev": self.cfg.device,
+                    "seq": seq,
+                    "ts": ts,
+                    "metric": name,
+                    "actual": actual,
+                    "forecast": expected,
+                    "band": band,
+                }
+                with self._lock:
+                    self.counts["alerts"] += 1
+                    self.last_alert = alert
+                log.warning(
+                    "ALERT %s %s = %.1f outside forecast %.1f +- %.1f",
+                    self.cfg.device,
+                    name,
+                    actual,
+                    expected,
+                    band,
+                )
+                self.publish("alert", alert, False)
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "alias": self.cfg.alias,
+                "object": None if self.proxy is None else self.proxy._id,
+                "state": self.state,
+                "trained": self.trained,
+                "samples_seen": self._n,
+                **self.counts,
+                "last_forecast": self.last_forecast,
+                "last_alert": self.last_alert,
+                "last_error": self.last_error,
+            }

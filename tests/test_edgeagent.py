@@ -1,0 +1,365 @@
+"""The edge agent daemon as a real process against a real mosquitto: store and
+forward across a broker restart and an agent SIGKILL (exact counts, in
+order), config errors, SIGHUP reload, and the forecast / train / alert jobs
+against a real gateway and node."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from continuum._devbroker import LocalBroker, free_port
+
+from ._cluster import REPO, Cluster, wait_for
+
+
+def agent_config(
+    path: Path,
+    url: str,
+    root: str,
+    device: str,
+    *,
+    forecaster: str = "enabled = false",
+    **extra: str,
+) -> Path:
+    sections = {
+        "sampling": "interval = 0.05",
+        "outbox": "drain_rate = 500.0",
+        "broker": "backoff_min = 0.1\nbackoff_max = 0.5\nkeepalive = 5",
+        **extra,
+    }
+    body = [
+        f'device = "{device}"',
+        f'state_dir = "{path.parent / ("state-" + device)}"',
+        "status_interval = 0.2",
+        "[broker]",
+        f'url = "{url}"',
+        f'root = "{root}"',
+        sections.pop("broker"),
+        "[forecaster]",
+        forecaster,
+    ]
+    for name, text in sections.items():
+        body += [f"[{name}]", text]
+    path.write_text("\n".join(body) + "\n")
+    return path
+
+
+class Agent:
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Agent:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "edgeagent", "run", "-c", str(self.config)],
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+        return self
+
+    def status(self) -> dict[str, Any]:
+        out = subprocess.run(
+            [sys.executable, "-m", "edgeagent", "status", "--json", "-c", str(self.config)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return json.loads(out.stdout) if out.stdout else {}
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(20)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+class Collector:
+    """A subscriber with a persistent session (it misses nothing while it or
+    the broker restarts): every message of ``topic`` in arrival order."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.topic = topic
+        self.messages: list[tuple[int, bytes]] = []
+        self.lock = threading.Lock()
+        c = paho.Client(
+            callback_api_version=paho.CallbackAPIVersion.VERSION2,
+            client_id=f"collector-{uuid.uuid4().hex[:8]}",
+            protocol=paho.MQTTv5,
+        )
+        c.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
+        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(topic, qos=1)
+        c.on_message = self._on_message
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 600
+        c.connect("127.0.0.1", port, keepalive=5, clean_start=False, properties=props)
+        c.loop_start()
+        self.client = c
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self.lock:
+            self.messages.append((cbor2.loads(msg.payload)["seq"], bytes(msg.payload)))
+
+    def seqs(self) -> list[int]:
+        with self.lock:
+            return [s for s, _ in self.messages]
+
+    def check_exactly_once_in_order(self, last: int) -> int:
+        """Every seq 1..last arrived, in order; a QoS 1 redelivery of a seq
+        already seen is the same bytes (the consumer drops it by seq, as the
+        wire format says). Returns the number of redeliveries."""
+        first: dict[int, bytes] = {}
+        order: list[int] = []
+        with self.lock:
+            for seq, payload in self.messages:
+                if seq in first:
+                    assert first[seq] == payload, f"seq {seq} reused for a different sample"
+                    continue
+                first[seq] = payload
+                order.append(seq)
+        assert order == list(range(1, last + 1)), _gaps(order, last)
+        return len(self.messages) - len(order)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _gaps(order: list[int], last: int) -> str:
+    missing = sorted(set(range(1, last + 1)) - set(order))
+    swapped = [(a, b) for a, b in itertools.pairwise(order) if b < a]
+    return f"{len(order)} distinct of {last}; missing {missing[:20]}; out of order {swapped[:10]}"
+
+
+def outbox_depth(state: Path) -> int:
+    db = sqlite3.connect(f"file:{state / 'outbox.sqlite'}?mode=ro", uri=True)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
+    finally:
+        db.close()
+
+
+def final_seq(agent: Agent) -> int:
+    st = agent.status()
+    assert st["outbox"]["depth"] == 0, st
+    return int(st["outbox"]["next_seq"]) - 1
+
+
+def test_broker_restart_loses_nothing_and_keeps_order(tmp_path: Path) -> None:
+    port = free_port()
+    persist = str(tmp_path / "broker-data")
+    broker = LocalBroker(port=port, persistence_dir=persist).start()
+    url = f"mqtt://127.0.0.1:{port}"
+    cfg = agent_config(tmp_path / "a.toml", url, "t1", "dev-a")
+    col = Collector(port, "t1/dev/dev-a/metrics")
+    agent = Agent(cfg, tmp_path / "agent.log").start()
+    try:
+        wait_for(lambda: len(col.seqs()) >= 40, timeout=20)
+        broker.stop()  # for a while: the agent keeps sampling into its outbox
+        wait_for(lambda: outbox_depth(tmp_path / "state-dev-a") >= 40, timeout=20)
+        assert agent.proc is not None and agent.proc.poll() is None
+        broker = LocalBroker(port=port, persistence_dir=persist).start()
+        wait_for(lambda: agent.status().get("connected") is True, timeout=20)
+        time.sleep(1.0)
+        assert agent.stop() == 0  # SIGTERM flushes the outbox
+        last = final_seq(agent)
+        wait_for(lambda: len(set(col.seqs())) >= last, timeout=20)
+        redelivered = col.check_exactly_once_in_order(last)
+        assert last >= 80
+        print(f"{last} samples, {redelivered} QoS 1 redeliveries")
+        st = agent.status()
+        assert st["outbox"]["dropped_full"] == st["outbox"]["dropped_age"] == 0
+        assert "lost the connection" in agent.text()
+    finally:
+        if agent.proc is not None and agent.proc.poll() is None:
+            agent.stop(signal.SIGKILL)
+        col.close()
+        broker.stop()
+
+
+def test_sigkilled_agent_outbox_survives_and_drains(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"mqtt://127.0.0.1:{port}"
+    cfg = agent_config(tmp_path / "a.toml", url, "t2", "dev-k")
+    state = tmp_path / "state-dev-k"
+    # no broker yet: the board is offline from boot, samples accumulate
+    agent = Agent(cfg, tmp_path / "agent.log").start()
+    broker = None
+    col = None
+    try:
+        wait_for(lambda: (state / "outbox.sqlite").exists() and outbox_depth(state) >= 30)
+        agent.stop(signal.SIGKILL)
+        kept = outbox_depth(state)
+        assert kept >= 30
+        broker = LocalBroker(port=port).start()
+        col = Collector(port, "t2/dev/dev-k/metrics")
+        agent.start()
+        wait_for(lambda: len(set(col.seqs())) >= kept + 20, timeout=20)
+        # killed again while connected and sending
+        agent.stop(signal.SIGKILL)
+        agent.start()
+        wait_for(lambda: agent.status().get("connected") is True, timeout=20)
+        time.sleep(0.5)
+        assert agent.stop() == 0
+        last = final_seq(agent)
+        wait_for(lambda: len(set(col.seqs())) >= last, timeout=20)
+        col.check_exactly_once_in_order(last)
+    finally:
+        if agent.proc is not None and agent.proc.poll() is None:
+            agent.stop(signal.SIGKILL)
+        if col is not None:
+            col.close()
+        if broker is not None:
+            broker.stop()
+
+
+def test_full_outbox_drops_oldest_and_counts(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = agent_config(
+        tmp_path / "a.toml",
+        f"mqtt://127.0.0.1:{port}",
+        "t3",
+        "dev-f",
+        outbox="max_samples = 20\ndrain_rate = 500.0",
+    )
+    agent = Agent(cfg, tmp_path / "agent.log").start()  # broker down all along
+    try:
+        wait_for(lambda: agent.status().get("outbox", {}).get("dropped_full", 0) >= 10)
+        assert agent.status()["outbox"]["depth"] <= 20
+    finally:
+        agent.stop()
+    st = agent.status()
+    assert st["outbox"]["depth"] <= 20 and st["state"] == "stopped"
+    # the newest samples are the ones kept
+    db = sqlite3.connect(tmp_path / "state-dev-f" / "outbox.sqlite")
+    seqs = [r[0] for r in db.execute("SELECT seq FROM samples ORDER BY seq")]
+    assert seqs == list(range(st["outbox"]["next_seq"] - len(seqs), st["outbox"]["next_seq"]))
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('devise = "x"', "devise"),
+        ('[outbox]\npolicy = "keep_everything"', "[outbox] policy"),
+        ('[sampling]\ninterval = "fast"', "[sampling] interval"),
+        ('[broker]\nurl = "http://broker"', "[broker] url"),
+        ('[broker]\npassword_file = "/nonexistent/pw"', "[broker] password_file"),
+        ("[jobs]\nforecast_every = -1", "[jobs] forecast_every"),
+        ("[jobs\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_the_key_and_starts_nothing(tmp_path: Path, text: str, key: str) -> None:
+    state = tmp_path / "state"
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(f'state_dir = "{state}"\n{text}\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "edgeagent", "run", "-c", str(cfg)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2, out.stderr
+    assert key in out.stderr and str(cfg) in out.stderr, out.stderr
+    assert not state.exists()  # nothing was started
+
+
+def test_sighup_reloads_and_a_bad_reload_keeps_running(tmp_path: Path, broker: LocalBroker) -> None:
+    cfg = agent_config(tmp_path / "a.toml", broker.url, "t4", "dev-h")
+    agent = Agent(cfg, tmp_path / "agent.log").start()
+    try:
+        wait_for(lambda: agent.status().get("connected") is True)
+        good = cfg.read_text().replace("interval = 0.05", "interval = 0.5")
+        cfg.write_text(good)
+        assert agent.proc is not None
+        agent.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded" in agent.text())
+        cfg.write_text(good + "\nbogus = 1\n")
+        agent.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload refused" in agent.text())
+        assert "bogus" in agent.text()
+        time.sleep(0.5)
+        assert agent.proc.poll() is None
+        cfg.write_text(good)  # `edgeagent status` reads the config too
+        assert agent.status()["connected"]
+    finally:
+        assert agent.stop() == 0
+
+
+def test_forecast_job_trains_remotely_and_publishes(bare_cluster: Cluster, tmp_path: Path) -> None:
+    c = bare_cluster
+    c.start_gateway()
+    c.start_node("n1", "--torch-threads", "1", modules=("cloudnode.forecast",))
+    port = int(c.url.rsplit(":", 1)[1])
+    got: dict[str, list[dict[str, Any]]] = {"forecast": [], "alert": []}
+    sub = paho.Client(callback_api_version=paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+
+    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+        got[msg.topic.rsplit("/", 1)[1]].append(cbor2.loads(msg.payload))
+
+    sub.on_message = on_message
+    sub.connect("127.0.0.1", port)
+    sub.subscribe([(f"{c.root}/dev/dev-j/forecast", 1), (f"{c.root}/dev/dev-j/alert", 1)])
+    sub.loop_start()
+    cfg = agent_config(
+        tmp_path / "a.toml",
+        c.url,
+        c.root,
+        "dev-j",
+        forecaster='enabled = true\nargs = { device = "cpu" }',
+        jobs="train_after = 40\ntrain_epochs = 2\nforecast_every = 5\nalert_band = 0.001",
+    )
+    agent = Agent(cfg, tmp_path / "agent.log").start()
+    try:
+        wait_for(lambda: got["forecast"] and got["alert"], timeout=120)
+        fc = got["forecast"][-1]
+        assert fc["dev"] == "dev-j" and isinstance(fc["cpu"], float)
+        assert isinstance(fc["mem"], float) and fc["after_seq"] >= 40
+        alert = got["alert"][0]
+        assert (
+            alert["metric"] in ("cpu", "mem") and abs(alert["actual"] - alert["forecast"]) > 0.001
+        )
+        with c.client(timeout=30) as client:
+            info = client.get("forecaster-dev-j").info()
+        assert info["trained"] and info["rows"] >= 40  # fed through the node, not the agent
+        st = agent.status()["forecaster"]
+        assert st["state"] == "ready" and st["trains"] >= 1 and st["forecasts"] >= 1
+    finally:
+        sub.loop_stop()
+        assert agent.stop() == 0
+    human = subprocess.run(
+        [sys.executable, "-m", "edgeagent", "status", "-c", str(cfg)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "forecaster-dev-j" in human.stdout and "NOT running (stopped)" in human.stdout
