@@ -6,6 +6,9 @@ Edge code needs only :func:`connect` (or :class:`Client`); cloud code defines
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._client import ClassStub, Client, ObjectProxy, RemoteMethod
 from ._errors import (
     AliasTaken,
@@ -26,9 +29,31 @@ from ._errors import (
     UnknownMethod,
     UnknownObject,
 )
-from ._local import LocalClient
-from ._model import ActiveObject, ActiveSpec, active, progress
 from ._protocol import DEFAULT_ROOT, PROTOCOL_VERSION
+
+if TYPE_CHECKING:
+    from ._local import LocalClient
+    from ._model import ActiveObject, ActiveSpec, active, progress
+
+# Loaded on first use: the object model and local mode need `inspect` and
+# friends (about 2 MB), which an edge board that only calls never does.
+_LAZY = {
+    "LocalClient": "._local",
+    "ActiveObject": "._model",
+    "ActiveSpec": "._model",
+    "active": "._model",
+    "progress": "._model",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'continuum' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 
@@ -69,5 +94,7 @@ def connect(url: str = "mqtt://127.0.0.1:1883", **options: object) -> Client | L
     """A client for ``url``: ``mqtt://host:port`` (or ``mqtts://``) for a deployment,
     ``local:`` for local mode (objects in this process). Use it with ``with``."""
     if url.startswith("local"):
+        from ._local import LocalClient
+
         return LocalClient(**options)  # type: ignore[arg-type]
     return Client(url, **options)  # type: ignore[arg-type]

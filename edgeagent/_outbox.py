@@ -32,6 +32,7 @@ class Outbox:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA cache_size=-256")  # KiB: the board has little memory
             self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT MAX(seq) FROM samples").fetchone()
             self._next = max(self._meta("next_seq", 1), (row[0] or 0) + 1)

@@ -363,3 +363,89 @@ def test_forecast_job_trains_remotely_and_publishes(bare_cluster: Cluster, tmp_p
         timeout=30,
     )
     assert "forecaster-dev-j" in human.stdout and "NOT running (stopped)" in human.stdout
+
+
+def test_systemd_unit_verifies_and_its_command_line_notifies(
+    tmp_path: Path, broker: LocalBroker
+) -> None:
+    """The shipped unit: `systemd-analyze verify` (where installed), then its own
+    ExecStart= run under a stand-in notify socket: READY=1, WATCHDOG=1, STOPPING=1."""
+    import shlex
+    import shutil
+    import socket
+
+    unit = (REPO / "deploy" / "systemd" / "edgeagent.service").read_text()
+    exe = str(Path(sys.executable).parent / "edgeagent")
+    local = unit.replace("/opt/edgeagent/bin/edgeagent", exe)
+    if shutil.which("systemd-analyze"):
+        (tmp_path / "edgeagent.service").write_text(local)
+        out = subprocess.run(
+            ["systemd-analyze", "verify", str(tmp_path / "edgeagent.service")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+    exec_start = next(x for x in local.splitlines() if x.startswith("ExecStart="))
+    argv = shlex.split(exec_start.removeprefix("ExecStart="))
+    cfg = agent_config(tmp_path / "a.toml", broker.url, "t6", "dev-s")
+    argv[argv.index("/etc/edgeagent/edgeagent.toml")] = str(cfg)
+    sock_path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(10)
+    env = {**os.environ, "NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "400000"}
+    for line in local.splitlines():
+        if line.startswith("Environment="):
+            key, value = line.removeprefix("Environment=").split("=", 1)
+            env[key] = value
+    with open(tmp_path / "agent.log", "wb") as log:
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stderr=log)
+    try:
+        got = [sock.recv(256).decode() for _ in range(3)]
+        assert got[0] == "READY=1" and got[1:] == ["WATCHDOG=1", "WATCHDOG=1"]
+        proc.send_signal(signal.SIGTERM)
+        while (msg := sock.recv(256).decode()) == "WATCHDOG=1":
+            pass
+        assert msg == "STOPPING=1"
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+
+
+def test_agent_feed_reaches_its_forecaster_across_a_node_sigkill(
+    bare_cluster: Cluster, tmp_path: Path
+) -> None:
+    """Samples go broker -> node (the binding), not through the gateway; the
+    node's persistent session keeps them while it is down: rows == samples."""
+    c = bare_cluster
+    state = str(tmp_path / "n1-state")
+    node_args = ("n1", "--torch-threads", "1", "--state-dir", state)
+    c.start_gateway()
+    c.start_node(*node_args, modules=("cloudnode.forecast",))
+    cfg = agent_config(
+        tmp_path / "a.toml",
+        c.url,
+        c.root,
+        "dev-n",
+        forecaster='enabled = true\nargs = { device = "cpu" }',
+        jobs="train_after = 0\nforecast_every = 0",
+    )
+    agent = Agent(cfg, tmp_path / "agent.log").start()
+    try:
+        wait_for(lambda: (agent.status().get("forecaster") or {}).get("state") == "ready")
+        wait_for(lambda: agent.status()["acked"] >= 30)
+        c.stop("n1", signal.SIGKILL)
+        wait_for(lambda: agent.status()["acked"] >= 60)  # the broker keeps them for n1
+        c.start_node(*node_args, modules=("cloudnode.forecast",))
+        time.sleep(1.0)
+    finally:
+        assert agent.stop() == 0
+    last = final_seq(agent)
+    with c.client(timeout=30) as client:
+        fc = client.get("forecaster-dev-n")
+        wait_for(lambda: fc.info()["rows"] >= last, timeout=30)
+        assert fc.info()["rows"] == last
+        assert len(fc.tail(last)) == last
