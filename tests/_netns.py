@@ -692,6 +692,25 @@ class Topology:
         with self.edge.entered():
             return SamplePublisher("127.0.0.1", LOCAL_PORT, self.topics, device, **kw)
 
+    def agent(self, device: str, interval: float) -> EdgeAgent:
+        """The real edge agent (``edgeagent run``) inside EDGE, on the site
+        broker, metrics only (the test binds the device's feed itself)."""
+        cfg = self.tmp / f"agent-{device}.toml"
+        cfg.write_text(
+            f'device = "{device}"\nstate_dir = "{self.tmp / ("agent-" + device)}"\n'
+            f'status_interval = 0.2\nlog_level = "{self.log_level}"\n'
+            f'[broker]\nurl = "mqtt://127.0.0.1:{LOCAL_PORT}"\nroot = "{self.root}"\n'
+            f"backoff_min = 0.2\nbackoff_max = 2.0\n"
+            f"[sampling]\ninterval = {interval}\n[forecaster]\nenabled = false\n"
+        )
+        name = f"agent-{device}"
+        proc = self._spawn(
+            self.edge, name, [sys.executable, "-m", "edgeagent", "run", "-c", str(cfg)]
+        )
+        agent = EdgeAgent(proc, self.tmp / name / "status.json")
+        _wait(lambda: agent.status().get("connected") is True, 15, f"{name} connected")
+        return agent
+
     # -- the link ------------------------------------------------------------------------
     def cut(self) -> None:
         """Take the WAN link down (EDGE's veth end): nothing crosses, no endpoint is told."""
@@ -735,6 +754,7 @@ class TopicSpy:
 
         self._loads = cbor2.loads
         self.arrivals: list[tuple[int, bool]] = []
+        self.sampled_at: dict[int, float] = {}  # seq -> the sample's ts (board clock)
         ready = threading.Event()
         c = self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
         c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(topic, 1)
@@ -748,7 +768,10 @@ class TopicSpy:
 
     def _on_message(self, c: Any, u: Any, msg: Any) -> None:
         try:
-            self.arrivals.append((int(self._loads(msg.payload)["seq"]), bool(msg.dup)))
+            body = self._loads(msg.payload)
+            seq = int(body["seq"])
+            self.arrivals.append((seq, bool(msg.dup)))
+            self.sampled_at.setdefault(seq, float(body.get("ts", 0.0)))
         except Exception:  # not a sample: not ours to judge here
             pass
 
@@ -780,6 +803,25 @@ class TopicSpy:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class EdgeAgent:
+    """A running ``edgeagent run`` process and its status file."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], status_file: Path) -> None:
+        self.proc = proc
+        self.status_file = status_file
+
+    def status(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.status_file.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def stop(self) -> dict[str, Any]:
+        """SIGTERM (the agent flushes its outbox); its final status."""
+        _stop(self.proc, timeout=20)
+        return self.status()
 
 
 class SamplePublisher:

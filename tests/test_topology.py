@@ -8,8 +8,8 @@ each way and 1 % segment loss from a userspace relay (bench/_wanrelay.py; this
 kernel has no netem), 10 Mbit/s each way from tbf. See tests/_netns.py and
 docs/topology.md.
 
-The metrics come from a small paho publisher in the agent's wire format (QoS 1,
-persistent session), standing in for the edge agent daemon.
+The metrics come from the real edge agent (``edgeagent run``) on the site
+broker, inside EDGE.
 
 Needs root and ``ip netns`` (CI has both); skipped with the reason otherwise.
 ``CONTINUUM_CUT_S`` shortens the 30 s link cut for local runs (CI uses 30 s).
@@ -247,21 +247,8 @@ def test_link_cut_loses_no_sample_and_hangs_no_call(
         c.bind_metrics(sink, "edge-dev", "ingest")
         spy = topo.spy(topo.topics.metrics("edge-dev"))  # what the bridge delivers
         request.addfinalizer(spy.close)
-        pub = topo.publisher("edge-dev")
-        request.addfinalizer(pub.close)
-        stop = threading.Event()
-        published: list[float] = []
-
-        def publish() -> None:
-            limit = int((CUT_S + 60) * rate_hz)  # bounded, whatever happens
-            for _ in range(limit):
-                if stop.wait(1 / rate_hz):
-                    return
-                pub.publish()
-                published.append(time.monotonic())
-
-        feeder = threading.Thread(target=publish, name="edge-dev-metrics", daemon=True)
-        feeder.start()
+        agent = topo.agent("edge-dev", interval=1 / rate_hz)
+        request.addfinalizer(lambda: agent.proc.poll() is None and agent.stop())
         try:
             _wait_for(lambda: len(sink.received()["seqs"]) >= 5, 10, "samples before the cut")
             # a: reaches n1 before the cut; its reply is published during the cut
@@ -270,6 +257,7 @@ def test_link_cut_loses_no_sample_and_hangs_no_call(
             time.sleep(0.8)
             topo.cut()
             cut_at = time.monotonic()
+            cut_wall = time.time()
             time.sleep(2.0)
             # b1, s1: issued before the bridge has noticed the cut (keepalive 5 s);
             # the site broker writes them into the dead connection
@@ -292,14 +280,14 @@ def test_link_cut_loses_no_sample_and_hangs_no_call(
             time.sleep(max(0.0, cut_at + CUT_S - time.monotonic()))
             topo.restore()
             restored_at = time.monotonic()
+            restored_wall = time.time()
             outcomes = {
                 name: t.outcome(max(1.0, t.issued + long_deadline + 2 - time.monotonic()))
                 for name, t in (("a", a), ("b1", b1), ("b2", b2))
             }
             time.sleep(2.0)  # samples keep flowing after the restore
         finally:
-            stop.set()
-            feeder.join(5)
+            final = agent.stop()  # SIGTERM: it flushes its outbox to the site broker
             if not topo.link_up:
                 topo.restore()
         # every call issued before or during the cut completed after the restore,
@@ -312,15 +300,16 @@ def test_link_cut_loses_no_sample_and_hangs_no_call(
         # DeadlineExpired says no reply came in time, not that the call never ran:
         # a queued request whose Message Expiry (1 s granularity) had not quite
         # run out when the bridge came back is still delivered and run. Reported.
-        final = ctr.get()
-        late = {"s1": final // 1000 % 100 == 1, "s2": final >= 100_000}
-        assert final % 1000 == 4, final  # a, b1, b2 ran exactly once
+        value = ctr.get()
+        late = {"s1": value // 1000 % 100 == 1, "s2": value >= 100_000}
+        assert value % 1000 == 4, value  # a, b1, b2 ran exactly once
 
-        total = pub.seq
-        during = sum(1 for t in published if cut_at <= t < restored_at)
-        assert during >= int(CUT_S * rate_hz * 0.8)
-        assert pub.acked == total  # the site broker took every sample
-        _wait_for(lambda: len(spy.arrivals) >= total, 30, f"all {total} samples at the cloud")
+        total = final["outbox"]["next_seq"] - 1
+        # the site broker took every sample the agent took
+        assert final["outbox"]["depth"] == 0 and final["acked"] >= total, final
+        _wait_for(lambda: len(spy.sampled_at) >= total, 30, f"all {total} samples at the cloud")
+        during = sum(1 for t in spy.sampled_at.values() if cut_wall <= t < restored_wall)
+        assert during >= int(CUT_S * rate_hz * 0.8), during
         try:
             _wait_for(lambda: len(sink.received()["seqs"]) >= total, 10, "all samples in the sink")
         except AssertionError:
