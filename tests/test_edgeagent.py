@@ -449,3 +449,39 @@ def test_agent_feed_reaches_its_forecaster_across_a_node_sigkill(
         wait_for(lambda: fc.info()["rows"] >= last, timeout=30)
         assert fc.info()["rows"] == last
         assert len(fc.tail(last)) == last
+
+
+def test_backoff_is_exponential_with_full_jitter() -> None:
+    import random
+
+    from edgeagent._link import backoff_delay
+
+    rng = random.Random(1)
+    for attempt, cap in ((0, 0.5), (1, 1.0), (3, 4.0), (7, 60.0), (40, 60.0)):
+        delays = [backoff_delay(attempt, 0.5, 60.0, rng) for _ in range(500)]
+        assert all(0.5 <= d <= cap for d in delays), (attempt, min(delays), max(delays))
+        if attempt >= 3:  # spread over the whole range, not clustered
+            assert max(delays) - min(delays) > 0.5 * (cap - 0.5)
+
+
+def test_outbox_bounds_counters_and_seq_survive_reopening(tmp_path: Path) -> None:
+    from edgeagent._outbox import Outbox
+
+    path = str(tmp_path / "o.sqlite")
+    ob = Outbox(path)
+    now = time.time()
+    for seq in range(1, 11):
+        ob.add(seq, now - 1000 if seq <= 3 else now, b"x%d" % seq)
+    with pytest.raises(ValueError):
+        ob.add(5, now, b"dup")  # a seq is never reused
+    assert ob.enforce(max_samples=5, max_age=500, drop_oldest=True) == 5  # 3 aged, 2 over
+    assert [s for s, _ in ob.after(0, 100)] == [6, 7, 8, 9, 10]
+    ob.remove([6, 7])
+    ob.skip()
+    ob.close()
+    again = Outbox(path)
+    assert again.next_seq == 11 and len(again) == 3
+    assert (again.dropped_age, again.dropped_full, again.not_sampled) == (3, 2, 1)
+    again.remove([8, 9, 10])
+    again.close()
+    assert Outbox(path).next_seq == 11  # even with the outbox empty
