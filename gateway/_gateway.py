@@ -37,6 +37,9 @@ __all__ = ["Gateway"]
 
 log = logging.getLogger("continuum.gateway")
 
+# The largest node status kept (a node hosting a few hundred classes sends a few KB).
+MAX_STATUS = 256 * 1024
+
 
 class Gateway:
     def __init__(
@@ -140,9 +143,16 @@ class Gateway:
             self.directory.forget_node(node)
             return
         try:
+            if len(payload) > MAX_STATUS:
+                # kept whole in the directory and echoed by nodes()/classes():
+                # one oversized status would break those replies for everyone
+                raise BadRequest(f"status of {len(payload)} bytes (limit {MAX_STATUS})")
             status = decode(payload)
             if not isinstance(status, dict):
                 raise BadRequest("status must be a map")
+            host = status.get("host")
+            if host is not None and not (isinstance(host, str) and len(host) <= 255):
+                raise BadRequest("status 'host' must be a host name")
             classes = status.get("classes", {})
             if not isinstance(classes, dict) or not all(
                 isinstance(k, str) and isinstance(v, dict) for k, v in classes.items()

@@ -87,3 +87,28 @@ def test_object_moved_reresolves_transparently(cluster: Cluster) -> None:
         db.commit()
         assert obj.add(1) == 101
         assert c._locations[obj._id] == "n2"
+
+
+def test_an_oversized_node_status_is_refused_and_nodes_still_answers(cluster: Cluster) -> None:
+    """BUG-13: the directory kept a status of any size and nodes()/classes()
+    echoed it, so one 1 MB junk status broke those replies for everyone."""
+    import cbor2
+    import paho.mqtt.client as paho
+
+    host, port = cluster.url.removeprefix("mqtt://").split(":")
+    pub = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    pub.connect(host, int(port))
+    pub.loop_start()
+    try:
+        junk = {"state": "offline", "host": "x" * (1 << 20)}
+        pub.publish(
+            cluster.topics.node_status("junk"), cbor2.dumps(junk), qos=1, retain=True
+        ).wait_for_publish(5)
+        wait_for(lambda: "ignoring malformed status of node junk" in cluster.log("gateway"))
+        with cluster.client() as c:
+            assert [n["id"] for n in c.nodes()] == ["n1"]
+            assert "examples.counter.Counter" in c.classes()
+    finally:
+        pub.publish(cluster.topics.node_status("junk"), b"", qos=1, retain=True).wait_for_publish(5)
+        pub.disconnect()
+        pub.loop_stop()
