@@ -464,7 +464,7 @@ def figures(r: dict[str, Any], edge: dict[str, Any], out: Path) -> list[str]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        say("matplotlib is not installed (pip install 'continuum[report]'): no figures")
+        say("matplotlib is not installed (pip install 'continuum-mqtt[report]'): no figures")
         return []
     made = []
     series = edge["forecast_series"]

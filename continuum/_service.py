@@ -86,13 +86,20 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
                 data = tomllib.load(fh)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             parser.error(f"cannot read config {pre.config}: {exc}")
-        known = {a.dest: a for a in parser._actions}
+        # a key is a long option name (--node-timeout: node-timeout or
+        # node_timeout; --id: id) or the option's dest (node_id)
+        known: dict[str, argparse.Action] = {}
+        for a in parser._actions:
+            known[a.dest] = a
+            for opt in a.option_strings:
+                if opt.startswith("--"):
+                    known[opt[2:].replace("-", "_")] = a
         defaults: dict[str, Any] = {}
         for key, value in data.items():
-            dest = key.replace("-", "_")
-            action = known.get(dest)
-            if action is None or dest in ("help", "config"):
+            action = known.get(key.replace("-", "_"))
+            if action is None or action.dest in ("help", "config"):
                 parser.error(f"config {pre.config}: unknown key {key!r}")
+            dest = action.dest
             if action.type is not None and not isinstance(value, list | bool):
                 try:
                     value = action.type(value)  # type: ignore[operator]

@@ -41,7 +41,7 @@ class BrokerConfig:
     username: str = ""  # "": the device id
     password_file: str = ""
     ca_file: str = ""
-    root: str = "continuum"
+    root: str = "continuum/v1"  # continuum.DEFAULT_ROOT
     keepalive: int = 30
     backoff_min: float = 0.5
     backoff_max: float = 60.0
@@ -270,7 +270,7 @@ url = "mqtt://127.0.0.1:1883"       # mqtts://host:8883 for TLS
 username = ""                       # "": the device id
 password_file = ""                  # file holding the password; else $EDGEAGENT_PASSWORD
 ca_file = ""                        # CA bundle for mqtts:// (default: the system's)
-root = "continuum"                  # topic root of the deployment
+root = "continuum/v1"               # topic root of the deployment
 keepalive = 30                      # seconds
 backoff_min = 0.5                   # reconnect backoff: exponential with full jitter,
 backoff_max = 60.0                  # between these bounds (seconds)

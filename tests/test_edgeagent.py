@@ -350,8 +350,12 @@ def test_forecast_job_trains_remotely_and_publishes(bare_cluster: Cluster, tmp_p
         with c.client(timeout=30) as client:
             info = client.get("forecaster-dev-j").info()
         assert info["trained"] and info["rows"] >= 40  # fed through the node, not the agent
-        st = agent.status()["forecaster"]
-        assert st["state"] == "ready" and st["trains"] >= 1 and st["forecasts"] >= 1
+
+        def reported() -> bool:  # status.json is rewritten every 0.2 s
+            st = agent.status()["forecaster"]
+            return bool(st["state"] == "ready" and st["trains"] >= 1 and st["forecasts"] >= 1)
+
+        wait_for(reported, timeout=5)
     finally:
         sub.loop_stop()
         assert agent.stop() == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cbor2
 import pytest
 
@@ -203,3 +205,22 @@ def test_json_nesting_is_bounded_like_cbor() -> None:
     with pytest.raises(continuum.BadRequest):
         decode(b'{"method": "echo", "args": ' + deep + b"}", json_payload=True)
     assert decode(b'{"a": [[1]]}', json_payload=True) == {"a": [[1]]}
+
+
+def test_service_config_keys_are_the_long_option_names(tmp_path: Path) -> None:
+    from cloudnode.__main__ import build_parser
+    from continuum._service import parse_args
+
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(
+        'id = "n7"\nmodule = ["examples.counter", "cloudnode.forecast"]\n'
+        'state-dir = "/var/lib/n7"\nmax_queue = 5\n'
+    )
+    args = parse_args(build_parser(), ["--config", str(cfg), "--max-queue", "9"])
+    assert args.node_id == "n7" and args.modules == ["examples.counter", "cloudnode.forecast"]
+    assert args.state_dir == "/var/lib/n7" and args.max_queue == 9  # the command line wins
+    cfg.write_text("node_id = 'n8'\n")  # the dest works too
+    assert parse_args(build_parser(), ["--config", str(cfg)]).node_id == "n8"
+    cfg.write_text("nodeid = 'n8'\n")
+    with pytest.raises(SystemExit):
+        parse_args(build_parser(), ["--config", str(cfg)])
