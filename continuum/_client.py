@@ -414,6 +414,10 @@ class _Directory:
         ref = obj._id if isinstance(obj, ObjectProxy) else obj
         return self._proxy(self._gateway("alias", ref=ref, name=name))
 
+    def unalias(self, name: str) -> None:
+        """Remove the alias ``name`` (the object stays; a missing alias is no error)."""
+        self._gateway("unalias", name=name)
+
     def delete(self, obj: ObjectProxy | str) -> None:
         """Delete the object from its node and the directory."""
         ref = obj._id if isinstance(obj, ObjectProxy) else obj

@@ -154,6 +154,11 @@ class LocalClient(_Directory):
                 oid = self._find(kw["ref"])
                 self._set_alias(oid, kw["name"])
                 return self._info(oid)
+            if method == "unalias":
+                oid_of = self._aliases.pop(kw["name"], None)
+                if oid_of is not None and oid_of in self._objects:
+                    self._objects[oid_of].aliases.remove(kw["name"])
+                return None
             if method == "delete":
                 oid = self._find(kw["ref"])
                 for a in self._objects.pop(oid).aliases:

@@ -222,3 +222,17 @@ def test_local_mode_gives_the_same_results(cluster: Cluster) -> None:
         cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
     ).stdout  # fmt: skip
     assert str(local) == remote.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("mode", ["mqtt", "local"])
+def test_unalias_keeps_the_object(cluster: Cluster, mode: str) -> None:
+    client = cluster.client() if mode == "mqtt" else continuum.connect("local:")
+    with client as c:
+        obj = c.stub("examples.counter.Counter").create(start=3, alias="first")
+        c.alias(obj, "second")
+        c.unalias("first")
+        c.unalias("never-was")  # no error
+        with pytest.raises(continuum.UnknownObject):
+            c.get("first")
+        assert c.get("second").add(1) == 4
+        c.delete(obj)
