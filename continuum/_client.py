@@ -11,6 +11,7 @@ import itertools
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from types import TracebackType
@@ -91,7 +92,10 @@ class Requester:
         self.conn: Connection | None = None
         self._pending: dict[str, _Pending] = {}
         self._ids = itertools.count(1)
-        self._prefix = client_id + ":"
+        # A random part per requester: a process restarted with the same client
+        # id (the edge agent's is stable) must not reuse the ids of its last
+        # life, which nodes and the gateway remember for exactly-once.
+        self._prefix = f"{client_id}:{uuid.uuid4().hex[:8]}:"
         self._heap: list[tuple[float, str]] = []
         self._cond = threading.Condition()
         self._reaper: threading.Thread | None = None

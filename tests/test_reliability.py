@@ -163,3 +163,16 @@ def test_gateway_requests_are_exactly_once(cluster: Cluster) -> None:
         second = client._requester.send(cluster.topics.gateway_call, again, 10.0).result()
         assert first == second
         assert [o["id"] for o in client.objects()] == [first["id"]]
+
+
+def test_a_restarted_client_with_the_same_client_id_is_not_answered_from_the_past(
+    cluster: Cluster,
+) -> None:
+    """Request ids are <cid>:<random per instance>:<n>: a process that comes back
+    with the same client id (the edge agent's is stable) must not get the
+    remembered outcome of its previous life's call number n."""
+    with cluster.client() as c:
+        obj = c.stub("examples.counter.Counter").create(start=0)
+    for expected in (1, 2, 3):
+        with cluster.client(client_id="stable-id") as c:
+            assert c.get(obj._id).add(1) == expected
