@@ -45,9 +45,11 @@ class _Pending:
         "obj",
         "on_progress",
         "payload",
+        "req",
         "reroutes",
         "retry",
         "rid",
+        "sent",
         "topic",
     )
 
@@ -69,6 +71,8 @@ class _Pending:
         self.obj: str | None = None  # the object called, when this is a call
         self.node: str | None = None  # the node it was sent to
         self.reroutes = 0
+        self.req: Request | None = None
+        self.sent = False
 
 
 class Requester:
@@ -164,6 +168,7 @@ class Requester:
         deadline = time.monotonic() + timeout
         p = _Pending(req.id, fut, deadline, on_progress, retry)
         p.payload = payload
+        p.req = req
         p.obj = req.obj
         p.node = node
         p.topic = topic
@@ -193,10 +198,17 @@ class Requester:
 
     def publish(self, p: _Pending, topic: str) -> None:
         p.topic = topic
+        left = p.deadline - time.monotonic()
+        if p.sent and p.req is not None:
+            # a resend carries the time left, not the original timeout: the
+            # receiver must not run it after the caller has given up
+            p.req.timeout_ms = max(1, round(left * 1000))
+            p.payload = encode(p.req.to_wire())
+        p.sent = True
         props = publish_properties(
             response_topic=self.reply_topic,
             correlation=p.rid.encode(),
-            expiry=p.deadline - time.monotonic(),
+            expiry=left,
         )
         conn = self.conn
         if conn is None:

@@ -224,3 +224,27 @@ def test_service_config_keys_are_the_long_option_names(tmp_path: Path) -> None:
     cfg.write_text("nodeid = 'n8'\n")
     with pytest.raises(SystemExit):
         parse_args(build_parser(), ["--config", str(cfg)])
+
+
+def test_a_resent_request_carries_the_time_left() -> None:
+    import time
+
+    from continuum._client import Requester
+
+    sent: list[tuple[str, bytes]] = []
+
+    class Conn:
+        def publish(self, topic: str, payload: bytes, **kw: object) -> None:
+            sent.append((topic, payload))
+
+    r = Requester(Topics("t"), "c1")
+    r.start(Conn())  # type: ignore[arg-type]
+    try:
+        r.send("t/node/n1/call", Request("add", [1], {}, None, "o1"), timeout=10.0)
+        time.sleep(0.3)
+        r.resend_all()
+        first, again = (decode(p) for _, p in sent)
+        assert first["id"] == again["id"] and first["timeout_ms"] == 10_000
+        assert 9_000 < again["timeout_ms"] <= 9_700
+    finally:
+        r.stop()
