@@ -743,6 +743,9 @@ class Node:
                 res.inflight.discard(rid)
 
     def _control(self, req: Request, chan: ReplyChannel) -> None:
+        if chan.expired():  # the gateway gave up: creating now would orphan the object
+            chan.error(DeadlineExpired(f"deadline passed before {req.method} started; not run"))
+            return
         try:
             if req.method == "create":
                 chan.result(self._create(**req.kwargs))

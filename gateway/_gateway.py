@@ -19,6 +19,7 @@ from continuum._codec import decode, encode
 from continuum._errors import (
     BadRequest,
     ContinuumError,
+    DeadlineExpired,
     NoNodeAvailable,
     ObjectNotHere,
     UnknownClass,
@@ -177,6 +178,9 @@ class Gateway:
         """Run one gateway request. Requests that change the directory are
         exactly-once by request id, like calls on nodes: a resent request gets
         the first outcome (or, while the first still runs, no second reply)."""
+        if chan.expired():
+            chan.error(DeadlineExpired(f"deadline passed before {req.method} started; not run"))
+            return
         rid = req.id if req.method in self._CHANGES else None
         if rid is not None:
             with self._recent_lock:

@@ -248,3 +248,22 @@ def test_a_resent_request_carries_the_time_left() -> None:
         assert 9_000 < again["timeout_ms"] <= 9_700
     finally:
         r.stop()
+
+
+def test_gateway_does_not_start_an_expired_request(tmp_path: Path) -> None:
+    from gateway._gateway import Gateway
+
+    class Chan:
+        errors: list[BaseException] = []
+
+        def expired(self) -> bool:
+            return True
+
+        def error(self, exc: BaseException) -> None:
+            self.errors.append(exc)
+
+    gw = Gateway(BrokerURL.parse("mqtt://127.0.0.1:1"), str(tmp_path / "d.db"))
+    chan = Chan()
+    gw._serve(Request("create", [], {"cls": "examples.counter.Counter"}, "r1"), chan)  # type: ignore[arg-type]
+    assert [type(e).__name__ for e in chan.errors] == ["DeadlineExpired"]
+    assert gw.directory.objects() == []
