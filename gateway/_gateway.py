@@ -21,6 +21,7 @@ from continuum._errors import (
     ContinuumError,
     DeadlineExpired,
     NoNodeAvailable,
+    NotConnected,
     ObjectNotHere,
     UnknownClass,
     UnknownMethod,
@@ -269,19 +270,19 @@ class Gateway:
             self.directory._check_alias_free(alias, "")
         target, backups = placed[0], placed[1:]
         oid = uuid.uuid4().hex
-        self._node_call(
-            target,
-            "create",
-            {
-                "obj": oid,
-                "cls": cls,
-                "args": args or [],
-                "kwargs": kwargs or {},
-                "replicas": backups,
-            },
-            _deadline,
-        )
-        info = self.directory.add_object(oid, cls, target, alias, backups)
+        body = {"obj": oid, "cls": cls, "args": args or [], "kwargs": kwargs or {}}
+        try:
+            self._node_call(target, "create", {**body, "replicas": backups}, _deadline)
+        except (DeadlineExpired, NotConnected):
+            # the node may have created it after all: no directory entry will
+            # ever name it, so take it back
+            self._discard(oid, [target, *backups])
+            raise
+        try:
+            info = self.directory.add_object(oid, cls, target, alias, backups)
+        except BaseException:  # e.g. the alias was taken meanwhile
+            self._discard(oid, [target, *backups])
+            raise
         log.info(
             "created %s %s on %s%s%s",
             cls,
@@ -291,6 +292,21 @@ class Gateway:
             f", replicas on {', '.join(backups)}" if backups else "",
         )
         return info
+
+    def _discard(self, oid: str, holders: list[str]) -> None:
+        """Best effort, in the background: delete an object that the directory
+        does not record from the nodes that may hold it."""
+
+        def run() -> None:
+            for holder in holders:
+                try:
+                    self._node_call(holder, "delete", {"obj": oid}, time.monotonic() + 5.0)
+                except ContinuumError as exc:
+                    if not isinstance(exc, ObjectNotHere):
+                        log.warning("could not discard %s on %s: %s", oid, holder, exc)
+
+        log.warning("discarding object %s on %s: its create did not complete", oid, holders)
+        self._upkeep.submit(run)
 
     # -- liveness --------------------------------------------------------------------
     def _failover(self, dead: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cbor2
 import pytest
@@ -267,3 +268,34 @@ def test_gateway_does_not_start_an_expired_request(tmp_path: Path) -> None:
     gw._serve(Request("create", [], {"cls": "examples.counter.Counter"}, "r1"), chan)  # type: ignore[arg-type]
     assert [type(e).__name__ for e in chan.errors] == ["DeadlineExpired"]
     assert gw.directory.objects() == []
+
+
+@pytest.mark.parametrize("failure", ["timeout", "alias taken meanwhile"])
+def test_gateway_takes_back_an_object_whose_create_did_not_complete(
+    tmp_path: Path, failure: str
+) -> None:
+    from gateway._gateway import Gateway
+
+    gw = Gateway(BrokerURL.parse("mqtt://127.0.0.1:1"), str(tmp_path / "d.db"))
+    for n in ("n1", "n2"):
+        gw.directory.node_status(
+            n, {"state": "online", "classes": {"examples.counter.Counter": {}}}
+        )
+    calls: list[tuple[str, str, str]] = []
+
+    def node_call(node: str, method: str, kwargs: dict[str, Any], deadline: object) -> None:
+        calls.append((node, method, kwargs["obj"]))
+        if method == "create":
+            if failure == "timeout":
+                raise continuum.DeadlineExpired("no reply from the node")
+            gw.directory.add_object("other", "examples.counter.Counter", "n2", "a", [])
+
+    gw._node_call = node_call  # type: ignore[method-assign]
+    with pytest.raises((continuum.DeadlineExpired, continuum.AliasTaken)):
+        gw.create("examples.counter.Counter", alias="a", replicas=1)
+    gw._upkeep.shutdown(wait=True)
+    (primary, create, oid), *deletes = calls
+    assert create == "create"
+    replica = "n2" if primary == "n1" else "n1"
+    assert sorted(deletes) == sorted([(primary, "delete", oid), (replica, "delete", oid)])
+    assert oid not in [o["id"] for o in gw.directory.objects()]
