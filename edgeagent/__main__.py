@@ -103,6 +103,8 @@ def _run(args: argparse.Namespace) -> int:
 def _pid_alive(pid: Any) -> bool:
     try:
         os.kill(int(pid), 0)
+    except PermissionError:
+        return True  # alive, and someone else's (the agent runs as its own user)
     except (OSError, ValueError, TypeError):
         return False
     return True
@@ -119,15 +121,22 @@ def _status(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"edgeagent: no status at {path} ({exc}); is the agent running?", file=sys.stderr)
         return 1
-    running = st.get("state") == "running" and _pid_alive(st.get("pid"))
+    age = time.time() - float(st.get("updated", 0))
+    # the agent rewrites the file every status_interval: an old one means a
+    # hung agent, or a pid that now belongs to another process
+    fresh = age <= 3 * cfg.status_interval + 10
+    running = st.get("state") == "running" and _pid_alive(st.get("pid")) and fresh
     if args.json:
         print(json.dumps({**st, "alive": running}, indent=1))
         return 0 if running else 3
-    age = time.time() - float(st.get("updated", 0))
     ob = st.get("outbox", {})
     lines = [
         f"device     {st.get('device')}  "
-        + (f"running (pid {st.get('pid')})" if running else f"NOT running ({st.get('state')})")
+        + (
+            f"running (pid {st.get('pid')})"
+            if running
+            else f"NOT running ({st.get('state')}{'' if fresh else ', no update'})"
+        )
         + f", status {age:.0f} s old",
         f"broker     {st.get('broker')}  "
         + ("connected" if st.get("connected") else f"DISCONNECTED ({st.get('last_error')})")
@@ -135,9 +144,12 @@ def _status(args: argparse.Namespace) -> int:
         f"outbox     {ob.get('depth')} waiting (oldest {ob.get('oldest_age_s')} s), "
         f"{ob.get('in_flight')} in flight, next seq {ob.get('next_seq')}",
         f"dropped    {ob.get('dropped_full')} (outbox full), {ob.get('dropped_age')} (too old), "
-        f"{ob.get('not_sampled')} not sampled; {st.get('rejected')} refused by the broker",
+        f"{ob.get('not_sampled')} not sampled; {st.get('refused')} refusals by the broker "
+        "(kept, sent again)",
         f"sent       {st.get('sent')} sent, {st.get('acked')} acknowledged since start",
     ]
+    if st.get("refusal"):
+        lines.append(f"REFUSED    {st['refusal']}")
     fc = st.get("forecaster")
     if fc:
         lines.append(

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from typing import Any
@@ -34,6 +35,13 @@ log = logging.getLogger("edgeagent")
 
 AGE_CHECK_EVERY = 60.0  # seconds between max_age sweeps of the outbox
 _LIVE = ("sampling", "outbox", "jobs", "log_level", "status_interval")  # reloaded in place
+
+
+def _password_or_none(cfg: AgentConfig) -> str | None:
+    try:
+        return cfg.password()
+    except ConfigError:
+        return None
 
 
 def status_path(cfg: AgentConfig) -> str:
@@ -62,6 +70,9 @@ class Agent:
         self._stop = threading.Event()
         self._reload = False
         self._signal: int | None = None
+        self._paused_until = 0.0  # sending paused after the broker refused samples
+        self._refusal_pause = 0.0
+        self.refusal: str | None = None
 
     # -- wiring ---------------------------------------------------------------------
     def _broker(self) -> BrokerURL:
@@ -71,6 +82,16 @@ class Agent:
             username=url.username or self.cfg.username,
             password=url.password if url.password is not None else self.cfg.password(),
         )
+
+    def _password(self) -> str | None:
+        url = BrokerURL.parse(self.cfg.broker.url)
+        if url.password is not None:
+            return url.password
+        try:
+            return self.cfg.password()
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return None
 
     def _topic(self, kind: str) -> str:
         return Topics(self.cfg.broker.root).device(self.cfg.device, kind)
@@ -89,8 +110,9 @@ class Agent:
             f"edgeagent-{cfg.device}",
             keepalive=cfg.broker.keepalive,
             backoff=(cfg.broker.backoff_min, cfg.broker.backoff_max),
-            will=(self._topic("status"), encode(self._device_status("offline"))),
+            will=lambda: (self._topic("status"), encode(self._device_status("offline"))),
             ca_file=cfg.broker.ca_file or None,
+            password=self._password,
             on_connected=self._on_connected,
             wake=self._wake.set,
         )
@@ -111,6 +133,14 @@ class Agent:
             len(self.outbox),
             self.outbox.next_seq,
         )
+
+    def _say_offline(self) -> None:
+        """A clean stop sends no will: publish the retained offline status."""
+        if self.link is not None and self.link.connected:
+            self.link.publish(
+                self._topic("status"), encode(self._device_status("offline")), retain=True
+            )
+            time.sleep(0.05)
 
     def _stop_parts(self) -> None:
         if self.jobs is not None:
@@ -153,6 +183,7 @@ class Agent:
     def _take_acks(self) -> None:
         assert self.link is not None and self.outbox is not None
         done: list[int] = []
+        refused: list[int] = []
         acks = self.link.acks
         while acks:
             generation, mid, ok = acks.popleft()
@@ -161,13 +192,28 @@ class Agent:
             seq = self._inflight.pop(mid, None)
             if seq is None:
                 continue
-            if not ok:
-                self.rejected += 1
-                log.error("broker refused sample #%d (not authorized?); dropping it", seq)
-            else:
+            if ok:
                 self.acked += 1
-            done.append(seq)
+                done.append(seq)
+            else:
+                refused.append(seq)
         self.outbox.remove(done)
+        if done and not refused:
+            self._refusal_pause = 0.0
+        if refused:
+            # The broker refused them (an ACL that does not let this device
+            # publish its metrics, a quota): keep every sample, stop sending,
+            # and try again later from the oldest one. Never drop on a refusal.
+            self.rejected += len(refused)
+            self._refusal_pause = min(300.0, max(5.0, 2 * self._refusal_pause))
+            self._paused_until = time.monotonic() + self._refusal_pause
+            self._inflight.clear()
+            self._sent_upto = 0
+            self.refusal = (
+                f"the broker refused sample #{min(refused)} on {self._metrics_topic} (not "
+                f"authorized?); samples kept, sending again in {self._refusal_pause:.0f} s"
+            )
+            log.error("%s", self.refusal)
 
     def _drain(self, now: float) -> float | None:
         """Send what the rate and in-flight bounds allow; seconds until more may go."""
@@ -179,6 +225,8 @@ class Agent:
             self._generation = link.generation
             self._inflight.clear()
             self._sent_upto = 0
+        if now < self._paused_until:
+            return self._paused_until - now
         rate = ob.drain_rate
         burst = max(1.0, rate / 10)
         self._tokens = min(burst, self._tokens + (now - self._token_t) * rate)
@@ -198,6 +246,12 @@ class Agent:
         if len(rows) == room and len(self.outbox) > len(self._inflight):
             return max(0.0, (1 - self._tokens) / rate)
         return None
+
+    def _sweep(self) -> None:
+        assert self.outbox is not None
+        ob = self.cfg.outbox
+        if self.outbox.enforce(ob.max_samples, ob.max_age, ob.policy == "drop_oldest"):
+            log.warning("outbox over its bounds: %d dropped so far", self.outbox.dropped)
 
     def request_stop(self, signum: int | None = None) -> None:
         self._signal = signum
@@ -232,14 +286,16 @@ class Agent:
                 next_sample += self.cfg.sampling.interval
                 if next_sample < now:  # fell behind (suspend, slow disk): skip, no burst
                     next_sample = now + self.cfg.sampling.interval
-            self._take_acks()
-            retry = self._drain(now)
-            if now >= next_age:
-                assert self.outbox is not None
-                ob = self.cfg.outbox
-                if self.outbox.enforce(ob.max_samples, ob.max_age, ob.policy == "drop_oldest"):
-                    log.warning("outbox over its bounds: %d dropped so far", self.outbox.dropped)
-                next_age = now + AGE_CHECK_EVERY
+            retry: float | None = None
+            try:
+                self._take_acks()
+                retry = self._drain(now)
+                if now >= next_age:
+                    next_age = now + AGE_CHECK_EVERY
+                    self._sweep()
+            except Exception:  # a full disk, a broken file: log, keep sampling, retry
+                log.exception("outbox error")
+                retry = 1.0
             if now >= next_status:
                 self._write_status()
                 next_status = now + self.cfg.status_interval
@@ -280,6 +336,7 @@ class Agent:
                 if f.name not in _LIVE
             )
             and new.forecaster == old.forecaster
+            and _password_or_none(new) == _password_or_none(old)
         ):
             self.cfg = new
             if self.jobs is not None:
@@ -288,13 +345,28 @@ class Agent:
                 self.sampler.disk_path = new.sampling.disk_path
             log.info("config %s reloaded", source)
             return
+        outbox = self.outbox
+        if new.state_dir != old.state_dir:
+            try:  # open the new outbox before letting go of anything
+                os.makedirs(new.state_dir, exist_ok=True)
+                outbox = Outbox(os.path.join(new.state_dir, "outbox.sqlite"))
+            except (OSError, sqlite3.Error) as exc:
+                log.error("reload refused, keeping the running config: state_dir: %s", exc)
+                return
         log.info("config %s reloaded: reconnecting with the new settings", source)
+        self._say_offline()  # on the old broker / device / root
         self._stop_parts()
-        if new.state_dir != old.state_dir and self.outbox is not None:
+        if outbox is not self.outbox and self.outbox is not None:
             self.outbox.close()
-            self.outbox = None
+            log.warning(
+                "new state_dir %s: samples left in the old outbox stay there; %s",
+                new.state_dir,
+                "seq starts again at 1" if outbox is not None and outbox.next_seq == 1 else "",
+            )
+        self.outbox = outbox
         self.cfg = new
         self._generation = 0
+        self._inflight.clear()
         self._start_parts()
 
     def _shutdown(self) -> None:
@@ -310,9 +382,7 @@ class Agent:
             self._wake.wait(min(0.05, retry or 0.05))
             self._wake.clear()
         self._take_acks()
-        if link.connected:
-            link.publish(self._topic("status"), encode(self._device_status("offline")), retain=True)
-            time.sleep(0.05)
+        self._say_offline()
         self._stop_parts()
         self._write_status(state="stopped")
         log.info(
@@ -342,14 +412,15 @@ class Agent:
                 "depth": len(ob) if ob is not None else 0,
                 "oldest_age_s": None if oldest is None else round(time.time() - oldest, 1),
                 "next_seq": ob.next_seq if ob is not None else None,
-                "in_flight": len(self._inflight),
+                "in_flight": len(self._inflight) if self.link and self.link.connected else 0,
                 "dropped_full": ob.dropped_full if ob is not None else 0,
                 "dropped_age": ob.dropped_age if ob is not None else 0,
                 "not_sampled": ob.not_sampled if ob is not None else 0,
             },
             "sent": self.sent,
             "acked": self.acked,
-            "rejected": self.rejected,
+            "refused": self.rejected,
+            "refusal": self.refusal if time.monotonic() < self._paused_until else None,
             "forecaster": self.jobs.status() if self.jobs is not None else self._last_jobs,
         }
 

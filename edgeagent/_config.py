@@ -201,8 +201,12 @@ def _validate(cfg: AgentConfig, src: str) -> None:
             "[outbox] policy",
             f"must be 'drop_oldest' or 'stop_sampling', not {cfg.outbox.policy!r}",
         )
-    if cfg.outbox.drain_rate <= 0:
-        raise bad("[outbox] drain_rate", "must be > 0 samples/s")
+    if cfg.outbox.drain_rate * cfg.sampling.interval <= 1.0:
+        raise bad(
+            "[outbox] drain_rate",
+            f"must exceed the sampling rate ({1 / cfg.sampling.interval:g}/s with [sampling] "
+            "interval), or the outbox never empties",
+        )
     if not 1 <= cfg.outbox.max_inflight <= 65535:
         raise bad("[outbox] max_inflight", "must be 1..65535")
     if cfg.outbox.flush_timeout < 0:
@@ -263,7 +267,7 @@ SAMPLE = """\
 # device = "<host name>"
 state_dir = "/var/lib/edgeagent"    # outbox.sqlite and status.json live here
 log_level = "INFO"                  # DEBUG, INFO, WARNING, ERROR
-status_interval = 5.0               # seconds between status.json / retained status updates
+status_interval = 5.0               # seconds between status.json updates (edgeagent status)
 
 [broker]
 url = "mqtt://127.0.0.1:1883"       # mqtts://host:8883 for TLS

@@ -65,13 +65,25 @@ class Jobs:
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._thread = threading.Thread(
-            target=self._setup, name="edgeagent-forecaster-setup", daemon=True
-        )
 
     # -- setup ---------------------------------------------------------------------
     def start(self) -> None:
-        self._thread.start()
+        threading.Thread(target=self._setup, name="edgeagent-forecaster-setup", daemon=True).start()
+
+    def _lost(self, exc: BaseException) -> bool:
+        """The object is gone (deleted by an operator): find or create it again."""
+        if not isinstance(exc, continuum.UnknownObject) or self._stop.is_set():
+            return False
+        with self._lock:
+            if self.proxy is None:
+                return True  # already being set up again
+            self.proxy = None
+            self.state = "lost; setting it up again"
+        log.warning("forecaster %s is gone: setting it up again", self.cfg.alias)
+        self.trained = False
+        self._next_train = self._n + self.cfg.jobs.train_after
+        self.start()
+        return True
 
     def _setup(self) -> None:
         f = self.cfg.forecaster
@@ -128,7 +140,8 @@ class Jobs:
         row = [float(metrics["cpu"]), float(metrics["mem"])]
         self._window.append(row)
         self._check_alert(seq, ts, row)
-        if self.proxy is None:
+        proxy = self.proxy
+        if proxy is None:
             return
         j = self.cfg.jobs
         now = time.monotonic()
@@ -136,18 +149,18 @@ class Jobs:
             since = self._n - self._last_train_n
             if not self.trained:
                 if j.train_after and self._n >= self._next_train:
-                    self._train()
+                    self._train(proxy)
             elif (j.train_every and since >= j.train_every) or (
                 j.train_interval and now - self._last_train_t >= j.train_interval
             ):
-                self._train()
+                self._train(proxy)
         if (
             self.trained
             and j.forecast_every
             and self._n % j.forecast_every == 0
             and not self._forecasting
         ):
-            self._forecast(seq)
+            self._forecast(seq, proxy)
 
     def _error(self, what: str, exc: BaseException) -> None:
         with self._lock:
@@ -155,13 +168,13 @@ class Jobs:
             self.last_error = f"{what}: {type(exc).__name__}: {exc}"
         log.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
 
-    def _train(self) -> None:
+    def _train(self, proxy: Any) -> None:
         self._training = True
         self._last_train_n = self._n
         self._last_train_t = time.monotonic()
         t0 = time.monotonic()
         log.info("training %s remotely (%d samples seen)", self.cfg.alias, self._n)
-        fut: Future[Any] = self.proxy.train.future(epochs=self.cfg.jobs.train_epochs)
+        fut: Future[Any] = proxy.train.future(epochs=self.cfg.jobs.train_epochs)
 
         def done(f: Future[Any]) -> None:
             exc = f.exception()
@@ -177,25 +190,30 @@ class Jobs:
                     time.monotonic() - t0,
                     res.get("final_loss", float("nan")) if isinstance(res, dict) else float("nan"),
                 )
+            elif self._lost(exc):
+                pass
             elif "too short" in str(exc) and not self.trained:
                 # the node has not ingested enough of the series yet
                 self._next_train = self._n + max(4, self.cfg.jobs.train_after // 4)
                 log.info("series still too short on the node; training again later")
             else:
                 self._error("train", exc)
+                if not self.trained:  # not at every sample: after as many again
+                    self._next_train = self._n + max(4, self.cfg.jobs.train_after)
 
         fut.add_done_callback(done)
 
-    def _forecast(self, seq: int) -> None:
+    def _forecast(self, seq: int, proxy: Any) -> None:
         self._forecasting = True
         window = list(self._window)
-        fut: Future[Any] = self.proxy.predict.future(window)
+        fut: Future[Any] = proxy.predict.future(window)
 
         def done(f: Future[Any]) -> None:
             self._forecasting = False
             exc = f.exception()
             if exc is not None:
-                self._error("forecast", exc)
+                if not self._lost(exc):
+                    self._error("forecast", exc)
                 return
             cpu, mem = (float(v) for v in f.result())
             body = {

@@ -15,6 +15,7 @@ import random
 import socket
 import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,8 @@ from continuum._mqtt import BrokerURL
 __all__ = ["Link", "backoff_delay"]
 
 log = logging.getLogger("edgeagent")
+
+STABLE_AFTER = 10.0  # seconds a connection must hold before the backoff starts over
 
 
 def backoff_delay(attempt: int, low: float, high: float, rng: random.Random | None = None) -> float:
@@ -56,8 +59,9 @@ class Link:
         *,
         keepalive: int,
         backoff: tuple[float, float],
-        will: tuple[str, bytes],
+        will: Callable[[], tuple[str, bytes]],
         ca_file: str | None,
+        password: Callable[[], str | None] | None = None,
         on_connected: Callable[[int], None],
         wake: Callable[[], None],
     ) -> None:
@@ -66,6 +70,7 @@ class Link:
         self.keepalive = keepalive
         self.backoff = backoff
         self.will = will
+        self.password = password
         self.ca_file = ca_file or None
         self.on_connected = on_connected
         self.wake = wake
@@ -127,10 +132,14 @@ class Link:
         c.max_inflight_messages_set(0)  # the agent bounds what is in flight
         c.max_queued_messages_set(0)
         if self.broker.username:
-            c.username_pw_set(self.broker.username, self.broker.password)
+            # read for every connection: a password rotated in its file is
+            # picked up at the next reconnect
+            password = self.password() if self.password is not None else self.broker.password
+            c.username_pw_set(self.broker.username, password)
         if self.broker.tls:
             c.tls_set_context(ssl.create_default_context(cafile=self.ca_file))
-        c.will_set(self.will[0], self.will[1], qos=1, retain=True)
+        will_topic, will_payload = self.will()
+        c.will_set(will_topic, will_payload, qos=1, retain=True)
 
         def on_socket_open(client: paho.Client, userdata: Any, sock: Any) -> None:
             try:
@@ -159,8 +168,23 @@ class Link:
             self.acks.append((generation, mid, not reason.is_failure))
             self.wake()
 
+        def on_disconnect(
+            client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+        ) -> None:
+            if reason.value == 0x8E:  # session taken over
+                self.last_error = (
+                    f"another client connected as {self.client_id}: is a second agent "
+                    "running with the same device id?"
+                )
+            elif reason.value != 0:
+                self.last_error = f"broker closed the connection: {reason}"
+            else:
+                return
+            log.warning("%s", self.last_error)
+
         c.on_socket_open = on_socket_open
         c.on_connect = on_connect
+        c.on_disconnect = on_disconnect
         c.on_publish = on_publish
         return c
 
@@ -177,12 +201,18 @@ class Link:
             else:
                 with self._lock:
                     self._client = client
+                up_since: float | None = None
                 while not self._stop.is_set():
                     rc = client.loop(timeout=0.5)
                     if rc != paho.MQTT_ERR_SUCCESS:
                         break
                     if self._connected.is_set():
-                        attempt = 0
+                        # the backoff starts over only once a connection held a
+                        # while: a broker that accepts and then drops us at once
+                        # (a duplicate client id) must not get a reconnect storm
+                        up_since = up_since or time.monotonic()
+                        if time.monotonic() - up_since >= STABLE_AFTER:
+                            attempt = 0
                 was_connected = self._connected.is_set()
                 with self._lock:
                     self._connected.clear()
@@ -197,7 +227,7 @@ class Link:
                 _close(client)
                 if was_connected:
                     log.warning("lost the connection to %s; reconnecting", self.broker)
-                    self.last_error = "connection lost"
+                    self.last_error = self.last_error or "connection lost"
                 self.wake()
             delay = backoff_delay(attempt, *self.backoff)
             attempt += 1

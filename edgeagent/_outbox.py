@@ -16,10 +16,28 @@ from collections.abc import Iterable
 
 __all__ = ["Outbox"]
 
+# ts: the sampling time (wall clock); boot, up: the kernel's boot id and the
+# seconds since boot at insertion, which age a sample even when the wall clock
+# jumps (a board without a battery-backed clock syncs it only once online).
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS samples (seq INTEGER PRIMARY KEY, ts REAL NOT NULL, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS samples (
+    seq INTEGER PRIMARY KEY, ts REAL NOT NULL, payload BLOB NOT NULL, boot TEXT, up REAL
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def _uptime() -> float:
+    clock = getattr(time, "CLOCK_BOOTTIME", None)  # counts suspend too (Linux)
+    return time.clock_gettime(clock) if clock is not None else time.monotonic()
 
 
 class Outbox:
@@ -34,6 +52,7 @@ class Outbox:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA cache_size=-256")  # KiB: the board has little memory
             self._db.executescript(_SCHEMA)
+            self._boot = _boot_id()
             row = self._db.execute("SELECT MAX(seq) FROM samples").fetchone()
             self._next = max(self._meta("next_seq", 1), (row[0] or 0) + 1)
             self._count = self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
@@ -63,7 +82,10 @@ class Outbox:
             if seq != self._next:
                 raise ValueError(f"sample {seq} out of order (next is {self._next})")
             self._db.execute("BEGIN")
-            self._db.execute("INSERT INTO samples VALUES (?, ?, ?)", (seq, ts, payload))
+            self._db.execute(
+                "INSERT INTO samples VALUES (?, ?, ?, ?, ?)",
+                (seq, ts, payload, self._boot, _uptime()),
+            )
             self._next = seq + 1
             self._set(next_seq=self._next)
             self._db.execute("COMMIT")
@@ -97,7 +119,13 @@ class Outbox:
             self._db.execute("BEGIN")
             aged = 0
             if max_age is not None:
-                cur = self._db.execute("DELETE FROM samples WHERE ts < ?", (time.time() - max_age,))
+                # this boot's samples by time since boot; older boots' by the
+                # wall clock (the best there is for them)
+                cur = self._db.execute(
+                    "DELETE FROM samples WHERE (boot IS ? AND boot IS NOT NULL AND up < ?)"
+                    " OR ((boot IS NOT ? OR boot IS NULL) AND ts < ?)",
+                    (self._boot, _uptime() - max_age, self._boot, time.time() - max_age),
+                )
                 aged = max(cur.rowcount, 0)
             over = self._count - aged - max_samples
             full = 0

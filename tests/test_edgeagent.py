@@ -26,7 +26,7 @@ from paho.mqtt.properties import Properties
 
 from continuum._devbroker import LocalBroker, free_port
 
-from ._cluster import REPO, Cluster, wait_for
+from ._cluster import REPO, Cluster, wait_for, wait_status
 
 
 def agent_config(
@@ -295,23 +295,70 @@ def test_bad_config_names_the_key_and_starts_nothing(tmp_path: Path, text: str, 
 def test_sighup_reloads_and_a_bad_reload_keeps_running(tmp_path: Path, broker: LocalBroker) -> None:
     cfg = agent_config(tmp_path / "a.toml", broker.url, "t4", "dev-h")
     agent = Agent(cfg, tmp_path / "agent.log").start()
+    assert agent.proc is not None
     try:
         wait_for(lambda: agent.status().get("connected") is True)
         good = cfg.read_text().replace("interval = 0.05", "interval = 0.5")
         cfg.write_text(good)
-        assert agent.proc is not None
         agent.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "reloaded" in agent.text())
-        cfg.write_text(good + "\nbogus = 1\n")
+        for bad, says in (
+            (good + "\nbogus = 1\n", "bogus"),
+            # loads, but the state directory cannot be made: refused before
+            # anything stops (it used to kill the agent)
+            (good.replace(f'state_dir = "{tmp_path}', 'state_dir = "/proc/nope'), "state_dir"),
+        ):
+            cfg.write_text(bad)
+            agent.proc.send_signal(signal.SIGHUP)
+            wait_for(
+                lambda s=says: any(  # type: ignore[misc]
+                    "reload refused" in line and s in line for line in agent.text().splitlines()
+                )
+            )
+            time.sleep(0.3)
+            assert agent.proc.poll() is None
+        # a new root reconnects; the old root's retained status says offline
+        cfg.write_text(good.replace('root = "t4"', 'root = "t4b"'))
         agent.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: "reload refused" in agent.text())
-        assert "bogus" in agent.text()
-        time.sleep(0.5)
-        assert agent.proc.poll() is None
-        cfg.write_text(good)  # `edgeagent status` reads the config too
+        wait_status(broker.url, "t4b/dev/dev-h/status", "online")
+        wait_status(broker.url, "t4/dev/dev-h/status", "offline")
         assert agent.status()["connected"]
     finally:
         assert agent.stop() == 0
+
+
+def test_a_broker_refusing_samples_loses_none_of_them(tmp_path: Path) -> None:
+    """PUBACK 0x87 (an ACL that does not let the device publish its metrics):
+    the samples stay in the outbox, sending pauses, and once the ACL is fixed
+    they all arrive, in order."""
+    acl = tmp_path / "acl"
+    # the collector is anonymous; the agent logs in as dev-r: its will and
+    # status are allowed, its metrics not yet
+    acl.write_text("topic read t7/#\npattern write t7/dev/%u/status\n")
+    port = free_port()
+    broker = LocalBroker(port=port, extra_config=f"acl_file {acl}\n").start()
+    col = Collector(port, "t7/dev/dev-r/metrics")
+    cfg = agent_config(tmp_path / "a.toml", broker.url, "t7", "dev-r")
+    agent = Agent(cfg, tmp_path / "agent.log").start()
+    try:
+        wait_for(lambda: agent.status().get("refused", 0) >= 1)
+        wait_for(lambda: agent.status()["outbox"]["depth"] >= 40)
+        st = agent.status()
+        assert st["acked"] == 0 and st["outbox"]["dropped_full"] == 0 and st["refusal"]
+        assert col.seqs() == []
+        acl.write_text("topic read t7/#\npattern write t7/dev/%u/#\n")
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGHUP)  # mosquitto re-reads its ACL
+        wait_for(lambda: agent.status().get("acked", 0) >= 40, timeout=30)
+        assert agent.stop() == 0
+        last = final_seq(agent)
+        wait_for(lambda: len(set(col.seqs())) >= last)
+        col.check_exactly_once_in_order(last)
+    finally:
+        if agent.proc is not None and agent.proc.poll() is None:
+            agent.stop(signal.SIGKILL)
+        col.close()
+        broker.stop()
 
 
 def test_forecast_job_trains_remotely_and_publishes(bare_cluster: Cluster, tmp_path: Path) -> None:
@@ -468,14 +515,20 @@ def test_backoff_is_exponential_with_full_jitter() -> None:
             assert max(delays) - min(delays) > 0.5 * (cap - 0.5)
 
 
-def test_outbox_bounds_counters_and_seq_survive_reopening(tmp_path: Path) -> None:
+def test_outbox_bounds_counters_and_seq_survive_reopening(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edgeagent._outbox as outbox_mod
     from edgeagent._outbox import Outbox
 
+    uptime = [0.0]
+    monkeypatch.setattr(outbox_mod, "_uptime", lambda: uptime[0])
     path = str(tmp_path / "o.sqlite")
     ob = Outbox(path)
     now = time.time()
     for seq in range(1, 11):
-        ob.add(seq, now - 1000 if seq <= 3 else now, b"x%d" % seq)
+        uptime[0] = 0.0 if seq <= 3 else 1000.0  # 1-3 sampled 1000 s (of uptime) ago
+        ob.add(seq, now, b"x%d" % seq)
     with pytest.raises(ValueError):
         ob.add(5, now, b"dup")  # a seq is never reused
     assert ob.enforce(max_samples=5, max_age=500, drop_oldest=True) == 5  # 3 aged, 2 over
@@ -489,3 +542,23 @@ def test_outbox_bounds_counters_and_seq_survive_reopening(tmp_path: Path) -> Non
     again.remove([8, 9, 10])
     again.close()
     assert Outbox(path).next_seq == 11  # even with the outbox empty
+
+
+def test_outbox_ages_by_uptime_so_a_wall_clock_jump_drops_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A board without a battery-backed clock samples with a wrong wall clock
+    until it syncs: those samples are as old as the uptime says, not the wall
+    clock. Samples from an earlier boot can only be aged by the wall clock."""
+    import edgeagent._outbox as outbox_mod
+    from edgeagent._outbox import Outbox
+
+    monkeypatch.setattr(outbox_mod, "_uptime", lambda: 100.0)
+    ob = Outbox(str(tmp_path / "o.sqlite"))
+    ob.add(1, 86400.0, b"sampled at 1970-01-02 by the board's clock, 0 s ago")
+    ob._boot = "an earlier boot"
+    ob.add(2, time.time() - 3 * 86400, b"an earlier boot, three days ago")
+    ob.add(3, time.time() - 60, b"an earlier boot, a minute ago")
+    ob._boot = outbox_mod._boot_id()
+    assert ob.enforce(max_samples=100, max_age=86400, drop_oldest=True) == 1
+    assert [s for s, _ in ob.after(0, 10)] == [1, 3]
