@@ -31,6 +31,7 @@ from typing import Any
 
 from bench._common import REPO, child_env, format_table, log
 from continuum._devbroker import LocalBroker
+from continuum._forecast_report import _peak_rss_mb
 
 PAPER_CLIENT_MB = (305, 330)
 TICK = os.sysconf("SC_CLK_TCK")
@@ -38,13 +39,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 def proc_stats(pid: int) -> tuple[float, float, float]:
     """(RSS MB, peak RSS MB, CPU seconds) of ``pid``."""
-    rss = hwm = 0.0
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) / 1024
-            elif line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) / 1024
+    rss, hwm = _peak_rss_mb(pid)
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / TICK
