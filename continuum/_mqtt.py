@@ -144,6 +144,15 @@ def publish_properties(
     return _Prepacked(_varint(len(buf)) + bytes(buf), fields)
 
 
+def set_nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
+    """paho ``on_socket_open``: TCP_NODELAY on the socket (docs/architecture.md:
+    without it a QoS 1 round trip waits out delayed ACKs, 40-90 ms)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # pragma: no cover - non-TCP transports
+        pass
+
+
 class Connection:
     """One MQTT 5 connection with a background network thread.
 
@@ -193,20 +202,13 @@ class Connection:
         if will is not None:
             topic, payload, retain = will
             c.will_set(topic, payload, qos=1, retain=retain)
-        c.on_socket_open = self._socket_open
+        c.on_socket_open = set_nodelay
         c.on_connect = self._handle_connect
         c.on_disconnect = self._handle_disconnect
         c.on_message = self._handle_message
         self.client = c
 
     # -- paho callbacks (network thread) -----------------------------------
-    @staticmethod
-    def _socket_open(client: paho.Client, userdata: Any, sock: Any) -> None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError):  # pragma: no cover - non-TCP transports
-            pass
-
     def _handle_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
     ) -> None:

@@ -194,13 +194,7 @@ def _call(args: argparse.Namespace) -> int:
         if isinstance(params, dict)
         else ([params], {})
     )
-    url = BrokerURL.parse(args.broker or cfg.broker.url)
-    if not args.broker:
-        url = dataclasses.replace(
-            url,
-            username=url.username or cfg.username,
-            password=url.password if url.password is not None else cfg.password(),
-        )
+    url = BrokerURL.parse(args.broker) if args.broker else cfg.broker_url()
     try:
         with continuum.Client(
             url,

@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 from continuum._codec import encode
-from continuum._mqtt import BrokerURL
 from continuum._protocol import Topics
 from continuum._service import sd_notify
 
@@ -35,13 +34,6 @@ log = logging.getLogger("edgeagent")
 
 AGE_CHECK_EVERY = 60.0  # seconds between max_age sweeps of the outbox
 _LIVE = ("sampling", "outbox", "jobs", "log_level", "status_interval")  # reloaded in place
-
-
-def _password_or_none(cfg: AgentConfig) -> str | None:
-    try:
-        return cfg.password()
-    except ConfigError:
-        return None
 
 
 def status_path(cfg: AgentConfig) -> str:
@@ -60,7 +52,7 @@ class Agent:
         self.started = time.time()
         self.sent = 0
         self.acked = 0
-        self.rejected = 0
+        self.refused = 0
         self._inflight: dict[int, int] = {}  # mid -> seq, on the current connection
         self._generation = 0
         self._sent_upto = 0
@@ -75,20 +67,10 @@ class Agent:
         self.refusal: str | None = None
 
     # -- wiring ---------------------------------------------------------------------
-    def _broker(self) -> BrokerURL:
-        url = BrokerURL.parse(self.cfg.broker.url)
-        return dataclasses.replace(
-            url,
-            username=url.username or self.cfg.username,
-            password=url.password if url.password is not None else self.cfg.password(),
-        )
-
     def _password(self) -> str | None:
-        url = BrokerURL.parse(self.cfg.broker.url)
-        if url.password is not None:
-            return url.password
+        """For each connection of the link: a rotated password file is read anew."""
         try:
-            return self.cfg.password()
+            return self.cfg.broker_url().password
         except ConfigError as exc:
             log.error("%s", exc)
             return None
@@ -104,7 +86,7 @@ class Agent:
         if self.sampler is None:
             self.sampler = Sampler(cfg.sampling.disk_path)
         self._metrics_topic = self._topic("metrics")
-        broker = self._broker()
+        broker = cfg.broker_url()
         self.link = Link(
             broker,
             f"edgeagent-{cfg.device}",
@@ -121,7 +103,7 @@ class Agent:
         if cfg.forecaster.enabled:
             from ._jobs import Jobs  # the continuum client, only when there are jobs
 
-            self.jobs = Jobs(cfg, broker, self._publish_event)
+            self.jobs = Jobs(cfg, self._publish_event)
             self.jobs.start()
         log.info(
             "edgeagent %s: %s every %.3g s -> %s; outbox %s (%d waiting, next seq %d)",
@@ -140,7 +122,6 @@ class Agent:
             self.link.publish(
                 self._topic("status"), encode(self._device_status("offline")), retain=True
             )
-            time.sleep(0.05)
 
     def _stop_parts(self) -> None:
         if self.jobs is not None:
@@ -204,7 +185,7 @@ class Agent:
             # The broker refused them (an ACL that does not let this device
             # publish its metrics, a quota): keep every sample, stop sending,
             # and try again later from the oldest one. Never drop on a refusal.
-            self.rejected += len(refused)
+            self.refused += len(refused)
             self._refusal_pause = min(300.0, max(5.0, 2 * self._refusal_pause))
             self._paused_until = time.monotonic() + self._refusal_pause
             self._inflight.clear()
@@ -336,7 +317,6 @@ class Agent:
                 if f.name not in _LIVE
             )
             and new.forecaster == old.forecaster
-            and _password_or_none(new) == _password_or_none(old)
         ):
             self.cfg = new
             if self.jobs is not None:
@@ -419,7 +399,7 @@ class Agent:
             },
             "sent": self.sent,
             "acked": self.acked,
-            "refused": self.rejected,
+            "refused": self.refused,
             "refusal": self.refusal if time.monotonic() < self._paused_until else None,
             "forecaster": self.jobs.status() if self.jobs is not None else self._last_jobs,
         }

@@ -15,6 +15,9 @@ import socket
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
+
+from continuum._mqtt import BrokerURL
 
 __all__ = [
     "SAMPLE",
@@ -118,6 +121,20 @@ class AgentConfig:
                 ) from None
         return os.environ.get("EDGEAGENT_PASSWORD") or os.environ.get("CONTINUUM_PASSWORD")
 
+    def broker_url(self) -> BrokerURL:
+        """The broker with this agent's credentials: those written in the URL,
+        else :attr:`username` (default: the device id) and :meth:`password`
+        (read now: call it for every connection)."""
+        url = BrokerURL.parse(self.broker.url)
+        written = urlsplit(
+            self.broker.url if "://" in self.broker.url else f"mqtt://{self.broker.url}"
+        )
+        return dataclasses.replace(
+            url,
+            username=url.username if written.username else self.username,
+            password=url.password if written.password else self.password(),
+        )
+
 
 _SECTIONS: dict[str, type] = {
     "broker": BrokerConfig,
@@ -169,7 +186,6 @@ def _validate(cfg: AgentConfig, src: str) -> None:
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"{src}: {key}: {why}")
 
-    from continuum._mqtt import BrokerURL
     from continuum._protocol import valid_topic_text
 
     if not cfg.device or not valid_topic_text(cfg.device) or any(c in cfg.device for c in "/+#"):

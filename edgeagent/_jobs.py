@@ -18,9 +18,8 @@ from concurrent.futures import Future
 from typing import Any
 
 import continuum
-from continuum._mqtt import BrokerURL
 
-from ._config import AgentConfig
+from ._config import AgentConfig, ConfigError
 from ._link import backoff_delay
 
 __all__ = ["Jobs"]
@@ -34,20 +33,11 @@ class Jobs:
     """Forecast, train and alert jobs for one device."""
 
     def __init__(
-        self,
-        cfg: AgentConfig,
-        broker: BrokerURL,
-        publish: Callable[[str, dict[str, Any], bool], None],
+        self, cfg: AgentConfig, publish: Callable[[str, dict[str, Any], bool], None]
     ) -> None:
         self.cfg = cfg
         self.publish = publish
-        self.client = continuum.Client(
-            broker,
-            root=cfg.broker.root,
-            timeout=cfg.forecaster.timeout,
-            client_id=f"edgeagent-{cfg.device}-calls",
-            ca_file=cfg.broker.ca_file or None,
-        )
+        self.client: continuum.Client | None = None
         self.proxy: Any = None
         self.state = "starting"  # starting, ready, error text
         self.trained = False
@@ -90,10 +80,9 @@ class Jobs:
         attempt = 0
         while not self._stop.is_set():
             try:
-                if self.client._conn is None:
-                    self.client.connect()
+                client = self.client or self._connect()
                 try:
-                    proxy = self.client.get(self.cfg.alias)
+                    proxy = client.get(self.cfg.alias)
                     log.info("forecaster %s found (%s)", self.cfg.alias, proxy._id)
                 except continuum.UnknownObject:
                     kwargs: dict[str, Any] = dict(f.args)
@@ -101,9 +90,9 @@ class Jobs:
                         kwargs["node"] = f.node
                     if f.replicas:
                         kwargs["replicas"] = f.replicas
-                    proxy = self.client.stub(f.class_).create(alias=self.cfg.alias, **kwargs)
+                    proxy = client.stub(f.class_).create(alias=self.cfg.alias, **kwargs)
                     log.info("forecaster %s created (%s)", self.cfg.alias, proxy._id)
-                self.client.bind_metrics(proxy, self.cfg.device, "ingest")
+                client.bind_metrics(proxy, self.cfg.device, "ingest")
                 try:
                     info = proxy.info()
                     self.trained = bool(info.get("trained"))
@@ -122,7 +111,7 @@ class Jobs:
             except continuum.AliasTaken:
                 attempt = 0  # another agent run created it meanwhile: look again
                 continue
-            except (continuum.ContinuumError, OSError) as exc:
+            except (continuum.ContinuumError, OSError, ConfigError) as exc:
                 self.state = f"setup failed: {type(exc).__name__}: {exc}"
                 delay = backoff_delay(attempt, 1.0, 60.0)
                 attempt += 1
@@ -130,9 +119,24 @@ class Jobs:
                 if self._stop.wait(delay):
                     return
 
+    def _connect(self) -> continuum.Client:
+        """A connected client, made with the credentials as they are now (the
+        password file may have changed since the last failed attempt)."""
+        client = continuum.Client(
+            self.cfg.broker_url(),
+            root=self.cfg.broker.root,
+            timeout=self.cfg.forecaster.timeout,
+            client_id=f"edgeagent-{self.cfg.device}-calls",
+            ca_file=self.cfg.broker.ca_file or None,
+        )
+        client.connect()
+        self.client = client
+        return client
+
     def stop(self) -> None:
         self._stop.set()
-        self.client.close()
+        if self.client is not None:
+            self.client.close()
 
     # -- per sample (the agent's thread) --------------------------------------------
     def on_sample(self, seq: int, ts: float, metrics: dict[str, Any]) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import random
-import socket
 import ssl
 import threading
 import time
@@ -23,7 +22,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
-from continuum._mqtt import BrokerURL
+from continuum._mqtt import BrokerURL, set_nodelay
 
 __all__ = ["Link", "backoff_delay"]
 
@@ -78,7 +77,6 @@ class Link:
         self.generation = 0
         self.connects = 0
         self.last_error: str | None = None
-        self.next_attempt_in: float | None = None
         self._client: paho.Client | None = None
         self._connected = threading.Event()
         self._stop = threading.Event()
@@ -106,9 +104,6 @@ class Link:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
-
-    def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int | None:
         """Publish with QoS 1 on the current connection; the message id, or
@@ -140,12 +135,6 @@ class Link:
             c.tls_set_context(ssl.create_default_context(cafile=self.ca_file))
         will_topic, will_payload = self.will()
         c.will_set(will_topic, will_payload, qos=1, retain=True)
-
-        def on_socket_open(client: paho.Client, userdata: Any, sock: Any) -> None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except (OSError, AttributeError):  # pragma: no cover
-                pass
 
         def on_connect(
             client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
@@ -182,7 +171,7 @@ class Link:
                 return
             log.warning("%s", self.last_error)
 
-        c.on_socket_open = on_socket_open
+        c.on_socket_open = set_nodelay
         c.on_connect = on_connect
         c.on_disconnect = on_disconnect
         c.on_publish = on_publish
@@ -231,8 +220,6 @@ class Link:
                 self.wake()
             delay = backoff_delay(attempt, *self.backoff)
             attempt += 1
-            self.next_attempt_in = delay
             log.info("%s; next attempt in %.1f s", self.last_error, delay)
             if self._stop.wait(delay):
                 return
-            self.next_attempt_in = None

@@ -159,7 +159,8 @@ class Outbox:
 
     def oldest_ts(self) -> float | None:
         with self._lock:
-            row = self._db.execute("SELECT MIN(ts) FROM samples").fetchone()
+            # the lowest seq's (the primary key: no scan of a long outbox)
+            row = self._db.execute("SELECT ts FROM samples ORDER BY seq LIMIT 1").fetchone()
         return row[0] if row else None
 
     @property

@@ -562,3 +562,29 @@ def test_outbox_ages_by_uptime_so_a_wall_clock_jump_drops_nothing(
     ob._boot = outbox_mod._boot_id()
     assert ob.enforce(max_samples=100, max_age=86400, drop_oldest=True) == 1
     assert [s for s, _ in ob.after(0, 10)] == [1, 3]
+
+
+def test_agent_credentials_file_over_environment_url_over_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BrokerURL.parse falls back to $CONTINUUM_USERNAME/$CONTINUUM_PASSWORD;
+    for the agent, [broker] password_file and the device id come first."""
+    from edgeagent._config import parse
+
+    monkeypatch.setenv("CONTINUUM_USERNAME", "env-user")
+    monkeypatch.setenv("CONTINUUM_PASSWORD", "env-pw")
+    pw = tmp_path / "pw"
+    pw.write_text("file-pw\n")
+    cfg = parse(
+        {"device": "dev-c", "broker": {"url": "mqtt://b:1883", "password_file": str(pw)}}, "t"
+    )
+    url = cfg.broker_url()
+    assert (url.username, url.password) == ("dev-c", "file-pw")
+    pw.write_text("rotated\n")
+    assert cfg.broker_url().password == "rotated"  # read for every connection
+    cfg = parse({"device": "dev-c", "broker": {"url": "mqtt://u:p@b:1883"}}, "t")
+    assert (cfg.broker_url().username, cfg.broker_url().password) == ("u", "p")
+    monkeypatch.delenv("CONTINUUM_PASSWORD")
+    monkeypatch.setenv("EDGEAGENT_PASSWORD", "agent-pw")
+    cfg = parse({"device": "dev-c", "broker": {"url": "mqtt://b"}}, "t")
+    assert cfg.broker_url().password == "agent-pw"
