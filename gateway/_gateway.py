@@ -270,9 +270,15 @@ class Gateway:
             self.directory._check_alias_free(alias, "")
         target, backups = placed[0], placed[1:]
         oid = uuid.uuid4().hex
-        body = {"obj": oid, "cls": cls, "args": args or [], "kwargs": kwargs or {}}
+        create = {
+            "obj": oid,
+            "cls": cls,
+            "args": args or [],
+            "kwargs": kwargs or {},
+            "replicas": backups,
+        }
         try:
-            self._node_call(target, "create", {**body, "replicas": backups}, _deadline)
+            self._node_call(target, "create", create, _deadline)
         except (DeadlineExpired, NotConnected):
             # the node may have created it after all: no directory entry will
             # ever name it, so take it back
@@ -306,7 +312,7 @@ class Gateway:
                         log.warning("could not discard %s on %s: %s", oid, holder, exc)
 
         log.warning("discarding object %s on %s: its create did not complete", oid, holders)
-        self._upkeep.submit(run)
+        self._pool.submit(run)  # not the upkeep thread: failover must not wait behind it
 
     # -- liveness --------------------------------------------------------------------
     def _failover(self, dead: str) -> None:

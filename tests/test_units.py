@@ -293,7 +293,7 @@ def test_gateway_takes_back_an_object_whose_create_did_not_complete(
     gw._node_call = node_call  # type: ignore[method-assign]
     with pytest.raises((continuum.DeadlineExpired, continuum.AliasTaken)):
         gw.create("examples.counter.Counter", alias="a", replicas=1)
-    gw._upkeep.shutdown(wait=True)
+    gw._pool.shutdown(wait=True)
     (primary, create, oid), *deletes = calls
     assert create == "create"
     replica = "n2" if primary == "n1" else "n1"
