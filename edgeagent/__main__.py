@@ -17,7 +17,7 @@ EPILOG = """\
 commands:
   run       the daemon: samples the board's metrics every interval into a local
             outbox (SQLite) and sends them to the broker (QoS 1, deleted on PUBACK,
-            in order, at a bounded rate after an outage); keeps the device's
+            in order, at a bounded rate); keeps the device's
             forecaster on a cloud node fed, and runs the forecast / train / alert jobs.
             SIGTERM flushes and stops, SIGHUP reloads the config.
   status    what the running agent reports: connection, outbox depth, dropped
@@ -25,7 +25,8 @@ commands:
   call      an ad-hoc remote call: edgeagent call forecaster-opi-01 info
   config    print a complete config file with every default
 
-exit status: 0 ok, 1 runtime failure, 2 bad config or usage.
+exit status: 0 ok, 1 runtime failure, 2 bad config or usage, 3 (status) the agent
+is not running.
 The config is TOML (docs/edgeagent.md); the broker password comes from
 [broker] password_file or $EDGEAGENT_PASSWORD, never from the command line.
 """
