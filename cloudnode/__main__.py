@@ -1,4 +1,5 @@
-"""``continuum-node``: run a cloud node."""
+"""``continuum-node``: run a cloud node (``continuum-node quarantine ...``:
+resolve quarantined objects of a stopped node, see :mod:`cloudnode._repair`)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
             "active methods for callers on the broker. Only classes from these modules "
             "can ever be created."
         ),
-        epilog="Example: continuum-node --id node1 --path . --module examples.counter",
+        epilog="Example: continuum-node --id node1 --path . --module examples.counter. "
+        "Quarantined objects (damaged files): continuum-node quarantine --help",
     )
     add_common_arguments(p)
     p.add_argument(
@@ -93,9 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["quarantine"]:
+        from ._repair import main as repair
+
+        return repair(argv[1:])
     args = parse_args(build_parser(), argv)
     setup_logging(args.log_level)
     from ._node import Node, load_classes
+    from ._store import StateDirInUse
 
     try:
         classes = load_classes(args.modules, args.paths)
@@ -109,18 +117,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch = sys.modules["torch"]
         torch.set_num_threads(args.torch_threads)
         log.info("torch: %d intra-op thread(s)", torch.get_num_threads())
-    node = Node(
-        args.node_id,
-        BrokerURL.parse(args.broker),
-        classes,
-        root=args.root,
-        workers=args.workers,
-        max_payload=args.max_payload,
-        state_dir=args.state_dir,
-        max_queue=args.max_queue,
-        max_node_queue=args.max_node_queue,
-        checkpoint_every=args.checkpoint_every,
-    )
+    try:
+        node = Node(
+            args.node_id,
+            BrokerURL.parse(args.broker),
+            classes,
+            root=args.root,
+            workers=args.workers,
+            max_payload=args.max_payload,
+            state_dir=args.state_dir,
+            max_queue=args.max_queue,
+            max_node_queue=args.max_node_queue,
+            checkpoint_every=args.checkpoint_every,
+        )
+    except StateDirInUse as exc:  # two nodes on one state dir would corrupt it
+        log.error("%s", exc)
+        return 2
     return serve(node)
 
 

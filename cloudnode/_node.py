@@ -28,6 +28,7 @@ from continuum._errors import (
     ContinuumError,
     DeadlineExpired,
     ObjectNotHere,
+    StorageError,
     UnencodableResult,
     UnknownClass,
     UnknownMethod,
@@ -39,7 +40,9 @@ from continuum._mqtt import BrokerURL, Connection, Message
 from continuum._protocol import DEFAULT_ROOT, PROTOCOL_VERSION, Request, Topics, _check_level
 from continuum._server import ReplyChannel, accept
 
-from ._store import Store, dumps_state, loads_state
+from ._held import HeldFeeds
+from ._quarantine import Quarantine, Quarantined
+from ._store import Store, Unloadable, dumps_state, loads_state
 
 __all__ = ["Node", "load_classes"]
 
@@ -86,6 +89,15 @@ def _node_ids(value: Any) -> list[str]:
         return [_check_level("node id", v) for v in value]
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
+
+
+def _alias_list(value: Any) -> list[str]:
+    """The aliases of a control request, checked."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadRequest("'aliases' must be a list of text strings")
+    return list(value)
 
 
 def _is_class_path(name: str) -> bool:
@@ -168,6 +180,7 @@ class _Resident:
     """One object and its mailbox."""
 
     __slots__ = (
+        "aliases",
         "cls_path",
         "feeds",
         "id",
@@ -192,8 +205,10 @@ class _Resident:
         results: dict[str, tuple[bool, Any]] | None = None,
         role: str = "primary",
         replicas: list[str] | None = None,
+        aliases: list[str] | None = None,
     ) -> None:
         self.id = oid
+        self.aliases: list[str] = list(aliases or [])  # the directory's names for it
         # A primary serves calls and ships its state to its replicas after each
         # mutating call; a replica only holds the latest state until promoted.
         self.role = role
@@ -242,6 +257,9 @@ class Node:
         self._order_lock = threading.Lock()
         self._stopping = threading.Event()
         self.store = Store(state_dir) if state_dir else None
+        self.quarantine = Quarantine()  # objects held but not served
+        self._held: HeldFeeds[_Resident, _Job] = HeldFeeds()  # samples waiting for the disk
+        self._status_seen: tuple[int, int] | None = None  # (objects, quarantine changes)
         self.max_queue = max_queue
         self.max_node_queue = max_node_queue
         self._queued = 0  # calls waiting in all mailboxes
@@ -333,28 +351,67 @@ class Node:
 
     def _restore(self) -> None:
         assert self.store is not None
-        for rec, journal in self.store.load_all():
+        found = self.store.inventory()
+        for q in found.quarantined:
+            self.quarantine.add(q)
+        for rec, journal in found.objects:
             if rec.get("class") not in self.classes:
-                log.error(
-                    "snapshot of %s has class %s, not hosted here: skipped",
-                    rec.get("id"),
-                    rec.get("class"),
-                )
+                why = f"class {rec.get('class')} is not hosted by this node (see --module)"
+                self.quarantine.add(Quarantined.from_record(rec, why, "class"))
                 continue
-            res = self._resident_from(rec)
-            for entry in journal:  # the calls made after the checkpoint, in order
-                with contextlib.suppress(ContinuumError):
-                    invoke(res.instance, entry["method"], entry["args"], entry["kwargs"])
-                res.seq = entry["seq"]
-                if entry.get("rid") is not None:
-                    self._remember(res, entry["rid"], (entry["ok"], entry["value"]))
-            res.journaled = len(journal)
+            res = self._revive(rec, journal)
             self.objects[res.id] = res
             if res.role == "primary":
                 for topic in res.feeds:
                     self._add_feed(topic, res)
-        if self.objects:
-            log.info("restored %d object(s) from %s", len(self.objects), self.store.dir)
+        if self.objects or self.quarantine:
+            log.info(
+                "restored %d object(s) from %s, %d quarantined",
+                len(self.objects),
+                self.store.dir,
+                len(self.quarantine),
+            )
+
+    def _revive(self, rec: dict[str, Any], journal: list[dict[str, Any]]) -> _Resident:
+        """An object from its checkpoint record and the journal entries after it."""
+        res = self._resident_from(rec)
+        for entry in journal:  # the calls made after the checkpoint, in order
+            with contextlib.suppress(ContinuumError):
+                invoke(res.instance, entry["method"], entry["args"], entry["kwargs"])
+            res.seq = entry["seq"]
+            if entry.get("rid") is not None:
+                self._remember(res, entry["rid"], (entry["ok"], entry["value"]))
+        res.journaled = len(journal)
+        return res
+
+    def _rollback(self, res: _Resident) -> None:
+        """A change could not be made durable: put the object back as its files
+        hold it (the change and its stored outcome gone), or quarantine it when
+        they cannot be read. Reloading costs nothing until a write fails, where
+        copying the object before every call would cost on every call."""
+        assert self.store is not None
+        fed = set(res.feeds) if res.role == "primary" else set()
+        try:
+            fresh = self._revive(*self.store.reload(res.id))
+        except Unloadable as exc:
+            with self._objects_lock:
+                self.objects.pop(res.id, None)
+            self._refeed(res, fed, set())
+            self.quarantine.add(exc.quarantined)
+            return
+        with res.lock:
+            res.instance, res.seq, res.journaled = fresh.instance, fresh.seq, fresh.journaled
+            res.results, res.feeds, res.aliases = fresh.results, fresh.feeds, fresh.aliases
+            res.role, res.replicas = fresh.role, fresh.replicas
+        self._refeed(res, fed, set(res.feeds) if res.role == "primary" else set())
+        log.warning("%s rolled back to its last durable state (seq %d)", res.id, res.seq)
+
+    def _persist_or_rollback(self, res: _Resident) -> None:
+        try:
+            self._persist(res)
+        except StorageError:
+            self._rollback(res)
+            raise
 
     @staticmethod
     def _record(res: _Resident) -> dict[str, Any]:
@@ -366,6 +423,7 @@ class Node:
             "results": res.results,
             "role": res.role,
             "replicas": res.replicas,
+            "aliases": res.aliases,
             "seq": res.seq,
             "instance": res.instance,
         }
@@ -380,6 +438,7 @@ class Node:
             rec.get("results"),
             rec.get("role", "primary"),
             rec.get("replicas"),
+            rec.get("aliases"),
         )
         res.seq = rec.get("seq", 0)
         return res
@@ -407,14 +466,18 @@ class Node:
             "value": outcome[1],
         }
         if self.store is not None:
-            if snapshot or res.journaled >= self.checkpoint_every:
-                self._persist(res)
-            else:
-                try:
-                    self.store.append(res.id, entry)
-                    res.journaled += 1
-                except UnencodableResult:  # the outcome cannot be journaled: checkpoint
+            try:
+                if snapshot or res.journaled >= self.checkpoint_every:
                     self._persist(res)
+                else:
+                    try:
+                        self.store.append(res.id, entry)
+                        res.journaled += 1
+                    except UnencodableResult:  # the outcome cannot be journaled: checkpoint
+                        self._persist(res)
+            except Exception:  # not durable: not acknowledged, not remembered, undone
+                self._rollback(res)
+                raise
         if res.replicas:
             self._replicate(res, None if snapshot else entry)
 
@@ -480,12 +543,23 @@ class Node:
 
     def _remove_feeds(self, res: _Resident) -> None:
         for topic in list(res.feeds):
-            fed = self._feeds.get(topic, [])
-            if res in fed:
-                fed.remove(res)
-            if not fed:
-                self._feeds.pop(topic, None)
-                self.conn.unsubscribe(topic)
+            self._drop_feed(topic, res)
+
+    def _drop_feed(self, topic: str, res: _Resident) -> None:
+        fed = self._feeds.get(topic, [])
+        if res in fed:
+            fed.remove(res)
+        if not fed:
+            self._feeds.pop(topic, None)
+            self.conn.unsubscribe(topic)
+
+    def _refeed(self, res: _Resident, before: set[str], after: set[str]) -> None:
+        """Feed subscriptions from ``before`` to ``after``, touching only the
+        topics that change (an unsubscription drops what the broker queued)."""
+        for topic in before - after:
+            self._drop_feed(topic, res)
+        for topic in after:
+            self._add_feed(topic, res)
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -497,12 +571,22 @@ class Node:
             "started": self._started,
             "max_payload": self.max_payload,
             "classes": {path: describe_class(cls) for path, cls in sorted(self.classes.items())},
+            "objects": len(self.objects) + len(self.quarantine),
+            "quarantined": self.quarantine.status(),
         }
 
     def _publish_status(self) -> None:
         """On every (re)connect: announce ourselves, resend syncs in flight."""
+        self._status_seen = (len(self.objects), self.quarantine.changed)
         self.conn.publish(self._status_topic, encode(self.manifest()), retain=True)
         self.requester.resend_all()
+
+    def _status_changed(self) -> None:
+        """Republish the manifest when its object count or quarantine changed."""
+        seen = (len(self.objects), self.quarantine.changed)
+        if seen != self._status_seen and self.conn.connected:
+            self._status_seen = seen
+            self.conn.publish(self._status_topic, encode(self.manifest()), retain=True)
 
     # -- network thread --------------------------------------------------------
     def _on_message(self, msg: Message) -> None:
@@ -567,6 +651,8 @@ class Node:
     def _flush_held_feeds(self) -> None:
         """Release samples held for a gap that did not fill within FEED_HOLD."""
         while not self._stopping.wait(0.25):
+            self._status_changed()
+            self._release_held()
             with self._order_lock:
                 ready = [
                     item for order in self._orders.values() for item in order.expire(FEED_HOLD)
@@ -606,9 +692,7 @@ class Node:
             return
         res = self.objects.get(req.obj)
         if res is None or res.role != "primary":
-            chan.error(
-                ObjectNotHere(f"object {req.obj} is not on node {self.node_id}", node=self.node_id)
-            )
+            chan.error(self._not_here(req.obj))
             return
         try:
             lookup_method(type(res.instance), req.method)
@@ -666,6 +750,9 @@ class Node:
 
     def _run(self, res: _Resident, job: _Job) -> None:
         req, chan = job.req, job.chan
+        if self.objects.get(res.id) is not res:  # deleted, fenced or quarantined since
+            self._gone(res, job)
+            return
         if chan is None:
             self._run_feed(res, job)
             return
@@ -685,7 +772,7 @@ class Node:
         else:
             try:
                 self._commit(res, req, outcome, spec.snapshot)
-            except ObjectNotHere as exc:  # fenced: the object has a new primary
+            except (ObjectNotHere, StorageError) as exc:  # fenced, or not durable (undone)
                 chan.error(exc)
                 return
             except Exception as exc:
@@ -693,6 +780,24 @@ class Node:
                 chan.error(remote_error(exc))
                 return
         self._answer_again(chan, outcome)
+
+    def _gone(self, res: _Resident, job: _Job) -> None:
+        """A job for an object no longer served here: a call is refused like a
+        new one would be; a sample is acknowledged and dropped, as samples for
+        an object that is not here are."""
+        if job.chan is None:
+            if job.ack is not None:
+                job.ack.done(self.conn)
+            return
+        self._forget(res, job.req.id)
+        job.chan.error(self._not_here(res.id))
+
+    def _not_here(self, oid: str) -> ContinuumError:
+        """Why a call on ``oid`` is refused: quarantined, or not held as primary."""
+        q = self.quarantine.get(oid)
+        if q is not None:
+            return q.error(self.node_id)
+        return ObjectNotHere(f"object {oid} is not on node {self.node_id}", node=self.node_id)
 
     @staticmethod
     def _run_pooled(instance: Any, req: Request, chan: ReplyChannel) -> None:
@@ -710,6 +815,8 @@ class Node:
         broker once it is committed (never, if it could not be persisted: the
         broker delivers it again after a reconnect)."""
         req = job.req
+        if self._held.behind(res, job):
+            return
         spec = lookup_method(type(res.instance), req.method)
         outcome: tuple[bool, Any]
         try:
@@ -720,11 +827,30 @@ class Node:
         if not spec.readonly:
             try:
                 self._commit(res, req, outcome, spec.snapshot)
+            except StorageError as exc:  # undone, not acknowledged: held (see _held)
+                log.error("%s: a feed sample waits for the disk: %s", res.id, exc)
+                self._held.hold(res, job)
+                return
             except Exception:
                 log.exception("cannot persist %s after a feed sample; not acknowledged", res.id)
                 return
         if job.ack is not None:
             job.ack.done(self.conn)
+
+    def _release_held(self) -> None:
+        """Requeue the samples held for the disk, first in line; only while no
+        worker runs the object, so that their order holds."""
+        for res in self._held.due():
+            with res.lock:
+                if res.scheduled:
+                    continue
+                jobs = self._held.take(res)
+                res.mailbox.extendleft(reversed(jobs))
+                res.scheduled = bool(jobs)
+            with self._queued_lock:
+                self._queued += len(jobs)
+            if jobs:
+                self._pool.submit(self._drain, res)
 
     @staticmethod
     def _remember(res: _Resident, rid: str | None, outcome: tuple[bool, Any]) -> None:
@@ -757,6 +883,8 @@ class Node:
                 chan.result(self._unbind(**req.kwargs))
             elif req.method == "promote":
                 chan.result(self._promote(**req.kwargs))
+            elif req.method == "aliases":
+                chan.result(self._set_aliases(**req.kwargs))
             elif req.method == "list":
                 chan.result(
                     [
@@ -766,9 +894,13 @@ class Node:
                             "feeds": dict(r.feeds),
                             "role": r.role,
                             "replicas": list(r.replicas),
+                            "aliases": list(r.aliases),
+                            "quarantined": False,
+                            "reason": None,
                         }
                         for r in list(self.objects.values())
                     ]
+                    + [q.listing() for q in self.quarantine.all()]
                 )
             else:
                 raise UnknownMethod(f"node control has no method {req.method!r}", method=req.method)
@@ -786,22 +918,27 @@ class Node:
         args: list[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
         replicas: list[str] | None = None,
+        aliases: list[str] | None = None,
     ) -> dict[str, Any]:
         klass = self.classes.get(cls)
         if klass is None:
             raise UnknownClass(f"node {self.node_id} does not host class {cls!r}", cls=cls)
         replicas = _node_ids(replicas)
+        names = _alias_list(aliases)
         args, kwargs = list(args or []), dict(kwargs or {})
         with self._objects_lock:
             existing = self.objects.get(obj)
             if existing is not None:
                 return {"id": obj, "class": existing.cls_path, "node": self.node_id}
+            q = self.quarantine.get(obj)
+            if q is not None:
+                raise q.error(self.node_id)
             bind_arguments(klass, args, kwargs, f"{klass.__qualname__}()")
             try:
                 instance = klass(*args, **kwargs)
             except Exception as exc:
                 raise remote_error(exc) from exc
-            res = _Resident(obj, cls, instance, replicas=replicas)
+            res = _Resident(obj, cls, instance, replicas=replicas, aliases=names)
             self._persist(res)
             self.objects[obj] = res
         if res.replicas:
@@ -817,6 +954,11 @@ class Node:
     def _delete(self, obj: str) -> dict[str, Any]:
         with self._objects_lock:
             res = self.objects.pop(obj, None)
+        if res is None and (q := self.quarantine.pop(obj)) is not None:
+            if self.store is not None:
+                self.store.discard_quarantined(q)
+            log.warning("deleted quarantined object %s (%s)", obj, q.reason)
+            return {"id": obj, "deleted": True}
         if res is None:
             raise ObjectNotHere(f"object {obj} is not on node {self.node_id}", node=self.node_id)
         self._remove_feeds(res)
@@ -847,8 +989,18 @@ class Node:
                     raise ObjectNotHere(
                         f"{obj} is primary on {self.node_id}; refusing a sync", fenced=True
                     )
+                if (q := self.quarantine.get(obj)) is not None:
+                    raise q.error(self.node_id)
                 self.objects[obj] = res
-            self._persist(res)
+            try:
+                self._persist(res)
+            except StorageError:  # the copy stays as its files hold it
+                with self._objects_lock:
+                    if current is None:
+                        self.objects.pop(obj, None)
+                    else:
+                        self.objects[obj] = current
+                raise
             chan.result({"id": obj, "node": self.node_id})
         except KeyError as exc:
             chan.error(BadRequest(f"sync: missing {exc}"))
@@ -883,7 +1035,7 @@ class Node:
             res.replicas = [r for r in (replicas or []) if r != self.node_id]
         for topic in res.feeds:
             self._add_feed(topic, res)
-        self._persist(res)
+        self._persist_or_rollback(res)
         if res.replicas:
             self._replicate(res)
         log.info("promoted %s %s to primary", res.cls_path, obj)
@@ -891,6 +1043,8 @@ class Node:
 
     def _resident(self, obj: str, any_role: bool = False) -> _Resident:
         res = self.objects.get(obj)
+        if res is None and (q := self.quarantine.get(obj)) is not None:
+            raise q.error(self.node_id)
         if res is None or not (any_role or res.role == "primary"):
             raise ObjectNotHere(f"object {obj} is not on node {self.node_id}", node=self.node_id)
         return res
@@ -903,7 +1057,7 @@ class Node:
         lookup_method(type(res.instance), method)
         with res.lock:
             res.feeds[topic] = method
-        self._persist(res)
+        self._persist_or_rollback(res)
         self._add_feed(topic, res)
         log.info("feeding %s to %s.%s", topic, obj, method)
         return {"id": obj, "feeds": dict(res.feeds)}
@@ -915,5 +1069,17 @@ class Node:
             res.feeds.pop(topic, None)
         for t in res.feeds:
             self._add_feed(t, res)
-        self._persist(res)
+        self._persist_or_rollback(res)
         return {"id": obj, "feeds": dict(res.feeds)}
+
+    def _set_aliases(self, obj: str, aliases: list[str]) -> dict[str, Any]:
+        """Replace the names the directory knows the object by (kept with it so
+        that a directory can be rebuilt from the nodes)."""
+        names = _alias_list(aliases)
+        res = self._resident(obj, any_role=True)
+        with res.lock:
+            res.aliases = names
+        self._persist_or_rollback(res)
+        if res.role == "primary" and res.replicas:
+            self._replicate(res)
+        return {"id": obj, "aliases": names}

@@ -22,6 +22,7 @@ __all__ = [
     "ObjectNotHere",
     "PayloadTooLarge",
     "RemoteError",
+    "StorageError",
     "Unavailable",
     "UnencodableResult",
     "UnknownClass",
@@ -118,9 +119,19 @@ class Busy(ContinuumError):
 
 
 class Unavailable(ContinuumError):
-    """The object's node is offline."""
+    """The object's node is offline, or the node holds the object in quarantine
+    (``node`` and ``reason`` say which and why)."""
 
     code = "unavailable"
+
+
+class StorageError(ContinuumError):
+    """The node could not make a mutating call durable (disk full, I/O error).
+
+    The call's effect was rolled back and it was not acknowledged; retrying with
+    the same request id later is safe."""
+
+    code = "storage"
 
 
 class NoNodeAvailable(ContinuumError):
@@ -191,6 +202,7 @@ _BY_CODE: dict[str, type[ContinuumError]] = {
         NoNodeAvailable,
         AliasTaken,
         NotConnected,
+        StorageError,
     )
 }
 

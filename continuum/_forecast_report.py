@@ -138,9 +138,7 @@ def _own_size(dirs: list[str]) -> int:
 
 def footprint() -> dict[str, Any]:
     edge = _closure(["paho-mqtt", "cbor2", "psutil"])
-    node = _closure(
-        ["paho-mqtt", "cbor2", "psutil", "cloudpickle", "torch", "numpy", "pandas", "sqlite-utils"]
-    )
+    node = _closure(["paho-mqtt", "cbor2", "psutil", "cloudpickle", "torch", "numpy", "pandas"])
     edge_mb = (sum(_dist_size(d) for d in edge) + _own_size(["continuum", "edgeagent"])) / 1e6
     node_mb = (
         sum(_dist_size(d) for d in node) + _own_size(["continuum", "cloudnode", "gateway"])

@@ -1260,6 +1260,8 @@ class Fuzzer:
         self.examples: dict[str, dict[str, Any]] = {}  # handler -> outcome -> first case
         self.failures: list[Failure] = []
         self.status_seen: dict[str, list[Any]] = {}
+        self._last_status: dict[str, Any] = {}
+        self._last_counts: dict[str, Any] = {}
         self.unexpected: list[str] = []
         self.junk_status_topics: set[str] = set()
         self.sent = 0
@@ -1321,11 +1323,24 @@ class Fuzzer:
 
     def _on_status(self, name: str, msg: paho.MQTTMessage) -> None:
         try:
-            state = cbor2.loads(msg.payload).get("state") if msg.payload else None
+            body = cbor2.loads(msg.payload) if msg.payload else {}
+            state = body.get("state")
         except Exception:
-            state = "<junk>"
+            body, state = {}, "<junk>"
+        # A node republishes its status when the number of objects it holds or
+        # its quarantine changes (protocol.md section 15): not a reconnect. The
+        # same status again, or an offline one, is.
+        counts = {k: body.pop(k, None) for k in ("objects", "quarantined")}
         with self._lock:
-            self.status_seen.setdefault(name, []).append((time.monotonic(), state, msg.retain))
+            seen = self.status_seen.setdefault(name, [])
+            last = self._last_status.get(name)
+            self._last_status[name] = body
+            republished = seen and state == "online" and last is not None and last == body
+            if republished and counts != self._last_counts.get(name):
+                self._last_counts[name] = counts
+                return
+            self._last_counts[name] = counts
+            seen.append((time.monotonic(), state, msg.retain))
 
     def _on_reply(self, msg: paho.MQTTMessage) -> None:
         props = msg.properties
