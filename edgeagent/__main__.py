@@ -25,8 +25,9 @@ commands:
   call      an ad-hoc remote call: edgeagent call forecaster-opi-01 info
   config    print a complete config file with every default
 
-exit status: 0 ok, 1 runtime failure, 2 bad config or usage, 3 (status) the agent
-is not running.
+exit status: 0 ok, 1 runtime failure (run: the state directory's file system is
+full or failing), 2 bad config or usage (run: also a state directory or outbox
+that cannot be used), 3 (status) the agent is not running.
 The config is TOML (docs/edgeagent.md); the broker password comes from
 [broker] password_file or $EDGEAGENT_PASSWORD, never from the command line.
 """
@@ -97,8 +98,13 @@ def _run(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, log_level=args.log_level)
     setup_logging(cfg.log_level)
     from ._agent import Agent
+    from ._statedir import StateError
 
-    return Agent(cfg).run()
+    try:
+        return Agent(cfg).run()
+    except StateError as exc:  # before anything started: no traceback, a message
+        print(f"edgeagent: {cfg.source}: {exc}", file=sys.stderr)
+        return 1 if exc.transient else 2
 
 
 def _pid_alive(pid: Any) -> bool:
@@ -113,12 +119,12 @@ def _pid_alive(pid: Any) -> bool:
 
 def _status(args: argparse.Namespace) -> int:
     from ._agent import status_path
+    from ._statusfile import read_status
 
     cfg = _load(args.config, required=False)
     path = status_path(cfg)
     try:
-        with open(path, encoding="utf-8") as fh:
-            st = json.load(fh)
+        st = read_status(path)
     except (OSError, ValueError) as exc:
         print(f"edgeagent: no status at {path} ({exc}); is the agent running?", file=sys.stderr)
         return 1
@@ -145,12 +151,14 @@ def _status(args: argparse.Namespace) -> int:
         f"outbox     {ob.get('depth')} waiting (oldest {ob.get('oldest_age_s')} s), "
         f"{ob.get('in_flight')} in flight, next seq {ob.get('next_seq')}",
         f"dropped    {ob.get('dropped_full')} (outbox full), {ob.get('dropped_age')} (too old), "
-        f"{ob.get('not_sampled')} not sampled; {st.get('refused')} refusals by the broker "
-        "(kept, sent again)",
+        f"{ob.get('not_sampled')} not sampled, {ob.get('failed', 0)} failed (not stored); "
+        f"{st.get('refused')} refusals by the broker (kept, sent again)",
         f"sent       {st.get('sent')} sent, {st.get('acked')} acknowledged since start",
     ]
     if st.get("refusal"):
         lines.append(f"REFUSED    {st['refusal']}")
+    if ob.get("error"):
+        lines.append(f"STORAGE    cannot write the outbox: {ob['error']}")
     fc = st.get("forecaster")
     if fc:
         lines.append(

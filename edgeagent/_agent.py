@@ -9,11 +9,9 @@ are sent in sequence order at a bounded rate.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import signal
-import sqlite3
 import threading
 import time
 from typing import Any
@@ -25,8 +23,10 @@ from continuum._service import sd_notify
 from ._config import AgentConfig, ConfigError, load
 from ._link import Link
 from ._metrics import Sampler
-from ._outbox import Outbox
+from ._outbox import LOW_SPACE, MAX_UNREMOVED, Outbox
 from ._sample import encode_sample
+from ._statedir import StateError, open_outbox
+from ._statusfile import write_status
 
 __all__ = ["Agent", "status_path"]
 
@@ -65,6 +65,10 @@ class Agent:
         self._paused_until = 0.0  # sending paused after the broker refused samples
         self._refusal_pause = 0.0
         self.refusal: str | None = None
+        self._store_failing = 0  # samples failed since storing last worked
+        self._status_failing = False
+        self._tight = False  # the outbox's file system is low on space
+        self._published_counts: tuple[int, int] | None = None
 
     # -- wiring ---------------------------------------------------------------------
     def _password(self) -> str | None:
@@ -80,9 +84,8 @@ class Agent:
 
     def _start_parts(self) -> None:
         cfg = self.cfg
-        os.makedirs(cfg.state_dir, exist_ok=True)
         if self.outbox is None:
-            self.outbox = Outbox(os.path.join(cfg.state_dir, "outbox.sqlite"))
+            self.outbox = open_outbox(cfg.state_dir)  # raises StateError
         if self.sampler is None:
             self.sampler = Sampler(cfg.sampling.disk_path)
         self._metrics_topic = self._topic("metrics")
@@ -137,29 +140,95 @@ class Agent:
         """After each CONNACK (network thread): say we are online."""
         assert self.link is not None
         self.link.publish(self._topic("status"), encode(self._device_status("online")), retain=True)
+        self._published_counts = self._counts()
 
     def _publish_event(self, kind: str, body: dict[str, Any], retain: bool) -> None:
         if self.link is not None:
             self.link.publish(self._topic(kind), encode(body), retain=retain)
 
+    def _counts(self) -> tuple[int, int]:
+        ob = self.outbox
+        return (ob.failed, ob.dropped) if ob is not None else (0, 0)
+
     def _device_status(self, state: str) -> dict[str, Any]:
-        return {"state": state, "dev": self.cfg.device, "ts": time.time(), "pid": os.getpid()}
+        failed, dropped = self._counts()
+        return {
+            "state": state,
+            "dev": self.cfg.device,
+            "ts": time.time(),
+            "pid": os.getpid(),
+            "failed": failed,
+            "dropped": dropped,
+        }
+
+    def _publish_counts(self) -> None:
+        """The retained ``online`` status again when failed or dropped changed."""
+        link = self.link
+        if link is None or not link.connected:
+            self._published_counts = None  # said again after the next connect
+            return
+        counts = self._counts()
+        if counts != self._published_counts:
+            self._published_counts = counts
+            link.publish(self._topic("status"), encode(self._device_status("online")), retain=True)
 
     # -- the loop -------------------------------------------------------------------------
     def _sample(self) -> None:
         assert self.outbox is not None and self.sampler is not None
         ob = self.cfg.outbox
-        if len(self.outbox) >= ob.max_samples:
+        depth = len(self.outbox)
+        full = depth >= ob.max_samples
+        # a file system low on space bounds the outbox at its current size
+        # (what is in flight is about to go: no need to drop it)
+        tight = not self._may_grow() and not full and depth > len(self._inflight)
+        if full or tight:
             if ob.policy == "stop_sampling":
                 self.outbox.skip()
                 return
-            self.outbox.enforce(ob.max_samples - 1, None, True)
+            self.outbox.enforce((depth if tight else ob.max_samples) - 1, None, True)
         metrics = self.sampler.read()
         seq = self.outbox.next_seq
         ts = time.time()
-        self.outbox.add(seq, ts, encode_sample(self.cfg.device, seq, ts, metrics))
+        if not self.outbox.add(seq, ts, encode_sample(self.cfg.device, seq, ts, metrics)):
+            self._store_failed()
+            return
+        if self._store_failing:
+            log.warning(
+                "storing samples again (%d could not be stored meanwhile; %d in all)",
+                self._store_failing,
+                self.outbox.failed,
+            )
+            self._store_failing = 0
         if self.jobs is not None:
             self.jobs.on_sample(seq, ts, metrics)
+
+    def _may_grow(self) -> bool:
+        assert self.outbox is not None
+        grow = self.outbox.can_grow()
+        if self.outbox.tight != self._tight:
+            self._tight = self.outbox.tight
+            if self._tight:
+                log.warning(
+                    "the file system of %s has less than %d KiB free: the outbox keeps its "
+                    "size (policy %s)",
+                    self.cfg.state_dir,
+                    LOW_SPACE // 1024,
+                    self.cfg.outbox.policy,
+                )
+            else:
+                log.info("the file system of %s has room again", self.cfg.state_dir)
+        return grow
+
+    def _store_failed(self) -> None:
+        """A sample could not be stored: it took no seq, and is counted."""
+        assert self.outbox is not None
+        self._store_failing += 1
+        if self._store_failing == 1:
+            log.error(
+                "cannot store samples: %s; they are counted as failed (no seq used), "
+                "what is stored is still sent, and each new sample tries again",
+                self.outbox.error,
+            )
 
     def _take_acks(self) -> None:
         assert self.link is not None and self.outbox is not None
@@ -208,6 +277,8 @@ class Agent:
             self._sent_upto = 0
         if now < self._paused_until:
             return self._paused_until - now
+        if self.outbox.unremoved >= MAX_UNREMOVED:
+            return 1.0  # acknowledged samples cannot be deleted (disk full): wait for that
         rate = ob.drain_rate
         burst = max(1.0, rate / 10)
         self._tokens = min(burst, self._tokens + (now - self._token_t) * rate)
@@ -279,6 +350,7 @@ class Agent:
                 retry = 1.0
             if now >= next_status:
                 self._write_status()
+                self._publish_counts()
                 next_status = now + self.cfg.status_interval
             if watchdog is not None and now >= next_watchdog:
                 sd_notify("WATCHDOG=1")
@@ -328,10 +400,9 @@ class Agent:
         outbox = self.outbox
         if new.state_dir != old.state_dir:
             try:  # open the new outbox before letting go of anything
-                os.makedirs(new.state_dir, exist_ok=True)
-                outbox = Outbox(os.path.join(new.state_dir, "outbox.sqlite"))
-            except (OSError, sqlite3.Error) as exc:
-                log.error("reload refused, keeping the running config: state_dir: %s", exc)
+                outbox = open_outbox(new.state_dir)
+            except StateError as exc:
+                log.error("reload refused, keeping the running config: %s: %s", source, exc)
                 return
         log.info("config %s reloaded: reconnecting with the new settings", source)
         self._say_offline()  # on the old broker / device / root
@@ -396,6 +467,9 @@ class Agent:
                 "dropped_full": ob.dropped_full if ob is not None else 0,
                 "dropped_age": ob.dropped_age if ob is not None else 0,
                 "not_sampled": ob.not_sampled if ob is not None else 0,
+                "failed": ob.failed if ob is not None else 0,
+                "unremoved": ob.unremoved if ob is not None else 0,
+                "error": ob.error if ob is not None else None,
             },
             "sent": self.sent,
             "acked": self.acked,
@@ -406,10 +480,11 @@ class Agent:
 
     def _write_status(self, state: str | None = None) -> None:
         path = status_path(self.cfg)
-        tmp = f"{path}.tmp"
         try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(self.status(state), fh, indent=1, default=repr)
-            os.replace(tmp, path)
+            write_status(path, self.status(state))
         except OSError as exc:
-            log.warning("cannot write %s: %s", path, exc)
+            if not self._status_failing:
+                log.warning("cannot write %s: %s (until it works again)", path, exc)
+            self._status_failing = True
+        else:
+            self._status_failing = False

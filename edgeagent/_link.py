@@ -29,12 +29,26 @@ __all__ = ["Link", "backoff_delay"]
 log = logging.getLogger("edgeagent")
 
 STABLE_AFTER = 10.0  # seconds a connection must hold before the backoff starts over
+# CONNACK reason codes of a refused login: bad user name or password, not
+# authorized, bad authentication method
+AUTH_REFUSED = (0x86, 0x87, 0x8C)
 
 
 def backoff_delay(attempt: int, low: float, high: float, rng: random.Random | None = None) -> float:
     """Exponential backoff with full jitter: uniform in [low, min(high, low * 2**attempt)]."""
     cap = min(high, low * (2 ** min(attempt, 32)))
     return (rng or random).uniform(low, cap)
+
+
+def refusal_text(broker: BrokerURL, reason: ReasonCode) -> str:
+    """Why the broker refused the connection, in the words an operator looks for."""
+    code = f"CONNACK 0x{reason.value:02X} {reason}"
+    if reason.value in AUTH_REFUSED:
+        who = f"as {broker.username!r}" if broker.username else "without a username"
+        return (
+            f"not authorised: the broker refused the login {who} (bad username or password; {code})"
+        )
+    return f"broker refused the connection ({code})"
 
 
 def _close(client: paho.Client) -> None:
@@ -135,12 +149,15 @@ class Link:
             c.tls_set_context(ssl.create_default_context(cafile=self.ca_file))
         will_topic, will_payload = self.will()
         c.will_set(will_topic, will_payload, qos=1, retain=True)
+        refused = False
 
         def on_connect(
             client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
         ) -> None:
+            nonlocal refused
             if reason.is_failure:
-                self.last_error = f"broker refused the connection: {reason}"
+                refused = True  # paho then reports a disconnect: keep this reason
+                self.last_error = refusal_text(self.broker, reason)
                 log.error("%s: %s", self.broker, self.last_error)
                 return
             self.last_error = None
@@ -160,6 +177,8 @@ class Link:
         def on_disconnect(
             client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
         ) -> None:
+            if refused:
+                return
             if reason.value == 0x8E:  # session taken over
                 self.last_error = (
                     f"another client connected as {self.client_id}: is a second agent "
