@@ -1,20 +1,25 @@
 """Chaos run: a fleet streams and clients call while the broker is restarted,
-a node is SIGKILLed and the gateway is restarted.
+a node is SIGKILLed, the gateway is restarted, a node's disk fills up, a node's
+journals are torn by a crash and the gateway's directory is rolled back to an
+older backup.
 
     python -m bench.chaos [--devices 10] [--rate 200] [--clients 4]
 
 Everything runs as real processes on this machine: mosquitto (with persistence,
 so sessions survive its restart), a gateway, two durable cloud nodes, firmware-sim
 streaming to per-device SampleSink objects bound to the devices' metrics, and
-client threads incrementing a replicated Counter. Reports calls attempted /
-succeeded / failed with a clear error / hung (must be 0), samples lost (must be
-0), acknowledged mutations lost (must be 0) and the time to recover from each
-fault. Prints a table and writes JSON (reports/bench-chaos.json).
+client threads incrementing a replicated Counter. The nodes' state dirs are
+small tmpfs mounts of their own (root only; otherwise the disk-full phase is
+skipped and says so). Reports calls attempted / succeeded / failed with a clear
+error / hung (must be 0), samples lost (must be 0), acknowledged mutations lost
+(must be 0), objects gone that no caller deleted (must be 0) and the time to
+recover from each fault. Prints a table and writes JSON (reports/bench-chaos.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -48,6 +53,36 @@ class Rig:
         (tmp / "mosquitto").mkdir()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'firmware-sim'}"}
+        self.mounts: list[Path] = []
+
+    def state_dir(self, nid: str) -> Path:
+        return self.tmp / nid
+
+    def mount_state_dirs(self, nids: list[str], size_mb: int) -> bool:
+        """A tmpfs of its own under each node's state dir, so that one can be filled."""
+        for nid in nids:
+            path = self.state_dir(nid)
+            path.mkdir(exist_ok=True)
+            done = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
+                capture_output=True,
+            )
+            if done.returncode != 0:
+                log(f"cannot mount a tmpfs ({done.stderr.decode().strip()}): no disk-full phase")
+                return False
+            self.mounts.append(path)
+        return True
+
+    def fill(self, nid: str) -> Path:
+        """Fill the node's state dir up to the last byte."""
+        filler = self.state_dir(nid) / "filler"
+        chunk = b"\0" * (1 << 20)
+        with open(filler, "wb", buffering=0) as fh:
+            for size in (1 << 20, 4096, 1):
+                with contextlib.suppress(OSError):
+                    while True:
+                        fh.write(chunk[:size])
+        return filler
 
     @property
     def url(self) -> str:
@@ -63,6 +98,15 @@ class Rig:
         self.spawn(
             "gateway", ["-m", "gateway", "--broker", self.url, "--db", str(self.tmp / "dir.db")]
         )
+
+    def gateway_cli(self, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", *args],
+            cwd=REPO, env=self.env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"gateway {args[0]}: {done.stderr.strip() or done.stdout.strip()}")
+        return done.stdout.strip()
 
     def node(self, nid: str) -> None:
         self.spawn(
@@ -81,6 +125,8 @@ class Rig:
             if self.procs[name].poll() is None:
                 self.kill(name)
         self.broker.stop()
+        for path in self.mounts:
+            subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def wait_until(pred: Any, timeout: float, step: float = 0.1) -> bool:
@@ -110,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         "--timeout", type=float, default=20.0, help="call deadline, s (default: %(default)s)"
     )
     ap.add_argument(
+        "--disk-mb",
+        type=int,
+        default=256,
+        help="size of each node's tmpfs state dir, MiB (default: %(default)s)",
+    )
+    ap.add_argument(
         "--keep", action="store_true", help="keep the run's folder (logs) and say where"
     )
     ap.add_argument(
@@ -131,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(rig: Rig, args: argparse.Namespace) -> int:
+    disk_phase = rig.mount_state_dirs(["n1", "n2"], args.disk_mb)
     rig.gateway()
     rig.node("n1")
     rig.node("n2")
@@ -144,8 +197,13 @@ def run(rig: Rig, args: argparse.Namespace) -> int:
         sink = admin.stub(SINK).create(alias=f"sink-{dev}")
         admin.bind_metrics(sink, dev, "ingest")
     log(f"deployment up on {rig.url}: counter on n1 (replica n2), {len(devices)} sinks")
+    backup = rig.tmp / "dir-backup.db"
+    log(rig.gateway_cli("backup", "--db", str(rig.tmp / "dir.db"), str(backup)))
+    # created after the backup: the rolled-back directory does not know it
+    late = admin.stub(COUNTER).create(node="n2", alias="chaos-late")
+    late.add(5)
 
-    duration = 40.0
+    duration = 80.0
     samples_per_device = int(args.rate * duration / args.devices)
     rig.spawn(
         "firmware-sim",
@@ -218,6 +276,46 @@ def run(rig: Rig, args: argparse.Namespace) -> int:
     )
     log(f"gateway: directory answers again after {faults[-1]['recovery_s']:.2f} s")
 
+    time.sleep(5)
+    if disk_phase:
+        holder = admin._gateway("resolve", ref="chaos-counter")["node"]
+        log(f"fault 4: the disk under {holder} (the counter's primary) fills up for 3 s")
+        filler = rig.fill(holder)
+        time.sleep(3)
+        t0 = time.monotonic()
+        filler.unlink()
+        faults.append({"fault": "disk full for 3 s", "recovery_s": recovery("disk", t0)})
+        time.sleep(5)
+    log("fault 5: SIGKILL node n1, tear the tail of every journal it has, restart it")
+    t0 = time.monotonic()
+    rig.kill("n1", signal.SIGKILL)
+    torn = 0
+    for journal in (rig.state_dir("n1") / "objects").glob("*.journal"):
+        with open(journal, "ab") as fh:
+            fh.write(b"\x00\x00\x01\x00\xde")  # an entry header cut short by the crash
+        torn += 1
+    rig.node("n1")
+    faults.append({"fault": f"torn tails on {torn} journals", "recovery_s": recovery("torn", t0)})
+    time.sleep(5)
+    log("fault 6: the gateway's directory rolled back to a backup older than chaos-late")
+    t0 = time.monotonic()
+    rig.kill("gateway")
+    db = rig.tmp / "dir.db"
+    for extra in (db.with_name("dir.db-wal"), db.with_name("dir.db-shm")):
+        extra.unlink(missing_ok=True)
+    shutil.copyfile(backup, db)
+    rig.gateway()
+    rig.kill("n2")  # its return makes the gateway reconcile what it holds
+    rig.node("n2")
+    adopted = wait_until(lambda: admin.get("chaos-late").get() == 5, 60, 0.2)
+    faults.append(
+        {
+            "fault": "directory rolled back",
+            "recovery_s": (time.monotonic() - t0) if adopted else float("inf"),
+        }
+    )
+    log(f"rollback: chaos-late found again after {faults[-1]['recovery_s']:.2f} s")
+
     sim = rig.procs["firmware-sim"]
     sim.wait(duration + 120)
     stop.set()
@@ -243,10 +341,19 @@ def run(rig: Rig, args: argparse.Namespace) -> int:
         disorder += sum(1 for a, b in itertools.pairwise(seqs) if b <= a)
     final = admin.get("chaos-counter").get()
     mutations_lost = max(0, acked[0] - final)
+    objects_gone = 0
+    for ref in ["chaos-counter", "chaos-late", *(f"sink-{d}" for d in devices)]:
+        try:
+            admin.get(ref)
+        except continuum.ContinuumError as exc:
+            log(f"{ref} is gone: {exc}")
+            objects_gone += 1
+    if admin.get("chaos-late").get() != 5:
+        mutations_lost += 1
     admin.close()
 
     attempted = sum(outcomes.values())
-    report = {
+    report: dict[str, Any] = {
         "calls": {"attempted": attempted, **dict(outcomes)},
         "samples": {
             "expected": sum(expected.values()),
@@ -255,6 +362,7 @@ def run(rig: Rig, args: argparse.Namespace) -> int:
             "out_of_order": disorder,
         },
         "mutations": {"acknowledged": acked[0], "final_value": final, "lost": mutations_lost},
+        "objects": {"expected": 2 + len(devices), "gone_not_deleted_by_a_caller": objects_gone},
         "faults": faults,
         "args": vars(args),
     }
@@ -272,12 +380,18 @@ def run(rig: Rig, args: argparse.Namespace) -> int:
     print("acknowledged mutations")
     for k, v in report["mutations"].items():
         print(f"  {k:<32}{v:>8}")
+    print("objects")
+    for k, v in report["objects"].items():
+        print(f"  {k:<32}{v:>8}")
     print("recovery")
     for f in faults:
         print(f"  {f['fault']:<32}{f['recovery_s']:>7.2f} s")
-    verdict = outcomes.get("hung", 0) == 0 and lost == 0 and mutations_lost == 0
+    verdict = (
+        outcomes.get("hung", 0) == 0 and lost == 0 and mutations_lost == 0 and objects_gone == 0
+    )
     print(
-        f"\n{'PASS' if verdict else 'FAIL'}: hung 0, samples lost 0, acknowledged mutations lost 0"
+        f"\n{'PASS' if verdict else 'FAIL'}: hung 0, samples lost 0, acknowledged mutations lost 0,"
+        " objects gone 0"
     )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,8 @@
 """The chaos scenario of bench/chaos.py, run whole: broker restart, primary node
-SIGKILL, gateway restart while a fleet streams and clients call. No call may
-hang, no sample or acknowledged mutation may be lost."""
+SIGKILL, gateway restart, a full disk under a node, torn journal tails and a
+directory rolled back to an older backup, while a fleet streams and clients
+call. No call may hang, no sample or acknowledged mutation may be lost, no
+object may disappear that no caller deleted."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ def test_chaos_run_loses_nothing(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "bench.chaos", "--devices", "4", "--rate", "80", "--clients", "2",
          "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=240,
+        cwd=REPO, capture_output=True, text=True, timeout=400,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -26,3 +28,8 @@ def test_chaos_run_loses_nothing(tmp_path: Path) -> None:
     assert report["samples"]["lost"] == 0 and report["samples"]["out_of_order"] == 0
     assert report["mutations"]["lost"] == 0
     assert report["mutations"]["final_value"] >= report["mutations"]["acknowledged"]
+    assert report["objects"]["gone_not_deleted_by_a_caller"] == 0
+    faults = [f["fault"] for f in report["faults"]]
+    assert "disk full for 3 s" in faults, faults  # root: the tmpfs mounts worked
+    assert report["calls"].get("failed: storage", 0) > 0  # the full disk was felt, and said so
+    assert all(f["recovery_s"] < 120 for f in report["faults"]), report["faults"]
