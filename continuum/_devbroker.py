@@ -1,7 +1,9 @@
 """Start a local mosquitto for the demo, benchmarks and tests.
 
 The configuration carries the settings our latency and zero-loss figures
-depend on (docs/architecture.md): TCP_NODELAY on, no per-client queue cap.
+depend on (docs/protocol.md section 2): TCP_NODELAY on, no per-client message
+cap but a bound on queued bytes, an expiry for abandoned sessions, and, with a
+persistence folder, a save of the broker's state every 1-2 s.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["BROKER_SETTINGS", "LocalBroker", "find_mosquitto", "free_port"]
+__all__ = [
+    "BROKER_SETTINGS",
+    "PERSISTENCE_SETTINGS",
+    "LocalBroker",
+    "find_mosquitto",
+    "free_port",
+]
 
 BROKER_SETTINGS = """\
 # Settings continuum depends on; keep them in every broker config.
@@ -24,6 +32,21 @@ set_tcp_nodelay true
 max_queued_messages 0
 max_inflight_messages 0
 max_packet_size 16777216
+# Bound bytes instead: payload bytes of the QoS 1/2 messages held for one client
+# (queued and in flight). Beyond it mosquitto drops that client's new messages
+# and logs "Outgoing messages are being dropped for client ..." (docs/protocol.md section 2).
+max_queued_bytes 67108864
+# Sessions that asked never to expire (MQTT 3.1.1 clean session 0) end after 7 days
+# offline; an MQTT 5 session ends at min(its Session Expiry Interval, this).
+persistent_client_expiration 7d
+"""
+
+PERSISTENCE_SETTINGS = """\
+# Save the whole in-memory database (write, fsync, rename) every 1-2 s:
+# mosquitto 2.0 writes nothing else, so a crash (SIGKILL, OOM) loses what was
+# acknowledged since the last save. Measured in bench/broker_persistence.py.
+autosave_interval 1
+autosave_on_changes false
 """
 
 
@@ -48,12 +71,16 @@ class LocalBroker:
         extra_config: str = "",
         log_path: str | None = None,
         persistence_dir: str | None = None,
+        persistence_settings: str = PERSISTENCE_SETTINGS,
     ) -> None:
         """``persistence_dir``: keep sessions, queued messages and retained
-        messages across a restart of this broker (saved there at shutdown)."""
+        messages across a restart of this broker, and across a crash up to the
+        last save (``persistence_settings``: when to save; every 1-2 s by default)."""
         self.port = port or free_port()
         self.extra_config = extra_config
+        self.persistence_settings = persistence_settings
         self._dir = tempfile.mkdtemp(prefix="continuum-broker-")
+        self.conf_path = Path(self._dir) / "mosquitto.conf"
         self.log_path = log_path or os.path.join(self._dir, "mosquitto.log")
         self.proc: subprocess.Popen[bytes] | None = None
         self.persistence_dir = persistence_dir
@@ -68,7 +95,7 @@ class LocalBroker:
             raise RuntimeError(
                 "mosquitto is not installed (Debian/Ubuntu: apt-get install mosquitto mosquitto-clients)"
             )
-        conf = Path(self._dir) / "mosquitto.conf"
+        conf = self.conf_path
         # Started as root, mosquitto drops to the 'mosquitto' user, which cannot
         # write into our private temporary folders: this broker is ours, keep it.
         as_root = "user root\n" if os.geteuid() == 0 else ""
@@ -78,6 +105,7 @@ class LocalBroker:
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{as_root}"
             + (
                 f"persistence true\npersistence_location {self.persistence_dir.rstrip('/')}/\n"
+                f"{self.persistence_settings}"
                 if self.persistence_dir
                 else "persistence false\n"
             )
