@@ -67,7 +67,7 @@ def consumer_main(broker: str, root: str) -> int:
     from firmware_sim._wire import Subscriber
 
     from continuum._mqtt import BrokerURL
-    from edgeagent._sample import decode_sample
+    from continuum.samples import decode_sample
 
     url = BrokerURL.parse(broker)
     seen: dict[str, bytearray] = {}

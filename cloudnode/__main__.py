@@ -10,10 +10,18 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from continuum._mqtt import BrokerURL
-from continuum._service import add_common_arguments, parse_args, serve, setup_logging
+from continuum.service import (
+    BrokerURL,
+    MqttTransport,
+    add_common_arguments,
+    parse_args,
+    serve,
+    setup_logging,
+)
 
 log = logging.getLogger("continuum.node")
+
+SESSION_EXPIRY = 24 * 3600  # seconds the broker keeps a durable node's session
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,10 +125,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch = sys.modules["torch"]
         torch.set_num_threads(args.torch_threads)
         log.info("torch: %d intra-op thread(s)", torch.get_num_threads())
+    transport = MqttTransport(
+        BrokerURL.parse(args.broker),
+        f"node-{args.node_id}",
+        # A durable node keeps its broker session across restarts, so the
+        # samples published to its feeds meanwhile wait for it.
+        session_expiry=SESSION_EXPIRY if args.state_dir else None,
+        manual_ack=True,  # a sample is acknowledged once committed
+    )
     try:
         node = Node(
             args.node_id,
-            BrokerURL.parse(args.broker),
+            transport,
             classes,
             root=args.root,
             workers=args.workers,

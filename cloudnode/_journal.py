@@ -27,8 +27,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from continuum._codec import decode
-from continuum._errors import ContinuumError
+from continuum import ContinuumError
+from continuum.service import decode
 
 __all__ = ["Scan", "frame", "replayable", "scan", "since"]
 

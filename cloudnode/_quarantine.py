@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from continuum._errors import Unavailable
+from continuum import Unavailable
 
 __all__ = ["Quarantine", "Quarantined", "archive", "load_quarantined", "move_aside"]
 

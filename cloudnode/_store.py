@@ -34,8 +34,8 @@ from typing import Any
 
 import cloudpickle
 
-from continuum._codec import encode
-from continuum._errors import StorageError
+from continuum import StorageError
+from continuum.service import encode
 
 from . import _checkpoint, _journal
 from ._quarantine import (

@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._client import ClassStub, Client, ObjectProxy, RemoteMethod
+from . import _codec  # noqa: F401 - light; continuum._codec is used as an attribute
 from ._errors import (
     AliasTaken,
+    ApplicationError,
     BadArguments,
     BadRequest,
     Busy,
@@ -33,12 +34,19 @@ from ._errors import (
 from ._protocol import DEFAULT_ROOT, PROTOCOL_VERSION
 
 if TYPE_CHECKING:
+    from ._client import ClassStub, Client, ObjectProxy, RemoteMethod
     from ._local import LocalClient
     from ._model import ActiveObject, ActiveSpec, active, progress
 
 # Loaded on first use: the object model and local mode need `inspect` and
-# friends (about 2 MB), which an edge board that only calls never does.
+# friends (about 2 MB), which an edge board that only calls never does; the
+# client needs paho-mqtt and ssl (about 12 MB), which a module that only
+# encodes samples (continuum.samples: firmware-sim's wire engine) never does.
 _LAZY = {
+    "ClassStub": "._client",
+    "Client": "._client",
+    "ObjectProxy": "._client",
+    "RemoteMethod": "._client",
     "LocalClient": "._local",
     "ActiveObject": "._model",
     "ActiveSpec": "._model",
@@ -64,6 +72,7 @@ __all__ = [
     "ActiveObject",
     "ActiveSpec",
     "AliasTaken",
+    "ApplicationError",
     "BadArguments",
     "BadRequest",
     "Busy",
@@ -99,4 +108,6 @@ def connect(url: str = "mqtt://127.0.0.1:1883", **options: object) -> Client | L
         from ._local import LocalClient
 
         return LocalClient(**options)  # type: ignore[arg-type]
+    from ._client import Client
+
     return Client(url, **options)  # type: ignore[arg-type]

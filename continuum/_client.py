@@ -6,271 +6,25 @@ Edge-safe: imports paho-mqtt and cbor2 only.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import threading
 import time
-import uuid
-from collections.abc import Callable
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any
 
-from ._codec import decode, encode, is_json
-from ._errors import (
-    ContinuumError,
-    DeadlineExpired,
-    NotConnected,
-    ObjectNotHere,
-    PayloadTooLarge,
-    Unavailable,
-    error_from_envelope,
-)
-from ._mqtt import BrokerURL, Connection, Message, new_client_id, publish_properties
+from ._codec import encode
+from ._errors import ContinuumError, ObjectNotHere, Unavailable
+from ._mqtt import BrokerURL, new_client_id
 from ._protocol import DEFAULT_ROOT, Request, Topics
+from .service._liveness import GATEWAY, Liveness
+from .service._mqtt import MqttTransport
+from .service._requester import Pending, ProgressFn, Requester
+from .service._transport import Message
 
 __all__ = ["ClassStub", "Client", "ObjectProxy", "RemoteMethod", "Requester"]
 
 log = logging.getLogger("continuum.client")
-
-ProgressFn = Callable[[Any], None]
-
-
-class _Pending:
-    __slots__ = (
-        "deadline",
-        "future",
-        "node",
-        "obj",
-        "on_progress",
-        "payload",
-        "req",
-        "reroutes",
-        "retry",
-        "rid",
-        "sent",
-        "topic",
-    )
-
-    def __init__(
-        self,
-        rid: str,
-        future: Future[Any],
-        deadline: float,
-        on_progress: ProgressFn | None,
-        retry: Callable[[_Pending, ContinuumError], bool] | None,
-    ) -> None:
-        self.rid = rid
-        self.future = future
-        self.deadline = deadline
-        self.on_progress = on_progress
-        self.retry = retry
-        self.topic = ""
-        self.payload = b""
-        self.obj: str | None = None  # the object called, when this is a call
-        self.node: str | None = None  # the node it was sent to
-        self.reroutes = 0
-        self.req: Request | None = None
-        self.sent = False
-
-
-class Requester:
-    """Request/response over one connection: a pending-call table keyed by
-    request id, one reply topic, and a deadline thread that fails calls on time.
-    Used by :class:`Client` and by the gateway (to talk to nodes)."""
-
-    def __init__(
-        self,
-        topics: Topics,
-        client_id: str,
-        qos: int = 1,
-        max_payload: int = 8 << 20,
-        owner: str | None = None,
-    ) -> None:
-        self.topics = topics
-        self.client_id = client_id
-        self.reply_topic = topics.reply(client_id, owner)
-        self.qos = qos
-        self.max_payload = max_payload
-        self.conn: Connection | None = None
-        self._pending: dict[str, _Pending] = {}
-        self._ids = itertools.count(1)
-        # A random part per requester: a process restarted with the same client
-        # id (the edge agent's is stable) must not reuse the ids of its last
-        # life, which nodes and the gateway remember for exactly-once.
-        self._prefix = f"{client_id}:{uuid.uuid4().hex[:8]}:"
-        self._heap: list[tuple[float, str]] = []
-        self._cond = threading.Condition()
-        self._reaper: threading.Thread | None = None
-        self._closing = False
-
-    # -- lifecycle -------------------------------------------------------------
-    def start(self, conn: Connection) -> None:
-        self.conn = conn
-        self._closing = False
-        self._reaper = threading.Thread(
-            target=self._reap, name=f"continuum-deadlines-{self.client_id}", daemon=True
-        )
-        self._reaper.start()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        if self._reaper is not None:
-            self._reaper.join(2)
-        for p in list(self._pending.values()):
-            if not p.future.done():
-                p.future.set_exception(NotConnected("client closed before the reply arrived"))
-        self._pending.clear()
-        self.conn = None
-
-    # -- sending ---------------------------------------------------------------
-    def new_id(self) -> str:
-        return f"{self._prefix}{next(self._ids)}"
-
-    def send(
-        self,
-        topic: str,
-        req: Request,
-        timeout: float,
-        on_progress: ProgressFn | None = None,
-        retry: Callable[[_Pending, ContinuumError], bool] | None = None,
-        *,
-        node: str | None = None,
-        publish: bool = True,
-    ) -> Future[Any]:
-        """Send ``req`` to ``topic``; ``node``/``req.obj`` mark it as a call the
-        client may re-route. With ``publish=False`` the call is registered but
-        left for the caller to route (see :meth:`pending`)."""
-        fut: Future[Any] = Future()
-        conn = self.conn
-        if conn is None:
-            fut.set_exception(NotConnected("client is not connected; use it as a context manager"))
-            return fut
-        if req.id is None:
-            req.id = self.new_id()
-        req.timeout_ms = round(timeout * 1000)
-        try:
-            payload = encode(req.to_wire())
-        except ContinuumError as exc:
-            fut.set_exception(type(exc)(f"cannot encode the arguments: {exc.message}"))
-            return fut
-        if len(payload) > self.max_payload:
-            fut.set_exception(
-                PayloadTooLarge(
-                    f"request of {len(payload)} bytes exceeds the client limit of {self.max_payload}",
-                    limit=self.max_payload,
-                )
-            )
-            return fut
-        deadline = time.monotonic() + timeout
-        p = _Pending(req.id, fut, deadline, on_progress, retry)
-        p.payload = payload
-        p.req = req
-        p.obj = req.obj
-        p.node = node
-        p.topic = topic
-        self._pending[req.id] = p
-        with self._cond:
-            heapq.heappush(self._heap, (deadline, req.id))
-            if self._heap[0][1] == req.id:
-                self._cond.notify()
-        if publish:
-            self.publish(p, topic)
-        return fut
-
-    def resend_all(self) -> None:
-        """After a reconnect: publish every call still waiting again, with the
-        same request id (a node answers a duplicate from its results table, so
-        nothing runs twice), since the broker may have lost the request or its
-        reply while we were away."""
-        for p in list(self._pending.values()):
-            if p.topic and not p.future.done():
-                self.publish(p, p.topic)
-
-    def pending(self, rid: str) -> _Pending | None:
-        return self._pending.get(rid)
-
-    def pending_on(self, node: str) -> list[_Pending]:
-        return [p for p in list(self._pending.values()) if p.node == node]
-
-    def publish(self, p: _Pending, topic: str) -> None:
-        p.topic = topic
-        left = p.deadline - time.monotonic()
-        if p.sent and p.req is not None:
-            # a resend carries the time left, not the original timeout: the
-            # receiver must not run it after the caller has given up
-            p.req.timeout_ms = max(1, round(left * 1000))
-            p.payload = encode(p.req.to_wire())
-        p.sent = True
-        props = publish_properties(
-            response_topic=self.reply_topic,
-            correlation=p.rid.encode(),
-            expiry=left,
-        )
-        conn = self.conn
-        if conn is None:
-            self._fail(p.rid, NotConnected("client closed"))
-            return
-        conn.publish(topic, p.payload, qos=self.qos, properties=props)
-
-    # -- receiving (network thread) -----------------------------------------------
-    def on_reply(self, msg: Message) -> None:
-        props = getattr(msg, "properties", None)
-        ctype = getattr(props, "ContentType", None) if props else None
-        try:
-            body = decode(msg.payload, is_json(msg.payload, ctype))
-            rid = body.get("id")
-            kind = body["kind"]
-        except (ContinuumError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("ignoring a malformed reply on %s: %s", msg.topic, exc)
-            return
-        if rid is None:  # a request the node could not decode: only the property names it
-            corr = getattr(props, "CorrelationData", None) if props else None
-            rid = corr.decode(errors="replace") if isinstance(corr, bytes) else None
-        p = self._pending.get(rid) if isinstance(rid, str) else None
-        if p is None:
-            return  # a late reply for a call that already timed out
-        if kind == "progress":
-            if p.on_progress is not None:
-                try:
-                    p.on_progress(body.get("value"))
-                except Exception:
-                    log.exception("progress callback of %s failed", rid)
-            return
-        if kind == "result":
-            self._pending.pop(rid, None)
-            if not p.future.done():
-                p.future.set_result(body.get("value"))
-            return
-        err = error_from_envelope(body.get("error"))
-        if p.retry is not None and p.retry(p, err):
-            return
-        self._fail(rid, err)
-
-    def _fail(self, rid: str, exc: BaseException) -> None:
-        p = self._pending.pop(rid, None)
-        if p is not None and not p.future.done():
-            p.future.set_exception(exc)
-
-    def _reap(self) -> None:
-        heap = self._heap
-        with self._cond:
-            while not self._closing:
-                now = time.monotonic()
-                while heap and heap[0][0] <= now:
-                    _, rid = heapq.heappop(heap)
-                    if rid in self._pending:
-                        self._fail(
-                            rid, DeadlineExpired(f"no reply to call {rid} within its deadline")
-                        )
-                # drop entries of calls that completed long ago
-                if len(heap) > 4 * len(self._pending) + 1024:
-                    self._heap[:] = [e for e in heap if e[1] in self._pending]
-                    heapq.heapify(heap)
-                self._cond.wait(heap[0][0] - now if heap else None)
 
 
 class RemoteMethod:
@@ -505,29 +259,33 @@ class Client(_Directory):
             owner=self.broker.username,
         )
         self._locations: dict[str, str] = {}
-        self._node_state: dict[str, str] = {}  # from the nodes' retained status
-        self._conn: Connection | None = None
+        # the nodes' (and, as GATEWAY, the gateway's) retained statuses and wills
+        self._liveness = Liveness(self.topics, gateway=True)
+        self._conn: MqttTransport | None = None
+
+    @property
+    def _node_state(self) -> dict[str, str]:
+        """The state of each node seen (and of the gateway, as ""): online or
+        offline; live (tests poll it)."""
+        return self._liveness._states
 
     # -- lifecycle -------------------------------------------------------------
     def connect(self) -> Client:
         if self._conn is not None:
             return self
-        conn = Connection(
+        conn = MqttTransport(
             self.broker,
             self.client_id,
-            on_message=self._on_message,
-            subscriptions={
-                self._requester.reply_topic: 1,
-                self.topics.node_status_all: 1,
-                self.topics.gateway_status: 1,
-            },
-            will=(
-                f"{self.topics.root}/client/{self.client_id}/status",
-                encode({"state": "offline", "client": self.client_id}),
-                False,
-            ),
             ca_file=self._ca_file,
-            on_connected=self._on_connected,
+            # the retain flag then means "from the broker's store" (_on_message)
+            retain_as_published=False,
+        )
+        conn.bind(self._on_message, self._on_connected)
+        for topic in (self._requester.reply_topic, *self._liveness.subscriptions):
+            conn.subscribe(topic, 1)
+        conn.set_will(
+            f"{self.topics.root}/client/{self.client_id}/status",
+            encode({"state": "offline", "client": self.client_id}),
         )
         self._requester.start(conn)
         try:
@@ -570,41 +328,34 @@ class Client(_Directory):
     def _on_connected(self) -> None:
         # What we knew of node liveness may be stale after a reconnect: the
         # retained statuses arrive again with our subscription.
-        self._node_state.clear()
+        self._liveness.reset()
         self._requester.resend_all()
 
     def _on_message(self, msg: Message) -> None:
         if msg.topic == self._requester.reply_topic:
             self._requester.on_reply(msg)
             return
-        node = self.topics.node_of_status(msg.topic)
-        if node is None:
-            node = "" if msg.topic == self.topics.gateway_status else None
-        if node is None:
+        change = self._liveness.on_message(msg)  # None: not a status, or malformed
+        if change is None:
             return
-        try:
-            status = decode(msg.payload) if msg.payload else {}
-        except ContinuumError:
-            return
-        online = isinstance(status, dict) and status.get("state") == "online"
-        was = self._node_state.get(node)
-        self._node_state[node] = "online" if online else "offline"
-        if online and was != "online":
-            # The node (or, for "", the gateway) (re)connected: what we sent it
+        node, online, was = change.node, change.online, change.was
+        # A retained "online" that our subscription brought is not a comeback:
+        # it was online when we (re)subscribed, and a reconnect resends anyway.
+        came_back = was == "offline" or (was == "unknown" and not change.retained)
+        if online and came_back:
+            # The node (or GATEWAY, "") (re)connected: what we sent it
             # while it was away may be lost; send again (same request ids, so
             # nothing runs twice).
             for p in self._requester.pending_on(node):
                 self._requester.publish(p, p.topic)
-        if node == "":
+        if node == GATEWAY:
             return
         if not online:
             # Calls in flight to a dead node: re-route each (a replica may be
             # promoted), or fail it with a clear error; never leave it hanging.
             for p in self._requester.pending_on(node):
                 if not self._reroute(p, Unavailable(f"node {node} went offline", node=node)):
-                    self._requester._fail(
-                        p.rid, Unavailable(f"node {node} went offline", node=node)
-                    )
+                    self._requester.fail(p.rid, Unavailable(f"node {node} went offline", node=node))
 
     # -- directory -------------------------------------------------------------
     def _gateway(self, op: str, /, **kwargs: Any) -> Any:
@@ -650,7 +401,7 @@ class Client(_Directory):
                 fut: Future[Any] = Future()
                 fut.set_exception(exc)
                 return fut
-        offline = self._node_state.get(node) == "offline"
+        offline = self._liveness.state(node) == "offline"
         fut = self._requester.send(
             self.topics.node_call(node),
             req,
@@ -665,7 +416,7 @@ class Client(_Directory):
             if p is not None:
                 err = Unavailable(f"object {oid} is on node {node}, which is offline", node=node)
                 if not self._reroute(p, err, wait_for_node=False):
-                    self._requester._fail(p.rid, err)
+                    self._requester.fail(p.rid, err)
         return fut
 
     def _resolve(self, oid: str) -> str:
@@ -673,13 +424,13 @@ class Client(_Directory):
         self._locations[oid] = info["node"]
         return info["node"]
 
-    def _on_call_error(self, p: _Pending, exc: ContinuumError) -> bool:
+    def _on_call_error(self, p: Pending, exc: ContinuumError) -> bool:
         """``object_not_here``: the object moved; find it again and resend."""
         return isinstance(exc, ObjectNotHere) and self._reroute(p, exc)
 
     _MAX_REROUTES = 100  # at 0.1 s a try: 10 s for a replica to be promoted
 
-    def _reroute(self, p: _Pending, exc: ContinuumError, wait_for_node: bool = True) -> bool:
+    def _reroute(self, p: Pending, exc: ContinuumError, wait_for_node: bool = True) -> bool:
         """Resend call ``p`` (same request id, so it never runs twice) to the
         object's current node, asking the gateway where that is; while the
         gateway has not yet promoted a replica of a dead primary, ask again
@@ -701,17 +452,17 @@ class Client(_Directory):
                 return
             err = f.exception()
             if err is not None:
-                self._requester._fail(p.rid, err)
+                self._requester.fail(p.rid, err)
                 return
             info = f.result()
             node = info["node"]
-            live = info.get("node_state") == "online" and self._node_state.get(node) != "offline"
+            live = info.get("node_state") == "online" and self._liveness.state(node) != "offline"
             if node != stale and live:
                 self._locations[oid] = node
                 p.node = node
                 self._requester.publish(p, self.topics.node_call(node))
                 return
-            if any(self._node_state.get(r) == "online" for r in info.get("replicas", [])):
+            if any(self._liveness.is_online(r) for r in info.get("replicas", [])):
                 p.node = stale  # a replica will be promoted: ask again shortly
                 timer = threading.Timer(0.1, self._retry_reroute, (p, exc, wait_for_node))
                 timer.daemon = True
@@ -728,17 +479,17 @@ class Client(_Directory):
                 timer.daemon = True
                 timer.start()
             else:
-                self._requester._fail(p.rid, exc)
+                self._requester.fail(p.rid, exc)
 
         lookup.add_done_callback(route)
         return True
 
-    def _give_up(self, p: _Pending, node: str) -> None:
-        if not p.future.done() and self._node_state.get(node) != "online":
-            self._requester._fail(
+    def _give_up(self, p: Pending, node: str) -> None:
+        if not p.future.done() and not self._liveness.is_online(node):
+            self._requester.fail(
                 p.rid, Unavailable(f"object {p.obj} is on node {node}, which is offline", node=node)
             )
 
-    def _retry_reroute(self, p: _Pending, exc: ContinuumError, wait_for_node: bool = True) -> None:
+    def _retry_reroute(self, p: Pending, exc: ContinuumError, wait_for_node: bool = True) -> None:
         if not p.future.done() and not self._reroute(p, exc, wait_for_node):
-            self._requester._fail(p.rid, exc)
+            self._requester.fail(p.rid, exc)

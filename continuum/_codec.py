@@ -82,9 +82,14 @@ def decode(payload: bytes | bytearray, json_payload: bool = False) -> Any:
 
 
 def encode(value: Any, json_payload: bool = False) -> bytes:
+    """CBOR, or strict JSON (RFC 8259) with ``json_payload``: NaN and the
+    infinities have no JSON form (Python's bare ``NaN``/``Infinity`` tokens break
+    standard parsers), so a value holding one is unencodable in JSON, like bytes
+    (docs/protocol.md §10); CBOR carries them."""
     try:
         if json_payload:
-            return json.dumps(value, separators=(",", ":"), allow_nan=True).encode()
+            return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
         return cbor2.dumps(value)
     except (cbor2.CBOREncodeError, TypeError, ValueError, OverflowError, RecursionError) as exc:
-        raise UnencodableResult(f"cannot encode {type(value).__name__}: {exc}") from exc
+        kind = " as JSON" if json_payload else ""
+        raise UnencodableResult(f"cannot encode {type(value).__name__}{kind}: {exc}") from exc

@@ -1,16 +1,23 @@
 """The exception tree and the wire error envelope.
 
-One root (:class:`ContinuumError`), one class per stable wire code. The client
-rebuilds known codes into these classes; anything else arrives as
-:class:`RemoteError` carrying the remote type, message and traceback.
+One root (:class:`ContinuumError`), one class per stable wire code. Every class
+that declares a ``code`` registers itself under it when it is created (no
+hand-kept table; a code taken twice is refused): the client rebuilds a known
+code into its class, anything else arrives as :class:`RemoteError` carrying the
+remote code, type, message and traceback.
+
+Applications raise subclasses of :class:`ApplicationError` with namespaced
+codes (``forecast.series_too_short``); the protocol's own codes have no dot.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, ClassVar
 
 __all__ = [
     "AliasTaken",
+    "ApplicationError",
     "BadArguments",
     "BadRequest",
     "Busy",
@@ -28,14 +35,72 @@ __all__ = [
     "UnknownClass",
     "UnknownMethod",
     "UnknownObject",
+    "error_class",
     "error_from_envelope",
 ]
 
+# code -> the class that declared it; filled by ContinuumError.__init_subclass__.
+_REGISTRY: dict[str, type[ContinuumError]] = {}
+
+# The code of every application exception without a code of its own: never
+# registered (RemoteError is what a client makes of it).
+METHOD_ERROR = "method_error"
+
+_PROTOCOL_CODE = re.compile(r"[a-z][a-z0-9_]*\Z")
+_APP_CODE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+\Z")
+
+# Envelope keys that are not extra fields.
+_RESERVED = frozenset({"code", "type", "message", "traceback", "remote_type", "remote_code"})
+
+
+def _register(cls: type[ContinuumError]) -> None:
+    code = cls.__dict__["code"]
+    if not isinstance(code, str):
+        raise TypeError(f"{cls.__qualname__}.code must be a string, not {type(code).__name__}")
+    if code == METHOD_ERROR:
+        return
+    if cls._namespaced:
+        if not _APP_CODE.match(code):
+            raise TypeError(
+                f"{cls.__qualname__}.code = {code!r}: an application error code is "
+                "'<namespace>.<name>', lowercase letters, digits and '_' (forecast.series_too_short)"
+            )
+    elif not _PROTOCOL_CODE.match(code):
+        raise TypeError(
+            f"{cls.__qualname__}.code = {code!r}: protocol codes are lowercase words without a "
+            "dot; applications subclass ApplicationError for namespaced codes"
+        )
+    taken = _REGISTRY.get(code)
+    if taken is not None and (taken.__module__, taken.__qualname__) != (
+        cls.__module__,
+        cls.__qualname__,
+    ):  # the same class defined again (a reloaded module) takes its place
+        raise TypeError(
+            f"error code {code!r} of {cls.__module__}.{cls.__qualname__} is already "
+            f"taken by {taken.__module__}.{taken.__qualname__}"
+        )
+    _REGISTRY[code] = cls
+
+
+def error_class(code: str) -> type[ContinuumError] | None:
+    """The class registered for a wire code in this process (None if none is)."""
+    return _REGISTRY.get(code)
+
 
 class ContinuumError(Exception):
-    """Root of every continuum error. ``code`` is the stable wire code."""
+    """Root of every continuum error. ``code`` is the stable wire code.
+
+    A subclass that declares ``code`` registers itself under it (the client
+    rebuilds that code into it); a code may be declared by one class only.
+    """
 
     code: str = "internal"
+    _namespaced: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "code" in cls.__dict__:
+            _register(cls)
 
     def __init__(self, message: str = "", **data: Any) -> None:
         super().__init__(message)
@@ -50,6 +115,17 @@ class ContinuumError(Exception):
         }
         env.update(self.data)
         return env
+
+    def trimmed(self, limit: int = 1000) -> ContinuumError:
+        """This error without extra fields, its texts cut to ``limit`` characters:
+        what to send when its full envelope cannot be (unencodable, too large).
+        Same class, code and ``type``; ``__init__`` is not called."""
+        err = type(self).__new__(type(self), self.message[:limit])
+        err.__dict__.update(self.__dict__)
+        ContinuumError.__init__(err, self.message[:limit])
+        if isinstance(err, RemoteError):
+            err.traceback = err.traceback[-limit:]
+        return err
 
 
 class BadRequest(ContinuumError):
@@ -153,13 +229,16 @@ class NotConnected(ContinuumError):
 
 
 class RemoteError(ContinuumError):
-    """An exception raised inside the remote method, or an unknown wire code.
+    """An exception raised inside the remote method, or a code this process has
+    no class for (an application error whose class is not imported here).
 
-    ``remote_type`` is the remote exception's class name, ``traceback`` its
-    formatted traceback (when the node sends it).
+    ``code`` and ``remote_code`` are the wire code (``method_error`` for a plain
+    application exception), ``remote_type`` the remote exception's class name,
+    ``traceback`` its formatted traceback (when the node sends it), ``data`` the
+    envelope's extra fields.
     """
 
-    code = "method_error"
+    code = METHOD_ERROR
 
     def __init__(
         self,
@@ -167,59 +246,119 @@ class RemoteError(ContinuumError):
         *,
         remote_type: str = "",
         traceback: str = "",
-        remote_code: str = "method_error",
+        remote_code: str = METHOD_ERROR,
         **data: Any,
     ) -> None:
         super().__init__(message, **data)
         self.remote_type = remote_type
         self.traceback = traceback
         self.remote_code = remote_code
+        self.code = remote_code
 
     def __str__(self) -> str:
         return f"{self.remote_type}: {self.message}" if self.remote_type else self.message
 
     def to_envelope(self) -> dict[str, Any]:
         env = super().to_envelope()
-        env.update(code=self.remote_code, type=self.remote_type, traceback=self.traceback)
+        env.update(code=self.remote_code, type=self.remote_type)
+        if self.traceback or self.remote_code == METHOD_ERROR:  # app codes relay as they came
+            env["traceback"] = self.traceback
         return env
 
 
-_BY_CODE: dict[str, type[ContinuumError]] = {
-    cls.code: cls
-    for cls in (
-        BadRequest,
-        PayloadTooLarge,
-        UnknownObject,
-        ObjectNotHere,
-        UnknownClass,
-        UnknownMethod,
-        MethodNotActive,
-        BadArguments,
-        UnencodableResult,
-        DeadlineExpired,
-        Busy,
-        Unavailable,
-        NoNodeAvailable,
-        AliasTaken,
-        NotConnected,
-        StorageError,
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _check_plain(value: Any, where: str, depth: int = 0) -> None:
+    """Extra fields travel in CBOR and JSON: plain data only."""
+    if isinstance(value, _PLAIN):
+        return
+    if depth < 32 and isinstance(value, list | tuple):
+        for item in value:
+            _check_plain(item, where, depth + 1)
+        return
+    if depth < 32 and isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where}: map keys must be strings, not {type(k).__name__}")
+            _check_plain(v, where, depth + 1)
+        return
+    raise TypeError(
+        f"{where} must be plain data (str, int, float, bool, None, lists, maps), "
+        f"not {type(value).__name__}"
     )
-}
+
+
+class ApplicationError(ContinuumError):
+    """Base of the typed errors an application raises from its active methods.
+
+    A subclass declares a namespaced wire ``code`` (``"<namespace>.<name>"``,
+    lowercase: ``forecast.series_too_short``); it registers itself under it when
+    it is created, and a code may be declared by one class only. Raised inside
+    an active method, it reaches the caller with that ``code``, ``type`` (the
+    class name), ``message`` and its keyword arguments as extra fields (plain
+    data; readable as ``exc.data[name]`` or ``exc.<name>``)::
+
+        class SeriesTooShort(continuum.ApplicationError):
+            code = "forecast.series_too_short"
+
+        raise SeriesTooShort("need more rows", rows=5, need=7)
+
+    A Python client that has the class (its module imported) gets an instance
+    of it, rebuilt without calling ``__init__``; one without it gets a
+    :class:`RemoteError` whose ``code``/``remote_code`` is the code. A
+    subclass without a code of its own is sent with its parent's code; raised
+    directly, ``ApplicationError`` travels like any exception (``method_error``).
+    """
+
+    code = METHOD_ERROR
+    _namespaced = True
+    _remote_type: str  # set on a rebuilt error raised by a subclass without a code of its own
+
+    def __init__(self, message: str = "", **data: Any) -> None:
+        for name, value in data.items():
+            if not name.isidentifier() or name in _RESERVED:
+                raise TypeError(f"{type(self).__name__}: {name!r} cannot be an extra field")
+            _check_plain(value, f"{type(self).__name__}.{name}")
+        super().__init__(message, **data)
+
+    def __getattr__(self, name: str) -> Any:
+        data = self.__dict__.get("data")
+        if data is not None and name in data:
+            return data[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def to_envelope(self) -> dict[str, Any]:
+        env = super().to_envelope()
+        env["type"] = self.__dict__.get("_remote_type") or type(self).__name__
+        return env
+
+    @classmethod
+    def _rebuild(cls, message: str, remote_type: str, data: dict[str, Any]) -> ApplicationError:
+        """The instance a client makes of a wire envelope (``__init__`` not called:
+        a subclass's own signature need not match the envelope)."""
+        err = cls.__new__(cls, message)
+        ContinuumError.__init__(err, message, **data)
+        if remote_type and remote_type != cls.__name__:
+            err._remote_type = remote_type
+        return err
 
 
 def error_from_envelope(env: Any) -> ContinuumError:
-    """Rebuild the exception for a wire error envelope; unknown codes become RemoteError."""
+    """Rebuild the exception for a wire error envelope: the class registered for
+    its code in this process, else RemoteError carrying the code."""
     if not isinstance(env, dict):
         return RemoteError(f"malformed error envelope: {env!r}", remote_type="ProtocolError")
     code = str(env.get("code", "internal"))
     message = str(env.get("message", ""))
-    reserved = ("code", "type", "message", "traceback", "remote_type", "remote_code")
     extra = {
         k: v
         for k, v in env.items()
-        if isinstance(k, str) and k.isidentifier() and k not in reserved
+        if isinstance(k, str) and k.isidentifier() and k not in _RESERVED
     }
-    cls = _BY_CODE.get(code)
+    cls = _REGISTRY.get(code)
+    if cls is not None and issubclass(cls, ApplicationError):
+        return cls._rebuild(message, str(env.get("type", "")), extra)
     if cls is not None:
         return cls(message, **extra)
     return RemoteError(

@@ -26,7 +26,9 @@ from ._demo import LocalDeployment
 
 REPO = Path(__file__).resolve().parent.parent
 
-# The reference paper (dataClay), Tables 1-6: Orange Pi client, Ryzen server (Table 3).
+# The reference paper: Barceló et al., "Offloading Artificial Intelligence Workloads
+# across the Computing Continuum by means of Active Storage Systems" (dataClay),
+# section 5, Tables 1-6: Orange Pi client, Ryzen server (Table 3).
 PAPER: dict[str, Any] = {
     "baseline": {"peak_rss_mb": 367.12, "train_s": 37.2, "eval_s": 4.32, "total_s": 41.52},
     "baseline_mac": {"peak_rss_mb": 398.13, "train_s": 6.18, "eval_s": 0.84, "total_s": 7.02},
@@ -54,7 +56,8 @@ PAPER: dict[str, Any] = {
     },
     "model_size_mb": 0.0707,
     "install_gb": {"baseline": 2.1048, "client": 0.4283, "server": 7.0048},
-    # dataClay 4.3.1 measured on this machine (../shared/notes/mqtt-facts.md)
+    # dataClay 4.3.1 (gRPC + Redis, the same LSTM workload) measured on this
+    # machine before continuum was written; not in the paper
     "here": {
         "client_rss_mb": "63-88",
         "offload_overhead_ms": 4,
@@ -372,7 +375,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"{s['seeds']} seed(s) x {s['epochs']} epochs on node_3_utilisation.csv; this machine: {s['cpus']} cores; "
         f"torch intra-op threads on the node and the baselines: {s['torch_threads']} (cores - 1: one core is left to "
         "the network thread and the broker; 2 threads are about 15% faster on an idle box but collapse 10-25x "
-        "when another process takes a core). Paper: Orange Pi client, Ryzen server (Tables 1, 3, 5, 6).",
+        'when another process takes a core). Paper: Barceló et al., "Offloading Artificial Intelligence '
+        'Workloads across the Computing Continuum by means of Active Storage Systems", section 5: '
+        "Orange Pi client, Ryzen server (Tables 1, 3, 5, 6).",
         "",
         "## Table 1 analogue: baseline, training locally in one process",
         "",
@@ -442,8 +447,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"| after a burst of calls from 4 threads (s) | {p['here']['after_burst_train_s']} | {cc['after_burst_train_s']:.2f} |",
         f"| local baseline (s) | | {cc['baseline_train_s']:.2f} |",
         "",
-        "dataClay's figures on this machine come from ../shared/notes/mqtt-facts.md (torch's default "
-        "thread count there); ours use the thread setting above. What matters is the ratio: the reference "
+        "dataClay's figures on this machine were measured with dataClay 4.3.1 (gRPC + Redis, the same "
+        "LSTM workload, torch's default thread count) before continuum was written; they are not in the "
+        "paper. Ours use the thread setting above. What matters is the ratio: the reference "
         "slowed 2.8x after serving concurrent calls, ours stays with the baseline.",
         "",
         "## Goals",

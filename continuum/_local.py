@@ -8,7 +8,10 @@ offloaded (the paper's "develop locally, offload later").
 from __future__ import annotations
 
 import importlib
+import os
+import socket
 import threading
+import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
@@ -24,6 +27,8 @@ from ._errors import (
 )
 from ._invoke import bind_arguments, describe_class, invoke, remote_error, roundtrip
 from ._model import ActiveObject
+from ._protocol import Request
+from .service._dispatch import Dispatcher, method
 
 __all__ = ["LocalClient"]
 
@@ -31,20 +36,173 @@ _NODE = "local"
 
 
 class _Local:
-    __slots__ = ("aliases", "cls", "instance", "lock")
+    __slots__ = ("aliases", "cls", "created", "instance", "lock")
 
     def __init__(self, cls: str, instance: Any) -> None:
         self.cls = cls
         self.instance = instance
         self.lock = threading.Lock()
         self.aliases: list[str] = []
+        self.created = time.time()
+
+
+class _LocalDirectory:
+    """The gateway's methods (docs/protocol.md §16) over the objects of this
+    process, with the same checks, errors and answers, on one node
+    (``local``): ``create`` takes ``node`` and ``replicas`` and ignores them,
+    ``bind``/``unbind`` are refused (no device feeds here)."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, _Local] = {}
+        self.names: dict[str, str] = {}  # alias -> object id
+        self.loaded: dict[str, type] = {}
+        self.started = time.time()
+
+    def load(self, path: str) -> type:
+        cls = self.loaded.get(path)
+        if cls is None:
+            mod, _, name = path.rpartition(".")
+            try:
+                cls = getattr(importlib.import_module(mod), name)
+            except (ImportError, AttributeError, ValueError) as exc:
+                raise UnknownClass(f"cannot import class {path!r}: {exc}", cls=path) from None
+            if not (isinstance(cls, type) and issubclass(cls, ActiveObject)):
+                raise UnknownClass(f"{path!r} is not an ActiveObject class", cls=path)
+            self.loaded[path] = cls
+        return cls
+
+    def find(self, ref: str) -> str:
+        if not isinstance(ref, str):
+            raise BadRequest("ref must be a text string")
+        if ref in self.held:
+            return ref
+        oid = self.names.get(ref)
+        if oid is None:
+            raise UnknownObject(f"no object with id or alias {ref!r}", ref=ref)
+        return oid
+
+    def info(self, oid: str) -> dict[str, Any]:
+        o = self.held[oid]
+        return {
+            "id": oid,
+            "class": o.cls,
+            "node": _NODE,
+            "node_state": "online",
+            "replicas": [],
+            "aliases": sorted(o.aliases),
+            "state": "ok",
+            "reason": None,
+        }
+
+    def check_alias_free(self, name: Any, oid: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise BadRequest("an alias is a non-empty text string")
+        owner = self.names.get(name)
+        if owner is not None and owner != oid:
+            raise AliasTaken(f"alias {name!r} already names object {owner}", alias=name)
+
+    def set_alias(self, oid: str, name: str) -> None:
+        self.check_alias_free(name, oid)
+        if name not in self.names:
+            self.names[name] = oid
+            self.held[oid].aliases.append(name)
+
+    @method
+    def create(
+        self,
+        cls: str,
+        args: list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        node: str | None = None,
+        alias: str | None = None,
+        replicas: int = 0,
+    ) -> dict[str, Any]:
+        if not isinstance(cls, str) or not cls:
+            raise BadRequest("create: 'cls' must be a class path")
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+            raise BadRequest("create: 'replicas' must be a non-negative integer")
+        klass = self.load(cls)
+        args, kwargs = roundtrip(args or []), roundtrip(kwargs or {})
+        if alias is not None:
+            self.check_alias_free(alias, "")
+        bind_arguments(klass, args, kwargs, f"{klass.__qualname__}()")
+        try:
+            instance = klass(*args, **kwargs)
+        except Exception as exc:
+            raise remote_error(exc) from exc
+        oid = uuid.uuid4().hex
+        self.held[oid] = _Local(cls, instance)
+        if alias is not None:
+            self.set_alias(oid, alias)
+        return self.info(oid)
+
+    @method
+    def resolve(self, ref: str) -> dict[str, Any]:
+        return self.info(self.find(ref))
+
+    @method
+    def alias(self, ref: str, name: str) -> dict[str, Any]:
+        oid = self.find(ref)
+        self.set_alias(oid, name)
+        return self.info(oid)
+
+    @method
+    def unalias(self, name: str) -> None:
+        oid = self.names.pop(name, None) if isinstance(name, str) else None
+        if oid is not None and oid in self.held:
+            self.held[oid].aliases.remove(name)
+
+    @method
+    def delete(self, ref: str) -> dict[str, Any]:
+        oid = self.find(ref)
+        for a in self.held.pop(oid).aliases:
+            self.names.pop(a, None)
+        return {"id": oid, "deleted": True}
+
+    @method
+    def bind(self, ref: str, device: str, method: str) -> dict[str, Any]:
+        raise BadRequest("local mode has no device feeds: bind metrics in a deployment")
+
+    @method
+    def unbind(self, ref: str, device: str) -> dict[str, Any]:
+        raise BadRequest("local mode has no device feeds: bind metrics in a deployment")
+
+    @method
+    def nodes(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": _NODE,
+                "state": "online",
+                "since": self.started,
+                "classes": sorted(self.loaded),
+                "objects": len(self.held),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+            }
+        ]
+
+    @method
+    def classes(self) -> dict[str, Any]:
+        return {p: {**describe_class(c), "nodes": [_NODE]} for p, c in sorted(self.loaded.items())}
+
+    @method
+    def objects(self, cls: str | None = None, node: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for oid, o in self.held.items():
+            if cls not in (None, o.cls) or node not in (None, _NODE):
+                continue
+            info = self.info(oid)
+            del info["node_state"]
+            out.append({**info, "created": o.created})
+        return out
 
 
 class LocalClient(_Directory):
     """A client whose objects live in this process (``continuum.connect("local:")``).
 
     Classes are imported by path on first use, which is why local mode needs
-    the application code installed; a remote :class:`Client` never does.
+    the application code installed; a remote :class:`Client` never does. The
+    directory methods answer as the gateway's do (same checks and errors).
     """
 
     def __init__(self, *, timeout: float = 30.0, workers: int = 8, **remote_options: Any) -> None:
@@ -52,9 +210,9 @@ class LocalClient(_Directory):
         # accepted and ignored, so the same code runs in both modes.
         self.timeout = timeout
         self._workers = workers
-        self._objects: dict[str, _Local] = {}
-        self._aliases: dict[str, str] = {}
-        self._classes: dict[str, type] = {}
+        self._dir = _LocalDirectory()
+        self._dispatcher = Dispatcher("local directory").register(self._dir)
+        self._pools: dict[str, _Local] = {}  # a stateless class's one instance here
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
 
@@ -87,104 +245,10 @@ class LocalClient(_Directory):
         await asyncio.to_thread(self.close)
 
     # -- directory -------------------------------------------------------------
-    def _class(self, path: str) -> type:
-        cls = self._classes.get(path)
-        if cls is None:
-            mod, _, name = path.rpartition(".")
-            try:
-                cls = getattr(importlib.import_module(mod), name)
-            except (ImportError, AttributeError, ValueError) as exc:
-                raise UnknownClass(f"cannot import class {path!r}: {exc}", cls=path) from None
-            if not (isinstance(cls, type) and issubclass(cls, ActiveObject)):
-                raise UnknownClass(f"{path!r} is not an ActiveObject class", cls=path)
-            self._classes[path] = cls
-        return cls
-
-    def _find(self, ref: str) -> str:
-        if ref in self._objects:
-            return ref
-        oid = self._aliases.get(ref)
-        if oid is None:
-            raise UnknownObject(f"no object with id or alias {ref!r}", ref=ref)
-        return oid
-
-    def _info(self, oid: str) -> dict[str, Any]:
-        o = self._objects[oid]
-        return {
-            "id": oid,
-            "class": o.cls,
-            "node": _NODE,
-            "node_state": "online",
-            "aliases": sorted(o.aliases),
-        }
-
-    def _set_alias(self, oid: str, name: str) -> None:
-        if not isinstance(name, str) or not name:
-            raise BadRequest("an alias is a non-empty text string")
-        owner = self._aliases.get(name)
-        if owner is not None and owner != oid:
-            raise AliasTaken(f"alias {name!r} already names object {owner}", alias=name)
-        if owner is None:
-            self._aliases[name] = oid
-            self._objects[oid].aliases.append(name)
-
-    def _gateway(self, method: str, /, **kw: Any) -> Any:
+    def _gateway(self, op: str, /, **kw: Any) -> Any:
+        req = Request(op, [], {k: v for k, v in kw.items() if v is not None})  # as sent
         with self._lock:
-            if method == "create":
-                cls = self._class(kw["cls"])
-                args, kwargs = roundtrip(kw.get("args") or []), roundtrip(kw.get("kwargs") or {})
-                alias = kw.get("alias")
-                if alias is not None and alias in self._aliases:
-                    raise AliasTaken(
-                        f"alias {alias!r} already names object {self._aliases[alias]}", alias=alias
-                    )
-                bind_arguments(cls, args, kwargs, f"{cls.__qualname__}()")
-                try:
-                    instance = cls(*args, **kwargs)
-                except Exception as exc:
-                    raise remote_error(exc) from exc
-                oid = uuid.uuid4().hex
-                self._objects[oid] = _Local(kw["cls"], instance)
-                if alias is not None:
-                    self._set_alias(oid, alias)
-                return self._info(oid)
-            if method == "resolve":
-                return self._info(self._find(kw["ref"]))
-            if method == "alias":
-                oid = self._find(kw["ref"])
-                self._set_alias(oid, kw["name"])
-                return self._info(oid)
-            if method == "unalias":
-                oid_of = self._aliases.pop(kw["name"], None)
-                if oid_of is not None and oid_of in self._objects:
-                    self._objects[oid_of].aliases.remove(kw["name"])
-                return None
-            if method == "delete":
-                oid = self._find(kw["ref"])
-                for a in self._objects.pop(oid).aliases:
-                    self._aliases.pop(a, None)
-                return {"id": oid, "deleted": True}
-            if method == "nodes":
-                return [
-                    {
-                        "id": _NODE,
-                        "state": "online",
-                        "classes": sorted(self._classes),
-                        "objects": len(self._objects),
-                    }
-                ]
-            if method == "classes":
-                return {
-                    p: {**describe_class(c), "nodes": [_NODE]}
-                    for p, c in sorted(self._classes.items())
-                }
-            if method == "objects":
-                return [
-                    {"id": oid, **{k: v for k, v in self._info(oid).items() if k != "id"}}
-                    for oid, o in self._objects.items()
-                    if kw.get("cls") in (None, o.cls)
-                ]
-        raise BadRequest(f"unknown directory method {method!r}")
+            return self._dispatcher.dispatch(req)
 
     def _proxy(self, info: dict[str, Any]) -> ObjectProxy:
         return ObjectProxy(self, info["id"], info["class"], info.get("aliases"))
@@ -203,25 +267,27 @@ class LocalClient(_Directory):
             self.connect()
         assert self._pool is not None
         if proxy._id is None:  # a stateless class's pool: one shared instance here
+            path = proxy._class_path
             with self._lock:
-                oid = f"pool:{proxy._class_path}"
-                if oid not in self._objects:
-                    cls = self._class(proxy._class_path)
+                if path not in self._pools:
+                    cls = self._dir.load(path)
                     if not getattr(cls, "__continuum_stateless__", False):
-                        raise UnknownClass(f"{proxy._class_path} is not stateless: it has no pool")
-                    self._objects[oid] = _Local(proxy._class_path, cls())
-            return self._pool.submit(self._run, oid, method, args, kwargs, on_progress)
-        return self._pool.submit(self._run, proxy._id, method, args, kwargs, on_progress)
+                        raise UnknownClass(f"{path} is not stateless: it has no pool")
+                    self._pools[path] = _Local(path, cls())
+                obj: _Local | None = self._pools[path]
+        else:
+            obj = self._dir.held.get(proxy._id)
+        return self._pool.submit(self._run, obj, proxy._id, method, args, kwargs, on_progress)
 
     def _run(
         self,
-        oid: str,
+        obj: _Local | None,
+        oid: str | None,
         method: str,
         args: list[Any],
         kwargs: dict[str, Any],
         on_progress: ProgressFn | None,
     ) -> Any:
-        obj = self._objects.get(oid)
         if obj is None:
             raise UnknownObject(f"no object {oid}", ref=oid)
         sink = None if on_progress is None else (lambda update: on_progress(roundtrip(update)))

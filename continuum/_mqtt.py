@@ -23,6 +23,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ._errors import NotConnected
 
@@ -158,6 +159,12 @@ class Connection:
 
     ``subscriptions`` maps topic filters to QoS; they are (re)subscribed on
     every connect. ``on_message`` runs in the network thread and must not block.
+
+    ``retain_as_published`` (MQTT 5 Retain As Published, on every subscription):
+    a message published with retain keeps its retain flag when delivered live,
+    not only when it comes from the broker's store at subscribe time. Services
+    need it to drop retained requests however they arrive (docs/protocol.md §5);
+    the client turns it off, since it reads the flag as "stored, not new".
     """
 
     def __init__(
@@ -174,8 +181,10 @@ class Connection:
         max_inflight: int = 1000,
         session_expiry: int | None = None,
         manual_ack: bool = False,
+        retain_as_published: bool = True,
     ) -> None:
         self.broker = broker
+        self._retain_as_published = retain_as_published
         self.client_id = client_id
         self.subscriptions = dict(subscriptions or {})
         self._on_message = on_message
@@ -221,7 +230,7 @@ class Connection:
             return
         self._connect_error = None
         if self.subscriptions:
-            client.subscribe([(t, q) for t, q in self.subscriptions.items()])
+            client.subscribe([(t, self._options(q)) for t, q in self.subscriptions.items()])
         log.debug("%s connected to %s", self.client_id, self.broker)
         if self._on_connected is not None:
             self._on_connected()
@@ -292,8 +301,12 @@ class Connection:
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
         if self.connected:
-            self.client.subscribe(topic, qos)  # raises on a filter paho refuses
+            # raises on a filter paho refuses
+            self.client.subscribe(topic, options=self._options(qos))
         self.subscriptions[topic] = qos
+
+    def _options(self, qos: int) -> SubscribeOptions:
+        return SubscribeOptions(qos=qos, retainAsPublished=self._retain_as_published)
 
     def unsubscribe(self, topic: str) -> None:
         self.subscriptions.pop(topic, None)

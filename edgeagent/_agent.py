@@ -19,12 +19,12 @@ from typing import Any
 from continuum._codec import encode
 from continuum._protocol import Topics
 from continuum._service import sd_notify
+from continuum.samples import encode_sample
 
 from ._config import AgentConfig, ConfigError, load
 from ._link import Link
 from ._metrics import Sampler
 from ._outbox import LOW_SPACE, MAX_UNREMOVED, Outbox
-from ._sample import encode_sample
 from ._statedir import StateError, open_outbox
 from ._statusfile import write_status
 

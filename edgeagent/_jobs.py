@@ -18,6 +18,7 @@ from concurrent.futures import Future
 from typing import Any
 
 import continuum
+from continuum.samples import SERIES_TOO_SHORT
 
 from ._config import AgentConfig, ConfigError
 from ._link import backoff_delay
@@ -196,7 +197,7 @@ class Jobs:
                 )
             elif self._lost(exc):
                 pass
-            elif "too short" in str(exc) and not self.trained:
+            elif getattr(exc, "code", None) == SERIES_TOO_SHORT and not self.trained:
                 # the node has not ingested enough of the series yet
                 self._next_train = self._n + max(4, self.cfg.jobs.train_after // 4)
                 log.info("series still too short on the node; training again later")

@@ -1,4 +1,4 @@
-"""The board's metrics, read with psutil (the fields of edgeagent._sample)."""
+"""The board's metrics, read with psutil (the fields of continuum.samples)."""
 
 from __future__ import annotations
 

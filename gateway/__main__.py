@@ -10,8 +10,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from continuum._mqtt import BrokerURL
-from continuum._service import add_common_arguments, parse_args, serve, setup_logging
+from continuum.service import (
+    BrokerURL,
+    MqttTransport,
+    add_common_arguments,
+    parse_args,
+    serve,
+    setup_logging,
+)
 
 log = logging.getLogger("continuum.gateway")
 
@@ -196,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     existed = os.path.exists(args.db)
     try:
         gw = Gateway(
-            BrokerURL.parse(args.broker),
+            MqttTransport(BrokerURL.parse(args.broker), f"gw-{args.gateway_id}"),
             args.db,
             gateway_id=args.gateway_id,
             root=args.root,

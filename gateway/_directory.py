@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from continuum._errors import AliasTaken, BadRequest, UnknownObject
+from continuum import AliasTaken, BadRequest, UnknownObject
 
 from . import _records as rec
 from ._schema import create_schema

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from continuum._errors import ContinuumError, ObjectNotHere
+from continuum import ContinuumError, ObjectNotHere
 
 from . import _records as rec
 from ._directory import Directory

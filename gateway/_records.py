@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from continuum._codec import decode, encode
+from continuum.service import decode, encode
 
 __all__ = [
     "ALL_NODES",

@@ -13,11 +13,18 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from continuum._client import Requester
-from continuum._codec import decode
-from continuum._errors import ContinuumError
-from continuum._mqtt import BrokerURL, Connection, Message
-from continuum._protocol import Request, Topics
+from continuum import ContinuumError
+from continuum.service import (
+    GATEWAY,
+    BrokerURL,
+    Liveness,
+    Message,
+    MqttTransport,
+    Request,
+    Requester,
+    Topics,
+    Transport,
+)
 
 from ._directory import Directory
 from ._fleet import MARKER_PREFIX
@@ -135,23 +142,16 @@ class _Fleet:
     of them: a marker published after subscribing comes back after them) and
     asks nodes for their ``list``."""
 
-    def __init__(self, broker: BrokerURL, topics: Topics, client_id: str) -> None:
+    def __init__(self, transport: Transport, topics: Topics) -> None:
         self.topics = topics
-        self.statuses: dict[str, dict[str, Any]] = {}
-        self.gateway: dict[str, Any] | None = None
+        self.transport = transport
+        self.liveness = Liveness(topics, gateway=True)
         self._marker = MARKER_PREFIX + uuid.uuid4().hex.encode()
         self._synced = threading.Event()
-        self.requester = Requester(topics, client_id, owner=broker.username)
-        self.conn = Connection(
-            broker,
-            client_id=client_id,
-            on_message=self._on_message,
-            subscriptions={
-                topics.node_status_all: 1,
-                topics.gateway_status: 1,
-                self.requester.reply_topic: 1,
-            },
-        )
+        self.requester = Requester.over(transport, topics)
+        transport.bind(self._on_message)
+        for topic in (*self.liveness.subscriptions, self.requester.reply_topic):
+            transport.subscribe(topic, 1)
 
     def _on_message(self, msg: Message) -> None:
         if msg.topic == self.requester.reply_topic:
@@ -160,29 +160,25 @@ class _Fleet:
             else:
                 self.requester.on_reply(msg)
             return
-        try:
-            body = decode(bytes(msg.payload)) if msg.payload else None
-        except ContinuumError:
-            return
-        if msg.topic == self.topics.gateway_status:
-            self.gateway = body if isinstance(body, dict) else None
-            return
-        node = self.topics.node_of_status(msg.topic)
-        if node is not None:
-            if isinstance(body, dict):
-                self.statuses[node] = body
-            else:
-                self.statuses.pop(node, None)
+        self.liveness.on_message(msg)
 
     def start(self, wait: float) -> None:
-        self.requester.start(self.conn)
-        self.conn.start()
-        self.conn.publish(self.requester.reply_topic, self._marker, qos=1)
+        self.requester.start(self.transport)
+        self.transport.start()
+        self.transport.publish(self.requester.reply_topic, self._marker, qos=1)
         if not self._synced.wait(wait):
             raise RecoveryError(f"the retained statuses did not arrive within {wait} s")
 
+    def gateway_online(self) -> bool:
+        return self.liveness.is_online(GATEWAY)
+
     def online(self) -> list[str]:
-        return sorted(n for n, s in self.statuses.items() if s.get("state") == "online")
+        return [n for n in self.liveness.online() if n != GATEWAY]
+
+    def offline(self) -> list[str]:
+        return sorted(
+            n for n, s in self.liveness.states().items() if n != GATEWAY and s != "online"
+        )
 
     def list(self, node: str, timeout: float) -> Any:
         req = Request("list", [], {})
@@ -190,7 +186,7 @@ class _Fleet:
 
     def stop(self) -> None:
         self.requester.stop()
-        self.conn.stop()
+        self.transport.stop()
 
 
 def _check_target(db: str) -> None:
@@ -227,16 +223,20 @@ def rebuild(
     gateway_id: str = "gateway",
     node_timeout: float = 30.0,
     wait: float = 10.0,
+    transport: Transport | None = None,
 ) -> list[str]:
     """Re-create the directory ``db`` from the objects the online nodes hold
     (control ``list``): objects, primaries, replicas, aliases and quarantine
-    state. Writes a temporary file, renamed over ``db`` once complete."""
+    state. Writes a temporary file, renamed over ``db`` once complete.
+    ``transport``: the connection to use (default: one to ``broker``)."""
     _check_target(db)
     topics = Topics(root)
-    fleet = _Fleet(broker, topics, f"gw-{gateway_id}-rebuild-{uuid.uuid4().hex[:8]}")
+    if transport is None:
+        transport = MqttTransport(broker, f"gw-{gateway_id}-rebuild-{uuid.uuid4().hex[:8]}")
+    fleet = _Fleet(transport, topics)
     try:
         fleet.start(wait)
-        if fleet.gateway is not None and fleet.gateway.get("state") == "online":
+        if fleet.gateway_online():
             raise RecoveryError(
                 f"a gateway is online on root {root}: stop it first (rebuild writes the "
                 f"directory file it would use)"
@@ -256,8 +256,7 @@ def rebuild(
                 )
     finally:
         fleet.stop()
-    offline = sorted(n for n in fleet.statuses if n not in nodes)
-    return lines + _write(db, held, offline)
+    return lines + _write(db, held, fleet.offline())
 
 
 def _write(db: str, held: dict[str, list[Held]], offline: list[str]) -> list[str]:

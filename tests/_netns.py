@@ -20,7 +20,9 @@ itself (an edge client, a publisher) runs in one by creating its sockets and
 threads inside :meth:`Netns.entered` (``setns`` on the calling thread: threads
 and sockets created meanwhile stay in that namespace).
 
-The bridge configuration is the one shipped in deploy/bridge/, rendered.
+The bridge configuration is the one the Ansible broker role ships
+(deploy/ansible/roles/broker/templates/, the only copy; deploy/bridge/README.md),
+rendered as Ansible renders it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import ctypes
 import itertools
 import json
 import os
-import re
 import select
 import shutil
 import signal
@@ -54,7 +55,8 @@ from continuum._devbroker import BROKER_SETTINGS, find_mosquitto
 from continuum._protocol import Topics
 
 REPO = Path(__file__).resolve().parent.parent
-BRIDGE_DIR = REPO / "deploy" / "bridge"
+BRIDGE_TEMPLATES = REPO / "deploy" / "ansible" / "roles" / "broker" / "templates"
+RENDER_TEMPLATE = REPO / "deploy" / "ansible" / "scripts" / "render-template"
 
 EDGE_IP = "10.77.0.1"
 CLOUD_IP = "10.77.0.2"
@@ -176,24 +178,13 @@ class Netns:
 
 
 # -- configuration -------------------------------------------------------------------
-_VAR = re.compile(r"\{\{\s*(\w+)\s*\}\}")
-
-
 def render_template(path: Path, values: dict[str, Any]) -> str:
-    """Render one of deploy/bridge/*.j2: plain ``{{ name }}`` substitutions only
-    (the same output as Jinja2/Ansible); an unknown name is an error."""
-    text = path.read_text()
+    """Render one of the roles' templates with deploy/ansible/scripts/render-template
+    (Jinja2 as Ansible runs it); an undefined variable is an error."""
+    import runpy
 
-    def sub(m: re.Match[str]) -> str:
-        name = m.group(1)
-        if name not in values:
-            raise KeyError(f"{path.name}: no value for {{{{ {name} }}}}")
-        return str(values[name])
-
-    out = _VAR.sub(sub, text)
-    if "{%" in out or "{#" in out:
-        raise ValueError(f"{path.name}: only {{{{ name }}}} substitutions are supported")
-    return out
+    render = runpy.run_path(str(RENDER_TEMPLATE))["render"]
+    return str(render(path, values))
 
 
 def make_certs(d: Path, site: str) -> dict[str, str]:
@@ -228,14 +219,15 @@ def make_certs(d: Path, site: str) -> dict[str, str]:
             ]
         )  # fmt: skip
 
+    # named as the templates read them from broker_cert_dir (deploy/bridge/README.md)
     leaf(
-        "cloud",
+        "server",
         "cloud-broker",
         f"subjectAltName=IP:127.0.0.1,IP:{CLOUD_IP},DNS:cloud-broker\n"
         "extendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n",
     )
     leaf(
-        "bridge",
+        f"bridge-{site}",
         f"bridge-{site}",
         "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n",
     )
@@ -243,11 +235,13 @@ def make_certs(d: Path, site: str) -> dict[str, str]:
         f.chmod(0o644)
     d.chmod(0o755)
     return {
+        "dir": str(d),
+        "ca_name": "ca",
         "ca": str(d / "ca.crt"),
-        "cloud_cert": str(d / "cloud.crt"),
-        "cloud_key": str(d / "cloud.key"),
-        "bridge_cert": str(d / "bridge.crt"),
-        "bridge_key": str(d / "bridge.key"),
+        "cloud_cert": str(d / "server.crt"),
+        "cloud_key": str(d / "server.key"),
+        "bridge_cert": str(d / f"bridge-{site}.crt"),
+        "bridge_key": str(d / f"bridge-{site}.key"),
     }
 
 
@@ -501,14 +495,13 @@ class Topology:
 
     def _start_cloud_broker(self, certs: dict[str, str]) -> None:
         listener = render_template(
-            BRIDGE_DIR / "cloud-bridge-listener.conf.j2",
+            BRIDGE_TEMPLATES / "cloud-bridge-listener.conf.j2",
             {
-                "bridge_port": BRIDGE_PORT,
-                "bind_address": CLOUD_IP,
-                "ca_file": certs["ca"],
-                "cert_file": certs["cloud_cert"],
-                "key_file": certs["cloud_key"],
-                "session_expiry": "1h",
+                "broker_bridge_port": BRIDGE_PORT,
+                "broker_bridge_bind": CLOUD_IP,
+                "broker_cert_dir": certs["dir"],
+                "broker_tls_ca_name": certs["ca_name"],
+                "broker_bridge_session_expiry": "1h",
             },
         )
         conf = self._broker_conf(
@@ -540,19 +533,20 @@ class Topology:
 
     def bridge_values(self, certs: dict[str, str]) -> dict[str, Any]:
         return {
-            "bridge_name": self.bridge_name,
-            "cloud_address": f"127.0.0.1:{RELAY_PORT}",  # the relay, on EDGE's loopback
-            "keepalive_interval": self.keepalive,
-            "restart_timeout": self.restart_timeout,
-            "ca_file": certs["ca"],
-            "cert_file": certs["bridge_cert"],
-            "key_file": certs["bridge_key"],
-            "root": self.root,
-            "reply_filter": f"reply/{self.site}/#",
+            "broker_bridge_name": self.bridge_name,
+            "broker_bridge_cloud_address": f"127.0.0.1:{RELAY_PORT}",  # the relay, on EDGE's loopback
+            "broker_bridge_keepalive": self.keepalive,
+            "broker_bridge_restart": self.restart_timeout,
+            "broker_cert_dir": certs["dir"],
+            "broker_tls_ca_name": certs["ca_name"],
+            "broker_root": self.root,
+            "broker_bridge_reply_filters": [f"reply/{self.site}/#"],
         }
 
     def _start_site_broker(self, certs: dict[str, str]) -> None:
-        bridge = render_template(BRIDGE_DIR / "site-bridge.conf.j2", self.bridge_values(certs))
+        bridge = render_template(
+            BRIDGE_TEMPLATES / "site-bridge.conf.j2", self.bridge_values(certs)
+        )
         conf = self._broker_conf(
             "site-broker",
             f"# site broker (namespace {self.edge.name})\n"
@@ -826,13 +820,13 @@ class EdgeAgent:
 
 class SamplePublisher:
     """A stand-in for the edge agent: samples in the agent's wire format
-    (edgeagent/_sample.py), QoS 1, on a persistent session (clean start off,
+    (continuum/samples.py), QoS 1, on a persistent session (clean start off,
     session expiry one hour), TCP_NODELAY; seq from 1."""
 
     def __init__(
         self, host: str, port: int, topics: Topics, device: str, *, session_expiry: int = 3600
     ) -> None:
-        from edgeagent._sample import encode_sample
+        from continuum.samples import encode_sample
 
         self._encode = encode_sample
         self.device = device

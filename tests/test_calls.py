@@ -88,6 +88,13 @@ def test_lists_nodes_and_classes_with_methods(cluster: Cluster) -> None:
         assert methods["get"]["readonly"] is True and methods["add"]["readonly"] is False
         assert methods["add"]["params"] == ["n"]
         assert classes[COUNTER]["nodes"] == ["n1"]
+        # how to construct it, and each parameter list (docs/protocol.md §15)
+        assert classes[COUNTER]["init"] == {
+            "params": ["start"], "required": [], "defaults": {"start": 0}, "doc": ""
+        }  # fmt: skip
+        count_to = methods["count_to"]
+        assert (count_to["params"], count_to["required"]) == (["n", "delay"], ["n"])
+        assert count_to["defaults"] == {"delay": 0.0}
 
 
 def test_futures_and_asyncio(cluster: Cluster) -> None:
@@ -236,3 +243,46 @@ def test_unalias_keeps_the_object(cluster: Cluster, mode: str) -> None:
             c.get("first")
         assert c.get("second").add(1) == 4
         c.delete(obj)
+
+
+def test_a_fresh_client_sends_its_first_gateway_request_once(cluster: Cluster) -> None:
+    """The gateway's retained ``online`` status, which a fresh connection receives
+    with its subscription, is not a comeback: the client's first gateway request
+    (published before that status arrives) is not sent a second time."""
+    import cbor2
+    import paho.mqtt.client as paho
+
+    seen: list[object] = []
+    subscribed = threading.Event()
+    host, port = cluster.url.removeprefix("mqtt://").split(":")
+    spy = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    spy.on_subscribe = lambda *a: subscribed.set()
+    spy.on_message = lambda c, u, m: seen.append(cbor2.loads(m.payload).get("id"))
+    spy.connect(host, int(port))
+    spy.loop_start()
+    try:
+        spy.subscribe(cluster.topics.gateway_call, 1)
+        assert subscribed.wait(5)
+        for _ in range(3):  # the race is lost most of the time without the fix
+            with cluster.client() as c:
+                c.stub(COUNTER).create()
+                time.sleep(0.3)  # a resend would come with the retained status
+        assert len(seen) == 3 and len(set(seen)) == 3, seen
+    finally:
+        spy.disconnect()
+        spy.loop_stop()
+
+
+def test_a_request_sent_before_the_gateway_ever_ran_goes_out_when_it_starts(
+    bare_cluster: Cluster,
+) -> None:
+    """No retained gateway status at all: its first ``online`` arrives live and
+    is a comeback, so the waiting request is sent again and answered."""
+    cluster = bare_cluster
+    cluster.start_node("n1")
+    with cluster.client() as c:
+        fut = c._gateway_future("create", 30.0, cls=COUNTER)
+        time.sleep(0.3)
+        assert not fut.done()
+        cluster.start_gateway()
+        assert fut.result(20)["node"] == "n1"

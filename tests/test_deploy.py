@@ -33,7 +33,7 @@ import pytest
 
 import continuum
 from continuum._devbroker import find_mosquitto
-from edgeagent._sample import encode_sample
+from continuum.samples import encode_sample
 
 from ._deploy import (
     ANSIBLE_DIR,
@@ -620,7 +620,7 @@ def test_edge_agent_daemon_from_its_unit(services: Deployment) -> None:
         def fed() -> bool:
             try:
                 return bool(client.get(alias).info()["rows"] >= 5)
-            except continuum.RemoteError:
+            except (continuum.UnknownObject, continuum.RemoteError):  # not created yet
                 return False
 
         _wait(

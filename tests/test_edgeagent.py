@@ -416,18 +416,34 @@ def test_forecast_job_trains_remotely_and_publishes(bare_cluster: Cluster, tmp_p
     assert "forecaster-dev-j" in human.stdout and "NOT running (stopped)" in human.stdout
 
 
+def test_systemd_sample_unit_is_the_rendered_role_template() -> None:
+    """One source for the unit: deploy/systemd/edgeagent.service is the Ansible
+    role's template rendered with the role's defaults (deploy/systemd/render)."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "deploy" / "systemd" / "render"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr + " (run deploy/systemd/render)"
+    unit = (REPO / "deploy" / "systemd" / "edgeagent.service").read_text()
+    assert "RestartPreventExitStatus=2\n" in unit and "ExecReload=" in unit
+
+
 def test_systemd_unit_verifies_and_its_command_line_notifies(
     tmp_path: Path, broker: LocalBroker
 ) -> None:
-    """The shipped unit: `systemd-analyze verify` (where installed), then its own
-    ExecStart= run under a stand-in notify socket: READY=1, WATCHDOG=1, STOPPING=1."""
+    """The shipped unit (the role's template with its defaults, checked above):
+    `systemd-analyze verify` (where installed), then its own ExecStart= run
+    under a stand-in notify socket: READY=1, WATCHDOG=1, STOPPING=1."""
     import shlex
     import shutil
     import socket
 
     unit = (REPO / "deploy" / "systemd" / "edgeagent.service").read_text()
     exe = str(Path(sys.executable).parent / "edgeagent")
-    local = unit.replace("/opt/edgeagent/bin/edgeagent", exe)
+    local = unit.replace("/opt/continuum/edgeagent/bin/edgeagent", exe)
+    assert exe in local
     if shutil.which("systemd-analyze"):
         (tmp_path / "edgeagent.service").write_text(local)
         out = subprocess.run(

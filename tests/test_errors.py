@@ -139,6 +139,13 @@ def test_unknown_method_private_and_not_active(cluster: Cluster) -> None:
                 continuum._protocol.Request("__init__", [], {}, obj=obj._id),
                 5.0,
             ).result()
+        # a private name that is no attribute at all is unknown, not "not active"
+        with pytest.raises(continuum.UnknownMethod):
+            c._requester.send(
+                cluster.topics.node_call("n1"),
+                continuum._protocol.Request("_no_such_thing", [], {}, obj=obj._id),
+                5.0,
+            ).result()
         assert obj.get() == 0
     still_serving(cluster)
 
@@ -184,6 +191,17 @@ def test_unencodable_result_as_json(cluster: Cluster, raw: Raw) -> None:
     assert raw.request(cluster.topics.node_call("n1"), body, "application/json") == {
         "id": "j", "kind": "result", "value": "text"
     }  # fmt: skip
+
+    # NaN and infinities have no JSON form: unencodable_result, never a bare NaN
+    # token that strict parsers reject (the tokens are accepted on input)
+    def strict(token: str) -> Any:
+        raise ValueError(f"non-standard JSON token {token} in a reply")
+
+    for n, token in enumerate(("NaN", "Infinity", "-Infinity")):
+        body = f'{{"id":"n{n}","obj":"{obj._id}","method":"echo","args":[{token}]}}'.encode()
+        raw.request(cluster.topics.node_call("n1"), body, "application/json")
+        reply = json.loads(raw.replies[0][0], parse_constant=strict)
+        assert error_of(reply)["code"] == "unencodable_result", reply
 
 
 def test_payload_over_the_limit(bare_cluster: Cluster, raw: Raw | None = None) -> None:
@@ -267,3 +285,150 @@ def test_remote_error_for_unknown_codes() -> None:
     )
     known = continuum._errors.error_from_envelope({"code": "busy", "message": "later", "queue": 3})
     assert isinstance(known, continuum.Busy) and known.data == {"queue": 3}
+
+
+# -- typed application errors ------------------------------------------------------------
+
+THERMOSTAT = "examples.thermostat.Thermostat"
+OUT_OF_RANGE = "thermostat.out_of_range"
+
+
+@pytest.fixture
+def app_cluster(bare_cluster: Cluster) -> Cluster:
+    bare_cluster.start_gateway()
+    bare_cluster.start_node("n1", modules=("examples.counter", "examples.thermostat"))
+    return bare_cluster
+
+
+def test_application_error_on_the_wire(app_cluster: Cluster) -> None:
+    """What a non-Python client sees: the class's namespaced code, its name as
+    ``type``, the message and the extra fields; the same error again for the same
+    request id (exactly-once), in CBOR and in JSON."""
+    raw = Raw(app_cluster)
+    with app_cluster.client() as c:
+        obj = c.stub(THERMOSTAT).create(low=5, high=30)
+    topic = app_cluster.topics.node_call("n1")
+    call = {"id": "t1", "obj": obj._id, "method": "set", "args": [99]}
+    want = {
+        "code": OUT_OF_RANGE,
+        "type": "OutOfRange",
+        "message": "99 is outside [5.0, 30.0]",
+        "target": 99,
+        "low": 5.0,
+        "high": 30.0,
+    }
+    assert error_of(raw.request(topic, cbor2.dumps(call))) == want
+    assert error_of(raw.request(topic, cbor2.dumps(call))) == want  # replayed, not run again
+    body = json.dumps({**call, "id": "t2"}).encode()
+    assert error_of(raw.request(topic, body, "application/json")) == want
+    with app_cluster.client() as c:
+        assert c.get(obj._id).get() == 5.0
+    # raised by the constructor: relayed by the gateway as the node sent it
+    create = {"method": "create", "kwargs": {"cls": THERMOSTAT, "kwargs": {"low": 9, "high": 1}}}
+    assert error_of(raw.request(app_cluster.topics.gateway_call, cbor2.dumps(create))) == {
+        "code": OUT_OF_RANGE,
+        "type": "OutOfRange",
+        "message": "low 9 is above high 1",
+        "low": 9,
+        "high": 1,
+    }
+    raw.close()
+    still_serving(app_cluster)
+
+
+def test_application_error_typed_when_registered_remote_error_otherwise(
+    app_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from examples.thermostat import OutOfRange  # registers the code in this process
+
+    with app_cluster.client() as c:
+        obj = c.stub(THERMOSTAT).create()
+        with pytest.raises(OutOfRange) as typed:
+            obj.set(-40)
+        err = typed.value
+        assert isinstance(err, continuum.ApplicationError) and err.code == OUT_OF_RANGE
+        assert err.message == "-40 is outside [5.0, 30.0]"
+        assert err.data == {"target": -40, "low": 5.0, "high": 30.0} and err.target == -40
+
+        # a client without the class: RemoteError carrying the code and the fields
+        monkeypatch.delitem(continuum._errors._REGISTRY, OUT_OF_RANGE)
+        with pytest.raises(continuum.RemoteError) as untyped:
+            obj.set(99)
+        rerr = untyped.value
+        assert rerr.code == rerr.remote_code == OUT_OF_RANGE
+        assert rerr.remote_type == "OutOfRange" and rerr.data["high"] == 30.0
+        assert str(rerr) == "OutOfRange: 99 is outside [5.0, 30.0]"
+        assert obj.set(21.5) == 21.5
+    still_serving(app_cluster)
+
+
+def test_application_error_in_local_mode() -> None:
+    from examples.thermostat import OutOfRange
+
+    with continuum.connect("local:") as c:
+        obj = c.stub(THERMOSTAT).create(high=25)
+        with pytest.raises(OutOfRange) as info:
+            obj.set(26)
+        assert info.value.code == OUT_OF_RANGE and info.value.high == 25.0
+        assert obj.get() == 5.0
+
+
+def test_forecaster_series_too_short_has_its_code(bare_cluster: Cluster) -> None:
+    """The code the edge agent and firmware-sim retry on, whether or not this
+    process has imported the forecaster."""
+    from continuum.samples import SERIES_TOO_SHORT
+
+    bare_cluster.start_gateway()
+    bare_cluster.start_node("n1", "--torch-threads", "1", modules=("cloudnode.forecast",))
+    with bare_cluster.client(timeout=30) as c:
+        fc = c.stub("cloudnode.forecast.Forecaster").create(device="cpu", rows=[[1.0, 2.0]] * 5)
+        with pytest.raises(continuum.ContinuumError) as info:
+            fc.train(epochs=1)
+        err = info.value
+        assert err.code == SERIES_TOO_SHORT, err
+        assert (err.data["rows"], err.data["training_rows"], err.data["lookback"]) == (5, 4, 6)
+
+
+def test_a_retained_request_is_never_run(cluster: Cluster, raw: Raw) -> None:
+    """docs/protocol.md §5: a request published with retain is dropped, also
+    when the service is subscribed as it is published (the services subscribe
+    with Retain As Published, so the flag survives a live delivery)."""
+    with cluster.client() as c:
+        obj = c.stub(COUNTER).create(start=1)
+    p = Properties(PacketTypes.PUBLISH)
+    p.ResponseTopic = raw.reply + "/x"
+    topics = (cluster.topics.node_call("n1"), cluster.topics.gateway_call)
+    bodies = (
+        {"id": "r1", "obj": obj._id, "method": "add", "args": [10]},
+        {"id": "r2", "method": "create", "kwargs": {"cls": COUNTER, "alias": "retained"}},
+    )
+    try:
+        for topic, body in zip(topics, bodies, strict=True):
+            raw.c.publish(topic, cbor2.dumps(body), qos=1, retain=True, properties=p)
+        time.sleep(1.0)
+        assert raw.replies == []
+        with cluster.client() as c:
+            assert c.get(obj._id).get() == 1
+            with pytest.raises(continuum.UnknownObject):
+                c.get("retained")
+        # nor when the broker hands it over with a new subscription
+        cluster.stop("n1")
+        cluster.start_node("n1")
+        time.sleep(0.5)
+        assert raw.replies == []
+    finally:
+        for topic in topics:  # clear the retained messages
+            raw.c.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
+    still_serving(cluster)
+
+
+def test_bind_and_unbind_refuse_a_bad_device_id(cluster: Cluster) -> None:
+    """docs/protocol.md §16: an invalid device id is a bad_request, for both."""
+    with cluster.client() as c:
+        obj = c.stub(COUNTER).create()
+        for bad in ("a/b", "+", "#", ""):
+            with pytest.raises(continuum.BadRequest):
+                c.bind_metrics(obj, bad, "add")
+            with pytest.raises(continuum.BadRequest):
+                c.unbind_metrics(obj, bad)
+    still_serving(cluster)

@@ -24,7 +24,7 @@ import pytest
 
 from continuum._devbroker import LocalBroker
 from continuum._protocol import Topics
-from edgeagent._sample import OPTIONAL_FIELDS, REQUIRED_FIELDS, decode_sample, encode_sample
+from continuum.samples import OPTIONAL_FIELDS, REQUIRED_FIELDS, decode_sample, encode_sample
 
 from ._cluster import REPO, Cluster, wait_for
 

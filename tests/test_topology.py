@@ -3,9 +3,10 @@
 An EDGE host (site mosquitto, edge client, metrics publisher) and a CLOUD host
 (cloud mosquitto, gateway, nodes n1 and n2), each a network namespace, joined by
 a veth pair; the site broker bridges to the cloud broker with the configuration
-shipped in deploy/bridge/ (TLS, persistent sessions). The link is a WAN: 50 ms
-each way and 1 % segment loss from a userspace relay (bench/_wanrelay.py; this
-kernel has no netem), 10 Mbit/s each way from tbf. See tests/_netns.py and
+the Ansible broker role ships (deploy/bridge/README.md; TLS, persistent
+sessions). The link is a WAN: 50 ms each way and 1 % segment loss from a
+userspace relay (bench/_wanrelay.py; this kernel has no netem), 10 Mbit/s each
+way from tbf. See tests/_netns.py and
 docs/topology.md.
 
 The metrics come from the real edge agent (``edgeagent run``) on the site
@@ -20,6 +21,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +36,15 @@ import pytest
 import continuum
 from continuum import DeadlineExpired, RemoteError, Unavailable
 
-from ._netns import BRIDGE_DIR, LOCAL_PORT, Topology, Wan, render_template, unavailable_reason
+from ._netns import (
+    BRIDGE_TEMPLATES,
+    LOCAL_PORT,
+    REPO,
+    Topology,
+    Wan,
+    render_template,
+    unavailable_reason,
+)
 
 _REASON = unavailable_reason()
 needs_netns = pytest.mark.skipif(_REASON is not None, reason=f"namespace topology: {_REASON}")
@@ -107,38 +118,38 @@ def _wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def test_bridge_templates_render_and_match_the_documented_example() -> None:
-    """Runs anywhere (no root): the shipped templates render with the documented
-    variables, and deploy/bridge/README.md shows exactly what they render to."""
-    site = {
-        "bridge_name": "bridge-edge1",
-        "cloud_address": "cloud.example.org:8883",
-        "keepalive_interval": 30,
-        "restart_timeout": "2 10",
-        "ca_file": "/etc/mosquitto/certs/continuum-ca.crt",
-        "cert_file": "/etc/mosquitto/certs/bridge-edge1.crt",
-        "key_file": "/etc/mosquitto/certs/bridge-edge1.key",
-        "root": "continuum/v1",
-        "reply_filter": "reply/edge1/#",
-    }
-    rendered = render_template(BRIDGE_DIR / "site-bridge.conf.j2", site)
-    lines = [x for x in rendered.splitlines() if x.strip() and not x.startswith("#")]
-    readme = (BRIDGE_DIR / "README.md").read_text()
+    """Runs anywhere (no root): the bridge templates, kept once in the Ansible
+    broker role, render outside Ansible with the command deploy/bridge/README.md
+    shows, to exactly the configuration it shows; no other copy exists."""
+    import shlex
+
+    readme = (REPO / "deploy" / "bridge" / "README.md").read_text()
+    command = readme.split("## A rendered example\n\n```sh\n", 1)[1].split("```", 1)[0]
+    argv = shlex.split(command.replace("\\\n", " "))
+    assert argv[0] == "deploy/ansible/scripts/render-template"
+    assert REPO / argv[1] == BRIDGE_TEMPLATES / "site-bridge.conf.j2"
+    out = subprocess.run(
+        [sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    lines = [x for x in out.splitlines() if x.strip() and not x.startswith("#")]
     example = readme.split("gives (comments left out):\n\n```\n", 1)[1].split("```", 1)[0]
     assert lines == [x for x in example.splitlines() if x.strip()]
     cloud = render_template(
-        BRIDGE_DIR / "cloud-bridge-listener.conf.j2",
+        BRIDGE_TEMPLATES / "cloud-bridge-listener.conf.j2",
         {
-            "bridge_port": 8883,
-            "bind_address": "0.0.0.0",
-            "ca_file": "ca.crt",
-            "cert_file": "c.crt",
-            "key_file": "c.key",
-            "session_expiry": "7d",
+            "broker_bridge_port": 8883,
+            "broker_bridge_bind": "0.0.0.0",
+            "broker_cert_dir": "/etc/mosquitto/certs",
+            "broker_tls_ca_name": "continuum-ca",
+            "broker_bridge_session_expiry": "7d",
         },
     )
-    assert "{{" not in rendered + cloud
-    with pytest.raises(KeyError):
-        render_template(BRIDGE_DIR / "site-bridge.conf.j2", {})
+    assert "listener 8883 0.0.0.0\ncafile /etc/mosquitto/certs/continuum-ca.crt\n" in cloud
+    assert "{{" not in out + cloud and "{%" not in out + cloud
+    with pytest.raises(Exception, match="undefined"):
+        render_template(BRIDGE_TEMPLATES / "site-bridge.conf.j2", {})
+    # one copy: the role's templates (deploy/bridge/ holds the README only)
+    assert sorted(p.name for p in (REPO / "deploy" / "bridge").iterdir()) == ["README.md"]
 
 
 @needs_netns

@@ -64,6 +64,55 @@ def test_codec_rejects_and_never_compiles_regex() -> None:
         encode(b"bytes", json_payload=True)
 
 
+@pytest.mark.parametrize("value", [float("nan"), [float("inf")], {"x": -float("inf")}])
+def test_json_never_writes_nan_or_infinity(value: Any) -> None:
+    """Strict JSON (docs/protocol.md §10): a non-finite float is unencodable in
+    JSON, like bytes; CBOR carries it."""
+    with pytest.raises(continuum.UnencodableResult, match="as JSON"):
+        encode(value, json_payload=True)
+    assert repr(decode(encode(value))) == repr(value)
+    assert encode({"x": 1.5}, json_payload=True) == b'{"x":1.5}'
+
+
+def test_manifest_says_how_to_construct_and_call() -> None:
+    """describe_class (docs/protocol.md §15): constructor parameters, required
+    names, plain defaults only, and whole first paragraphs of docstrings."""
+    from continuum._invoke import describe_class
+
+    marker = object()
+
+    class Thing(continuum.ActiveObject):
+        """First line of the class doc,
+        still the first paragraph.
+
+        Second paragraph, left out."""
+
+        def __init__(self, size: int, *rest: int, name: str = "x", opt: object = marker) -> None:
+            """Make a thing of ``size``
+            (and a name)."""
+
+        @continuum.active
+        def go(
+            self, a: int, b: tuple[int, int] = (1, 2), c: float = float("nan"), **kw: int
+        ) -> None:
+            """Go."""
+
+    d = describe_class(Thing)
+    assert d["doc"] == "First line of the class doc, still the first paragraph."
+    assert d["init"] == {
+        "params": ["size", "rest", "name", "opt"],
+        "required": ["size"],
+        "defaults": {"name": "x"},
+        "doc": "Make a thing of ``size`` (and a name).",
+    }
+    go = d["methods"]["go"]
+    assert (go["params"], go["required"]) == (["a", "b", "c", "kw"], ["a"])
+    assert go["defaults"] == {"b": [1, 2]} and go["doc"] == "Go."
+    assert encode(d, json_payload=True)  # a JSON client can read every manifest
+    plain = describe_class(type("Plain", (continuum.ActiveObject,), {}))
+    assert plain["init"] == {"params": [], "required": [], "defaults": {}, "doc": ""}
+
+
 def test_json_detection() -> None:
     assert is_json(b"{}", None)
     assert is_json(b"[]", "application/json; charset=utf-8")

@@ -32,6 +32,7 @@ then use the cores in parallel.
 from __future__ import annotations
 
 from ._data import BUNDLED_DIR, MinMaxScaler, Prepared, prepare
+from ._errors import SeriesTooShort
 from ._forecaster import Forecaster
 from ._model import (
     LSTMNet,
@@ -52,6 +53,7 @@ __all__ = [
     "LSTMNet",
     "MinMaxScaler",
     "Prepared",
+    "SeriesTooShort",
     "TrainParams",
     "configure_torch_threads",
     "model_size_mb",

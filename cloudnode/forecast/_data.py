@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ._errors import SeriesTooShort
+
 __all__ = [
     "BUNDLED_DIR",
     "METRIC_NAMES",
@@ -154,9 +156,12 @@ def prepare(values: np.ndarray, lookback: int = 6, train_frac: float = 0.8) -> P
         raise ValueError("the series must be a list of [cpu, mem] rows")
     train_raw, test_raw = chrono_split(values, train_frac)
     if len(train_raw) <= lookback:
-        raise ValueError(
+        raise SeriesTooShort(
             f"series too short: {len(values)} rows give {len(train_raw)} training rows, "
-            f"need more than lookback={lookback}"
+            f"need more than lookback={lookback}",
+            rows=len(values),
+            training_rows=len(train_raw),
+            lookback=int(lookback),
         )
     scaler = MinMaxScaler.fit(train_raw)
     x_train, y_train = make_windows(scaler.transform(train_raw), lookback)

@@ -1,9 +1,9 @@
 """firmware-sim: a fleet of simulated edge boards for continuum (``firmware-sim``).
 
-The boards publish the edge agent's metrics samples (``edgeagent._sample``,
-CBOR on ``<root>/dev/<device>/metrics``) from a real series or a synthetic
-board model, on an accelerated clock; optionally they run their forecasting
-jobs against the cloud side. See docs/firmware-sim.md.
+The boards publish device metrics samples (``continuum.samples``, the edge
+agent's format: CBOR on ``<root>/dev/<device>/metrics``) from a real series or
+a synthetic board model, on an accelerated clock; optionally they run their
+forecasting jobs against the cloud side. See docs/firmware-sim.md.
 
 Edge-light: imports paho-mqtt (``--engine paho`` only) and cbor2, never
 torch or numpy.

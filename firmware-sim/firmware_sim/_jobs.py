@@ -18,6 +18,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from continuum.samples import SERIES_TOO_SHORT
+
 __all__ = ["JobConfig", "Jobs"]
 
 
@@ -187,7 +189,11 @@ class Jobs:
                     dev.trained = True
                     self.trains_ok += 1
                     self.train_s.append(time.monotonic() - t0)
-                elif "too short" in str(exc) and not dev.trained and dev.retries < 100:
+                elif (
+                    getattr(exc, "code", None) == SERIES_TOO_SHORT
+                    and not dev.trained
+                    and dev.retries < 100
+                ):
                     # the node has not ingested enough samples yet: try again a bit later
                     dev.retries += 1
                     dev.next_train = dev.n + 4

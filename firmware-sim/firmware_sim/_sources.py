@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from edgeagent._sample import encode_sample
+from continuum.samples import encode_sample
 
 __all__ = [
     "DATASETS",
@@ -391,7 +391,7 @@ class _Replayer:
 
 class Fleet:
     """N simulated boards. ``payload(i)`` gives device ``i``'s next sample,
-    encoded with the agent's own :func:`edgeagent._sample.encode_sample`;
+    encoded with :func:`continuum.samples.encode_sample` (the agent's own);
     ``seq`` runs from ``seq_start`` per device, with no gaps, through reboots.
 
     The first sample's board time is ``spec.start``; by default the series' own

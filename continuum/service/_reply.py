@@ -1,10 +1,8 @@
-"""Serving requests: shared by cloud nodes and the gateway.
-
-:func:`accept` turns an inbound MQTT message into a decoded :class:`Request`
-and a :class:`ReplyChannel`; every reply, progress update and error goes back
-through the channel, encoded like the request (CBOR or JSON), checked for
-encodability and size before it is published.
-"""
+"""Serving requests: :func:`accept` turns an inbound message into a decoded
+:class:`~continuum.service.Request` and a :class:`ReplyChannel`; every reply,
+progress update and error goes back through the channel, encoded like the
+request (CBOR or JSON), checked for encodability and size before it is
+published."""
 
 from __future__ import annotations
 
@@ -12,10 +10,15 @@ import logging
 import time
 from typing import Any
 
-from ._codec import JSON, decode, encode, is_json
-from ._errors import BadRequest, ContinuumError, PayloadTooLarge, UnencodableResult
-from ._mqtt import Connection, Message, publish_properties
-from ._protocol import (
+from .._codec import JSON, decode, encode, is_json
+from .._errors import (
+    BadRequest,
+    ContinuumError,
+    PayloadTooLarge,
+    UnencodableResult,
+    error_from_envelope,
+)
+from .._protocol import (
     Request,
     Topics,
     error_reply,
@@ -23,26 +26,39 @@ from ._protocol import (
     result_reply,
     valid_topic_text,
 )
+from ._transport import Message, Transport
 
-__all__ = ["ReplyChannel", "accept"]
+__all__ = ["Outcome", "ReplyChannel", "accept", "answer"]
 
 log = logging.getLogger("continuum.server")
 
+Outcome = tuple[bool, Any]
+"""The outcome of a request: ``(True, result)`` or ``(False, error envelope)``."""
+
 
 class ReplyChannel:
-    """Where the replies of one request go."""
+    """Where the replies of one request go (nowhere when ``topic`` is None)."""
 
-    __slots__ = ("_seq", "conn", "correlation", "deadline", "json", "max_payload", "rid", "topic")
+    __slots__ = (
+        "_seq",
+        "correlation",
+        "deadline",
+        "json",
+        "max_payload",
+        "rid",
+        "topic",
+        "transport",
+    )
 
     def __init__(
         self,
-        conn: Connection,
+        transport: Transport,
         topic: str | None,
         correlation: bytes | None,
         json_payload: bool,
         max_payload: int,
     ) -> None:
-        self.conn = conn
+        self.transport = transport
         self.topic = topic
         self.correlation = correlation
         self.json = json_payload
@@ -60,10 +76,13 @@ class ReplyChannel:
                 f"reply of {len(payload)} bytes exceeds the limit of {self.max_payload}",
                 limit=self.max_payload,
             )
-        props = publish_properties(
-            correlation=self.correlation, content_type=JSON if self.json else None
+        self.transport.publish(
+            self.topic,
+            payload,
+            qos=1,
+            correlation=self.correlation,
+            content_type=JSON if self.json else None,
         )
-        self.conn.publish(self.topic, payload, qos=1, properties=props)
         return True
 
     def result(self, value: Any) -> None:
@@ -90,23 +109,31 @@ class ReplyChannel:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
 
+def answer(chan: ReplyChannel, outcome: Outcome) -> None:
+    """Send ``outcome`` (a first run's, or a stored one for a resent request)."""
+    ok, value = outcome
+    if ok:
+        chan.result(value)
+    else:
+        chan.error(error_from_envelope(value))
+
+
 def accept(
-    msg: Message, conn: Connection, topics: Topics, max_payload: int, max_reply: int
+    msg: Message, transport: Transport, topics: Topics, max_payload: int, max_reply: int
 ) -> tuple[Request | None, ReplyChannel]:
     """Decode ``msg``. On a bad request the error is already answered and the
     request is None. A request whose reply topic lies outside the reply tree is
-    never answered (a node must not be made to publish on arbitrary topics)."""
+    never answered (a service must not be made to publish on arbitrary topics)."""
     if msg.retain:
-        # A retained request would run again at every resubscription.
+        # A retained request is never run (docs/protocol.md §5): it would run
+        # again at every resubscription. Services subscribe with Retain As
+        # Published, so the flag is also set on one delivered live.
         log.warning("dropped a retained request on %s", msg.topic)
-        return None, ReplyChannel(conn, None, None, False, max_reply)
-    props = getattr(msg, "properties", None)
-    response_topic = getattr(props, "ResponseTopic", None) if props else None
-    correlation = getattr(props, "CorrelationData", None) if props else None
-    content_type = getattr(props, "ContentType", None) if props else None
+        return None, ReplyChannel(transport, None, None, False, max_reply)
     payload = msg.payload
-    json_payload = is_json(payload, content_type)
-    chan = ReplyChannel(conn, None, correlation, json_payload, max_reply)
+    json_payload = is_json(payload, msg.content_type)
+    chan = ReplyChannel(transport, None, msg.correlation, json_payload, max_reply)
+    response_topic = msg.response_topic
     try:
         if len(payload) > max_payload:
             chan.topic = _reply_topic(response_topic, topics, msg.topic)

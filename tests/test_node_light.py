@@ -1,0 +1,80 @@
+"""A cloud node without the forecaster needs no torch, numpy or pandas: the
+``node`` extra alone runs any application class (the forecaster is an
+application with its own extra, ``forecast``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from ._cluster import REPO, Cluster, wait_status
+
+FORECAST_ONLY = ("torch", "numpy", "pandas")
+
+GUARD = textwrap.dedent(
+    f"""
+    import sys
+    class Forbid:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {FORECAST_ONLY!r}:
+                raise ImportError("the node imported " + name)
+            return None
+    sys.meta_path.insert(0, Forbid())
+    """
+)
+
+# Every module of the cloudnode package except the forecaster, however the node
+# is split into parts (subpackages included).
+IMPORT_ALL = textwrap.dedent(
+    """
+    import importlib, pkgutil
+    import cloudnode, cloudnode.__main__
+    def walk(path, prefix):
+        for info in pkgutil.iter_modules(path, prefix):
+            if info.name == "cloudnode.forecast" or info.name.startswith("cloudnode.forecast."):
+                continue
+            mod = importlib.import_module(info.name)
+            if info.ispkg:
+                walk(mod.__path__, info.name + ".")
+    walk(cloudnode.__path__, "cloudnode.")
+    import continuum._invoke, continuum._model, continuum._local, continuum.samples
+    import examples.counter
+    print(sorted(m for m in sys.modules if m.startswith("cloudnode")))
+    """
+)
+
+
+def test_importing_the_node_needs_no_forecast_dependencies() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", GUARD + IMPORT_ALL],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    loaded = eval(out.stdout)
+    assert "cloudnode._node" in loaded or len(loaded) > 3, loaded
+    assert not any(m.startswith("cloudnode.forecast") for m in loaded)
+
+
+def test_a_node_hosting_only_counter_runs_without_torch(bare_cluster: Cluster) -> None:
+    c = bare_cluster
+    c.start_gateway()
+    script = c.tmp / "guarded_node.py"
+    script.write_text(
+        GUARD
+        + "import runpy\n"
+        + "sys.argv[0] = 'cloudnode'\n"
+        + "runpy.run_module('cloudnode', run_name='__main__', alter_sys=True)\n"
+    )
+    args = ["--broker", c.url, "--id", "light", "--root", c.root, "--module", "examples.counter"]
+    c._spawn("light", [str(script), *args])
+    try:
+        wait_status(c.url, c.topics.node_status("light"), "online")
+    except TimeoutError:
+        raise AssertionError(c.log("light")[-3000:]) from None
+    with c.client() as client:
+        obj = client.stub("examples.counter.Counter").create(start=1, node="light")
+        assert obj.add(2) == 3
+        client.delete(obj)
+    assert c.alive("light"), c.log("light")[-3000:]
+    assert "the node imported" not in c.log("light")
