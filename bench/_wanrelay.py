@@ -57,7 +57,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 MSS = 1448  # an Ethernet TCP segment's payload with timestamps
@@ -85,13 +85,7 @@ class _Counters:
     max_queued: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "bytes": self.bytes,
-            "chunks": self.chunks,
-            "stalls": self.stalls,
-            "stall_s": round(self.stall_s, 3),
-            "max_queued": self.max_queued,
-        }
+        return {**asdict(self), "stall_s": round(self.stall_s, 3)}
 
 
 @dataclass
@@ -105,15 +99,9 @@ class _Stats:
     since: float = field(default_factory=time.monotonic)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "up": self.up.as_dict(),
-            "down": self.down.as_dict(),
-            "connections": self.connections,
-            "open": self.open,
-            "failed_connects": self.failed_connects,
-            "outages": self.outages,
-            "seconds": round(time.monotonic() - self.since, 3),
-        }
+        out = {**asdict(self), "up": self.up.as_dict(), "down": self.down.as_dict()}
+        out["seconds"] = round(time.monotonic() - out.pop("since"), 3)
+        return out
 
 
 def _nodelay(writer: asyncio.StreamWriter) -> None:

@@ -46,9 +46,9 @@ The table goes to stdout, everything to ``reports/bench-broker-persistence.json`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -63,12 +63,11 @@ from typing import Any
 import cbor2
 import paho.mqtt.client as paho
 import psutil
+from continuum_dev.testing import PERSISTENCE_SETTINGS, LocalBroker, wait_for
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from continuum._devbroker import PERSISTENCE_SETTINGS, LocalBroker, free_port
-
-from ._common import REPO, format_table, log, terminate_as_interrupt
+from . import _common as common
 
 #: label -> mosquitto lines (None: persistence off)
 SETTINGS: dict[str, str | None] = {
@@ -83,17 +82,9 @@ SETTINGS: dict[str, str | None] = {
 DEFAULT = ["off", "shutdown only (old)", "every 1 s (ours)", "changes 1", "changes 100"]
 
 
-def _env() -> dict[str, str]:
-    parts = [str(REPO), str(REPO / "firmware-sim")]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(parts), "PYTHONUNBUFFERED": "1"}
-
-
 def _wait(pred: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(interval)
+    with contextlib.suppress(TimeoutError):
+        wait_for(pred, timeout, interval)
     return pred()
 
 
@@ -159,58 +150,38 @@ class DurableNode:
             return set(self.got[since:])
 
 
-class Broker:
-    """A LocalBroker that can be SIGKILLed and restarted on the same port and folder."""
+class Broker(LocalBroker):
+    """A LocalBroker (SIGKILLed and restarted on the same port and folder by the
+    phases) and the figures read from it."""
 
     def __init__(self, tmp: Path, settings: str | None) -> None:
-        self.port = free_port()
-        self.tmp = tmp
+        persist: dict[str, Any] = {}
+        if settings is not None:
+            persist = {"persistence_dir": str(tmp / "mosquitto"), "persistence_settings": settings}
+        super().__init__(
+            log_path=str(tmp / "mosquitto.log"), extra_config="sys_interval 1", **persist
+        )
         self.settings = settings
         self.db = tmp / "mosquitto" / "mosquitto.db"
-        self.log_path = tmp / "mosquitto.log"
-        self.b: LocalBroker | None = None
 
-    def start(self) -> Broker:
-        kw: dict[str, Any] = {}
-        if self.settings is not None:
-            kw = {
-                "persistence_dir": str(self.tmp / "mosquitto"),
-                "persistence_settings": self.settings,
-            }
-        self.b = LocalBroker(
-            port=self.port, log_path=str(self.log_path), extra_config="sys_interval 1", **kw
-        ).start()
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.b is not None and self.b.proc is not None
-        return self.b.proc.pid
+    def running(self) -> int:
+        """The broker's pid (it must be running)."""
+        assert self.pid is not None, "the broker is not running"
+        return self.pid
 
     def cpu_s(self) -> float:
-        t = psutil.Process(self.pid).cpu_times()
+        t = psutil.Process(self.running()).cpu_times()
         return float(t.user + t.system)
 
     def rss_mb(self) -> float:
-        return float(psutil.Process(self.pid).memory_info().rss) / 2**20
+        return float(psutil.Process(self.running()).memory_info().rss) / 2**20
+
+    def log_text(self) -> str:
+        path = Path(self.log_path)
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def saves(self) -> int:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return text.count("Saving in-memory database")
-
-    def kill(self) -> None:
-        assert self.b is not None and self.b.proc is not None
-        self.b.proc.send_signal(signal.SIGKILL)
-        self.b.proc.wait()
-        self.b.proc = None
-
-    def stop(self) -> None:
-        if self.b is not None:
-            self.b.stop()
+        return self.log_text().count("Saving in-memory database")
 
     def save_ms(self, tries: int = 3) -> float | None:
         """Time of one save at the present size: SIGUSR1, until the file is replaced."""
@@ -224,7 +195,7 @@ class Broker:
         for _ in range(tries):
             before = inode()
             t0 = time.perf_counter()
-            os.kill(self.pid, signal.SIGUSR1)
+            os.kill(self.running(), signal.SIGUSR1)
             if _wait(lambda: inode() not in (None, before), 30, 0.0005):  # noqa: B023
                 times.append((time.perf_counter() - t0) * 1000.0)
         return round(sorted(times)[len(times) // 2], 1) if times else None
@@ -249,7 +220,7 @@ class Broker:
 def run_sim(url: str, root: str, out: Path, *args: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "firmware_sim", "run", "--broker", url, "--root", root]
     cmd += ["--quiet", "--json", str(out), *args]
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=common.REPO, env=common.env(), capture_output=True, timeout=600)
     if proc.returncode not in (0, 1) or not out.exists():
         raise RuntimeError(f"firmware-sim failed: {proc.stderr.decode(errors='replace')[-2000:]}")
     result: dict[str, Any] = json.loads(out.read_text())
@@ -271,7 +242,7 @@ def kill_on_ack(broker: Broker, node: DurableNode, root: str, trial: int, n: int
     def on_publish(c: Any, u: Any, mid: int, rc: Any, props: Any) -> None:
         acks[0] += 1
         if acks[0] == n:  # one at a time: the n-th PUBACK is the last sample's
-            os.kill(broker.pid, signal.SIGKILL)
+            os.kill(broker.running(), signal.SIGKILL)
 
     pub.on_publish = on_publish
     pub.connect("127.0.0.1", broker.port)
@@ -280,9 +251,9 @@ def kill_on_ack(broker: Broker, node: DurableNode, root: str, trial: int, n: int
     for seq in range(1, n + 1):
         body = cbor2.dumps({"dev": dev, "seq": seq, "cpu": 1.0, "mem": 2.0})
         pub.publish(topic, body, qos=1).wait_for_publish(10)
-    assert broker.b is not None and broker.b.proc is not None
-    broker.b.proc.wait(10)
-    broker.b.proc = None
+    assert broker.proc is not None
+    broker.proc.wait(10)
+    broker.proc = None
     pub.loop_stop()
     broker.start()
     before = node.count()
@@ -385,7 +356,8 @@ def recover(
 def run_setting(label: str, settings: str | None, args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-broker-persistence-"))
     root = f"bench-{uuid.uuid4().hex[:6]}/continuum/v1"
-    broker = Broker(tmp, settings).start()
+    broker = Broker(tmp, settings)
+    broker.start()
     r: dict[str, Any] = {"label": label, "settings": settings}
     node = DurableNode(broker.port, root)
     try:
@@ -408,7 +380,8 @@ def run_bound(args: argparse.Namespace) -> dict[str, Any]:
     """Our settings, the node offline, more samples than ``max_queued_bytes`` holds."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-broker-persistence-"))
     root = f"bench-{uuid.uuid4().hex[:6]}/continuum/v1"
-    broker = Broker(tmp, PERSISTENCE_SETTINGS).start()
+    broker = Broker(tmp, PERSISTENCE_SETTINGS)
+    broker.start()
     node = DurableNode(broker.port, root)
     try:
         node.connect(first=True)
@@ -426,69 +399,47 @@ def run_bound(args: argparse.Namespace) -> dict[str, Any]:
             "save_ms": broker.save_ms(),
             "db_mb": round(broker.db.stat().st_size / 2**20, 1),
             "logged": "Outgoing messages are being dropped for client node-bench"
-            in broker.log_path.read_text(errors="replace"),
+            in broker.log_text(),
         }
     finally:
         broker.stop()
     return r
 
 
-BOUND_COLUMNS = [
-    ("acked", "acked", ">"),
-    ("rate", "samples/s", ">"),
-    ("held", "held for the node", ">"),
-    ("dropped", "dropped", ">"),
-    ("logged", "drop logged", ">"),
-    ("db_mb", "db MB", ">"),
-    ("save_ms", "save ms", ">"),
-    ("rss_mb", "broker RSS MB", ">"),
-]
+BOUND_COLUMNS = common.columns(
+    "acked> | rate:samples/s> | held:held for the node> | dropped> | logged:drop logged> | "
+    "db_mb:db MB> | save_ms:save ms> | rss_mb:broker RSS MB>"
+)
 
 
-COLUMNS = [
-    ("label", "setting", "<"),
-    ("cap_rate", "capacity/s", ">"),
-    ("cap_cpu_ms_per_k", "CPU ms/1k", ">"),
-    ("cap_saves_per_s", "saves/s", ">"),
-    ("fleet_rate", "fleet/s", ">"),
-    ("fleet_cpu_pct", "fleet CPU %", ">"),
-    ("fleet_saves_per_s", "fleet saves/s", ">"),
-    ("acked", "acked", ">"),
-    ("lost", "lost at kill", ">"),
-    ("replayed_old", "old replayed", ">"),
-    ("db_mb", "db MB", ">"),
-    ("save_ms", "save ms", ">"),
-    ("held_after_drain", "held after drain", ">"),
-    ("settle_s", "settled in s", ">"),
-    ("kill_on_ack_lost_total", "kill-on-ack lost", ">"),
-]
+COLUMNS = common.columns(
+    "label:setting< | cap_rate:capacity/s> | cap_cpu_ms_per_k:CPU ms/1k> | "
+    "cap_saves_per_s:saves/s> | fleet_rate:fleet/s> | fleet_cpu_pct:fleet CPU %> | "
+    "fleet_saves_per_s:fleet saves/s> | acked> | lost:lost at kill> | "
+    "replayed_old:old replayed> | db_mb:db MB> | save_ms:save ms> | "
+    "held_after_drain:held after drain> | settle_s:settled in s> | "
+    "kill_on_ack_lost_total:kill-on-ack lost>"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.broker_persistence", description=__doc__.split("\n\n")[0]
-    )
+    p = common.parser("broker_persistence", __doc__.split("\n\n")[0])
     p.add_argument("--settings", help=f"'all' or comma-separated labels of {list(SETTINGS)} "
                    f"(default: {DEFAULT})")  # fmt: skip
-    p.add_argument("--capacity-duration", type=float, default=3.0,
-                   help="s at most of the capacity phase (default: %(default)s)")  # fmt: skip
-    p.add_argument("--capacity-samples", type=int, default=50,
-                   help="samples per device at most in the capacity phase, 1,000 devices "
-                   "(default: %(default)s)")  # fmt: skip
-    p.add_argument("--fleet-devices", type=int, default=2000, help="(default: %(default)s)")
-    p.add_argument("--fleet-connections", type=int, default=200, help="(default: %(default)s)")
-    p.add_argument("--fleet-rate", type=int, default=4000, help="samples/s (default: %(default)s)")
-    p.add_argument("--fleet-duration", type=float, default=3.0, help="s (default: %(default)s)")
-    p.add_argument(
-        "--trials", type=int, default=5, help="kill-on-ack trials (default: %(default)s)"
+    common.options(
+        p,
+        """
+        capacity-duration  3.0   s at most of the capacity phase
+        capacity-samples   50    samples per device at most in the capacity phase, 1,000 devices
+        fleet-devices      2000  devices of the fleet phase
+        fleet-connections  200   their connections
+        fleet-rate         4000  their samples/s
+        fleet-duration     3.0   s of the fleet phase
+        trials             5     kill-on-ack trials
+        settle             10.0  s to wait for the broker to free the drained samples
+        bound-samples      700   samples per device (1,000 devices) in the bound phase; 0: skip it
+        """,
     )
-    p.add_argument("--settle", type=float, default=10.0,
-                   help="s to wait for the broker to free the drained samples (default: %(default)s)")  # fmt: skip
-    p.add_argument("--bound-samples", type=int, default=700,
-                   help="samples per device (1,000 devices) in the bound phase; 0: skip it "
-                   "(default: %(default)s)")  # fmt: skip
-    p.add_argument("--json", default="reports/bench-broker-persistence.json",
-                   help="JSON output (default: %(default)s)")  # fmt: skip
     return p
 
 
@@ -502,33 +453,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = [s for s in labels if s not in SETTINGS]
         if unknown:
             raise SystemExit(f"unknown settings {unknown}; known: {list(SETTINGS)}")
-    mosquitto = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout
-    report: dict[str, Any] = {
-        "bench": "broker_persistence",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "mosquitto": mosquitto.splitlines()[0] if mosquitto else None,
-        "args": vars(args),
-        "runs": [],
-    }
-    with terminate_as_interrupt():
+    report: dict[str, Any] = {"bench": "broker_persistence", **common.machine(args), "runs": []}
+    with common.terminate_as_interrupt():
         for label in labels:
-            log(f"{label}: running")
+            common.log(f"{label}: running")
             row = run_setting(label, SETTINGS[label], args)
             report["runs"].append(row)
-            log(f"{label}: {json.dumps(row)}")
+            common.log(f"{label}: {json.dumps(row)}")
         if args.bound_samples:
-            log("bound: running")
+            common.log("bound: running")
             report["bound"] = run_bound(args)
-            log(f"bound: {json.dumps(report['bound'])}")
-    print(format_table(report["runs"], COLUMNS))
+            common.log(f"bound: {json.dumps(report['bound'])}")
+    print(common.format_table(report["runs"], COLUMNS))
     if "bound" in report:
         print("\nmax_queued_bytes, every 1 s (ours), node offline:")
-        print(format_table([report["bound"]], BOUND_COLUMNS))
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    log(f"wrote {out}")
+        print(common.format_table([report["bound"]], BOUND_COLUMNS))
+    common.write_json(args.json, report, indent=1)
     return 0
 
 

@@ -24,31 +24,16 @@ What is measured, continuum vs floor (all QoS 1, TCP_NODELAY everywhere, loopbac
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from ._common import (
-    CHILD_CONTINUUM,
-    CHILD_RAW,
-    REPO,
-    RawRequester,
-    Services,
-    format_table,
-    interleaved_pipelined,
-    interleaved_sequential,
-    log,
-    median,
-    startup_once,
-    summarize,
-    terminate_as_interrupt,
-)
+from . import _common as common
+from ._floor import CHILD_CONTINUUM, CHILD_RAW, RawRequester, Services, startup_once
+from ._timing import interleaved_pipelined, interleaved_sequential, median, summarize
 
 CLASS = "examples.counter.Counter"
 ALIAS = "bench-counter"
@@ -70,70 +55,35 @@ GOALS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.calls",
-        description=(
-            "Measure continuum call latency, pipelined throughput, 1 KiB / 1 MiB echo "
-            "round trips and process start to first call, each beside the bare MQTT "
-            "request/response floor through the same mosquitto. Starts and stops its "
-            "own broker, gateway, cloud node and bare responder."
-        ),
+    p = common.parser(
+        "calls",
+        "Measure continuum call latency, pipelined throughput, 1 KiB / 1 MiB echo "
+        "round trips and process start to first call, each beside the bare MQTT "
+        "request/response floor through the same mosquitto. Starts and stops its "
+        "own broker, gateway, cloud node and bare responder.",
+        quick="a few hundred calls of each kind (under 30 s; for tests); overrides the counts",
     )
-    p.add_argument("--calls", type=int, default=5000, help="sequential calls (default: 5000)")
-    p.add_argument(
-        "--pipelined-calls",
-        type=int,
-        default=20000,
-        help="calls in the pipelined throughput run (default: 20000)",
-    )
-    p.add_argument(
-        "--window", type=int, default=64, help="calls outstanding when pipelined (default: 64)"
-    )
-    p.add_argument(
-        "--trials",
-        type=int,
-        default=5,
-        help="pipelined runs per kind, alternating; the median is reported (default: 5)",
-    )
-    p.add_argument("--warmup", type=int, default=300, help="warm-up calls before each series")
-    p.add_argument(
-        "--echo-calls", type=int, default=1000, help="1 KiB echo round trips (default: 1000)"
-    )
-    p.add_argument(
-        "--big-calls", type=int, default=100, help="1 MiB echo round trips (default: 100)"
-    )
-    p.add_argument(
-        "--start-runs",
-        type=int,
-        default=7,
-        help="fresh processes for start to first call; the median is reported (default: 7)",
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="a few hundred calls of each kind (under 30 s; for tests); overrides the counts",
-    )
-    p.add_argument(
-        "--json",
-        dest="json_path",
-        default="reports/bench-calls.json",
-        help="where to write the figures (default: %(default)s, relative to the repo root)",
-    )
-    p.add_argument(
-        "--keep-logs", action="store_true", help="keep the service logs (their folder is printed)"
+    common.options(
+        p,
+        """
+        calls            5000   sequential calls
+        pipelined-calls  20000  calls in the pipelined throughput run
+        window           64     calls outstanding when pipelined
+        trials           5      pipelined runs per kind, alternating; the median is reported
+        warmup           300    warm-up calls before each series
+        echo-calls       1000   1 KiB echo round trips
+        big-calls        100    1 MiB echo round trips
+        start-runs       7      fresh processes for start to first call; the median is reported
+        keep-logs        -      keep the service logs (their folder is printed)
+        """,
     )
     return p
 
 
 def _apply_quick(args: argparse.Namespace) -> None:
     if args.quick:
-        args.calls = 300
-        args.pipelined_calls = 1500
-        args.warmup = 50
-        args.echo_calls = 100
-        args.big_calls = 10
-        args.start_runs = 3
-        args.trials = 3
+        args.calls, args.pipelined_calls, args.warmup, args.trials = 300, 1500, 50, 3
+        args.echo_calls, args.big_calls, args.start_runs = 100, 10, 3
 
 
 # -- measurements -------------------------------------------------------------------------
@@ -159,7 +109,7 @@ def measure_calls(svc: Services, args: argparse.Namespace) -> dict[str, Any]:
             add, echo = obj.add, obj.echo
             small = b"x" * 16
 
-            log(f"sequential: {args.calls} round trips each (16 B bare, Counter.add(1))")
+            common.log(f"sequential: {args.calls} round trips each (16 B bare, Counter.add(1))")
             seq = interleaved_sequential(
                 {
                     "floor": lambda: floor.call(small),
@@ -172,7 +122,7 @@ def measure_calls(svc: Services, args: argparse.Namespace) -> dict[str, Any]:
             for name, samples in seq.items():
                 out[name]["sequential"] = summarize(samples)
 
-            log(
+            common.log(
                 f"pipelined: {args.pipelined_calls} calls each, {args.window} in flight, "
                 f"{args.trials} alternating trials"
             )
@@ -199,7 +149,7 @@ def measure_calls(svc: Services, args: argparse.Namespace) -> dict[str, Any]:
                 ("echo_1mib", 1 << 20, args.big_calls),
             ):
                 data = os.urandom(size)
-                log(f"echo {size} B: {n} round trips each (bare, Counter.echo)")
+                common.log(f"echo {size} B: {n} round trips each (bare, Counter.echo)")
                 seq = interleaved_sequential(
                     {
                         "floor": _echo_check(floor.call, data),
@@ -219,7 +169,7 @@ def measure_calls(svc: Services, args: argparse.Namespace) -> dict[str, Any]:
 
 def measure_startup(svc: Services, args: argparse.Namespace) -> dict[str, Any]:
     n = args.start_runs
-    log(f"start to first call: {n} fresh processes each (bare paho, continuum), alternating")
+    common.log(f"start to first call: {n} fresh processes each (bare paho, continuum), alternating")
     # One throw-away run each, so that both see warm file caches and .pyc files.
     startup_once(CHILD_RAW, [svc.url, svc.raw_topic])
     startup_once(CHILD_CONTINUUM, [svc.url, ALIAS])
@@ -252,23 +202,17 @@ def _python_only(n: int) -> dict[str, float]:
             [sys.executable, "-c", "import time; print(time.time())"],
             capture_output=True,
             check=True,
-            cwd=REPO,
+            cwd=common.REPO,
         )
         vals.append((float(proc.stdout) - t) * 1000.0)
     return {"spawn_ms": median(vals)}
 
 
 # -- the report ----------------------------------------------------------------------------
-COLUMNS = [
-    ("metric", "metric", "<"),
-    ("ours", "continuum", ">"),
-    ("floor", "floor", ">"),
-    ("ratio", "ratio", ">"),
-    ("goal", "goal", "<"),
-    ("verdict", "", "<"),
-    ("lite", "floor-lite", ">"),
-    ("reference", "dataClay", ">"),
-]
+COLUMNS = common.columns(
+    "metric< | ours:continuum> | floor> | ratio> | goal< | verdict:< | lite:floor-lite> | "
+    "reference:dataClay>"
+)
 
 
 def _f(x: float, digits: int = 2) -> str:
@@ -279,6 +223,9 @@ def build_report(calls: dict[str, Any], start: dict[str, Any]) -> dict[str, Any]
     ours, floor, lite = calls["continuum"], calls["floor"], calls["floor_lite"]
     rows: list[dict[str, Any]] = []
     goals: list[dict[str, Any]] = []
+
+    def goal(text: str, ok: bool, **figures: float) -> None:
+        goals.append({"goal": text, **figures, "pass": ok})
 
     def lat_row(metric: str, key: str, q: str, ref: float | None = None) -> dict[str, Any]:
         o, f = ours[key][q], floor[key][q]
@@ -298,15 +245,7 @@ def build_report(calls: dict[str, Any], start: dict[str, Any]) -> dict[str, Any]
     limit = GOALS["p50_vs_floor_max"]
     ok = o <= limit * f
     row.update(goal=f"<= {limit}x floor", verdict="PASS" if ok else "FAIL")
-    goals.append(
-        {
-            "goal": f"call p50 <= {limit}x floor p50",
-            "ours_ms": o,
-            "floor_ms": f,
-            "limit_ms": limit * f,
-            "pass": ok,
-        }
-    )
+    goal(f"call p50 <= {limit}x floor p50", ok, ours_ms=o, floor_ms=f, limit_ms=limit * f)
     lat_row("call p90 (ms)", "sequential", "p90_ms")
     lat_row("call p99 (ms)", "sequential", "p99_ms", REFERENCE["call_p99_ms"])
 
@@ -339,14 +278,12 @@ def build_report(calls: dict[str, Any], start: dict[str, Any]) -> dict[str, Any]
             ),
         }
     )
-    goals.append(
-        {
-            "goal": f"pipelined throughput >= {limit:.0%} of floor",
-            "ours_calls_per_s": t_o,
-            "floor_calls_per_s": t_f,
-            "limit_calls_per_s": limit * t_f,
-            "pass": ok,
-        }
+    goal(
+        f"pipelined throughput >= {limit:.0%} of floor",
+        ok,
+        ours_calls_per_s=t_o,
+        floor_calls_per_s=t_f,
+        limit_calls_per_s=limit * t_f,
     )
 
     lat_row("echo 1 KiB p50 (ms)", "echo_1kib", "p50_ms")
@@ -366,14 +303,12 @@ def build_report(calls: dict[str, Any], start: dict[str, Any]) -> dict[str, Any]
             "reference": _f(REFERENCE["start_to_first_call_ms"], 0),
         }
     )
-    goals.append(
-        {
-            "goal": f"spawn to first call <= {limit_ms:.0f} ms",
-            "ours_ms": st_o["spawn_ms"],
-            "floor_ms": st_f["spawn_ms"],
-            "limit_ms": limit_ms,
-            "pass": ok,
-        }
+    goal(
+        f"spawn to first call <= {limit_ms:.0f} ms",
+        ok,
+        ours_ms=st_o["spawn_ms"],
+        floor_ms=st_f["spawn_ms"],
+        limit_ms=limit_ms,
     )
     for key, label, digits in (
         ("since_exec_ms", "  from process creation (ms, +-10)", 0),
@@ -402,33 +337,15 @@ def build_report(calls: dict[str, Any], start: dict[str, Any]) -> dict[str, Any]
 
 
 def _meta(args: argparse.Namespace) -> dict[str, Any]:
+    from importlib.metadata import version
+
     import paho.mqtt
 
-    from continuum._devbroker import find_mosquitto
-
-    mosq = find_mosquitto()
-    version = ""
-    if mosq:
-        try:
-            version = subprocess.run(
-                [mosq, "-h"], capture_output=True, text=True, timeout=5
-            ).stdout.splitlines()[0]
-        except (OSError, IndexError, subprocess.SubprocessError):
-            pass
-    from importlib.metadata import version as pkg_version
-
     return {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "loadavg_at_start": list(os.getloadavg()),
-        "python": platform.python_version(),
+        **common.machine(args),
         "paho_mqtt": paho.mqtt.__version__,
-        "cbor2": pkg_version("cbor2"),
-        "mosquitto": version,
+        "cbor2": version("cbor2"),
         "qos": 1,
-        "args": {k: v for k, v in vars(args).items() if k != "json_path"},
     }
 
 
@@ -469,23 +386,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         build_parser().error("counts and --window must be at least 1")
     try:
-        with terminate_as_interrupt():
+        with common.terminate_as_interrupt():
             result = run(args)
     except KeyboardInterrupt:
-        log("interrupted; every process stopped")
+        common.log("interrupted; every process stopped")
         return 130
-    print(format_table(result["table"], COLUMNS))
+    print(common.format_table(result["table"], COLUMNS))
     failed = [g["goal"] for g in result["goals"] if not g["pass"]]
     print(
         f"\ngoals: {len(result['goals']) - len(failed)}/{len(result['goals'])} pass"
         + (f"; missed: {'; '.join(failed)}" if failed else "")
     )
-    path = Path(args.json_path)
-    if not path.is_absolute():
-        path = REPO / path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    log(f"figures written to {path} ({result['meta']['seconds']} s)")
+    common.write_json(args.json, result)
     return 0
 
 

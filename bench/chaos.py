@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
-import os
 import shutil
 import signal
 import subprocess
@@ -34,25 +32,29 @@ from collections import Counter as Tally
 from pathlib import Path
 from typing import Any
 
-import continuum
-from continuum._devbroker import LocalBroker
+from continuum_dev.testing import LocalBroker
 
-REPO = Path(__file__).resolve().parent.parent
+import continuum
+from continuum.service import DEFAULT_ROOT
+
+from ._common import deployment, log, options, parser, write_json
+
 COUNTER = "examples.counter.Counter"
 SINK = "examples.sink.SampleSink"
-
-
-def log(msg: str) -> None:
-    print(f"[chaos {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+MODULES = ("examples.counter", "examples.sink")
 
 
 class Rig:
+    """The deployment (continuum_dev.testing: a persistent mosquitto of its own,
+    the default topic root, logs in its folder) and the node state dirs' tmpfs."""
+
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.broker = LocalBroker(persistence_dir=str(tmp / "mosquitto"))
-        (tmp / "mosquitto").mkdir()
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'firmware-sim'}"}
+        persist = {"persistence_dir": str(tmp / "mosquitto")}
+        self.dep = deployment(None, tmp, root=DEFAULT_ROOT, broker_options=persist)
+        assert self.dep.broker is not None
+        self.broker: LocalBroker = self.dep.broker
+        self.db = tmp / "dir.db"
         self.mounts: list[Path] = []
 
     def state_dir(self, nid: str) -> Path:
@@ -86,45 +88,28 @@ class Rig:
 
     @property
     def url(self) -> str:
-        return self.broker.url
-
-    def spawn(self, name: str, args: list[str]) -> None:
-        with open(self.tmp / f"{name}.log", "ab") as fh:
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, *args], cwd=REPO, env=self.env, stdout=fh, stderr=subprocess.STDOUT
-            )
+        return self.dep.url
 
     def gateway(self) -> None:
-        self.spawn(
-            "gateway", ["-m", "gateway", "--broker", self.url, "--db", str(self.tmp / "dir.db")]
-        )
+        self.dep.start_gateway(db=self.db, wait=False)
 
     def gateway_cli(self, *args: str) -> str:
         done = subprocess.run(
             [sys.executable, "-m", "gateway", *args],
-            cwd=REPO, env=self.env, capture_output=True, text=True, timeout=120,
+            cwd=self.dep.cwd, env=self.dep.env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(f"gateway {args[0]}: {done.stderr.strip() or done.stdout.strip()}")
         return done.stdout.strip()
 
     def node(self, nid: str) -> None:
-        self.spawn(
-            nid,
-            ["-m", "cloudnode", "--broker", self.url, "--id", nid, "--state-dir", str(self.tmp / nid),
-             "--module", "examples.counter", "--module", "examples.sink"],
-        )  # fmt: skip
+        self.dep.start_node(nid, modules=MODULES, state_dir=self.state_dir(nid), wait=False)
 
     def kill(self, name: str, sig: int = signal.SIGTERM) -> None:
-        proc = self.procs.pop(name)
-        proc.send_signal(sig)
-        proc.wait(15)
+        self.dep.stop(name, sig)
 
     def close(self) -> None:
-        for name in list(self.procs):
-            if self.procs[name].poll() is None:
-                self.kill(name)
-        self.broker.stop()
+        self.dep.close()
         for path in self.mounts:
             subprocess.run(["umount", "-l", str(path)], check=False)
 
@@ -142,44 +127,30 @@ def wait_until(pred: Any, timeout: float, step: float = 0.1) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--devices", type=int, default=10, help="simulated boards (default: %(default)s)"
-    )
-    ap.add_argument(
-        "--rate", type=int, default=200, help="samples/s, whole fleet (default: %(default)s)"
-    )
-    ap.add_argument(
-        "--clients", type=int, default=4, help="client threads calling (default: %(default)s)"
-    )
-    ap.add_argument(
-        "--timeout", type=float, default=20.0, help="call deadline, s (default: %(default)s)"
-    )
-    ap.add_argument(
-        "--disk-mb",
-        type=int,
-        default=256,
-        help="size of each node's tmpfs state dir, MiB (default: %(default)s)",
-    )
-    ap.add_argument(
-        "--keep", action="store_true", help="keep the run's folder (logs) and say where"
-    )
-    ap.add_argument(
-        "--json", default="reports/bench-chaos.json", help="JSON output (default: %(default)s)"
+    ap = parser("chaos", __doc__.split("\n\n")[0])
+    options(
+        ap,
+        """
+        devices   10    simulated boards
+        rate      200   samples/s, whole fleet
+        clients   4     client threads calling
+        timeout   20.0  call deadline, s
+        disk-mb   256   size of each node's tmpfs state dir, MiB
+        keep      -     keep the run's folder (logs) and say where
+        """,
     )
     args = ap.parse_args(argv)
 
-    tmpdir = tempfile.mkdtemp(prefix="continuum-chaos-")
-    rig = Rig(Path(tmpdir))
-    rig.broker.start()
+    rig = Rig(Path(tempfile.mkdtemp(prefix="continuum-chaos-")))
+    rig.dep.open()
     try:
         return run(rig, args)
     finally:
         rig.close()
         if args.keep:
-            log(f"logs kept in {tmpdir}")
+            log(f"logs kept in {rig.tmp}")
         else:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+            shutil.rmtree(rig.tmp, ignore_errors=True)
 
 
 def run(rig: Rig, args: argparse.Namespace) -> int:
@@ -198,18 +169,16 @@ def run(rig: Rig, args: argparse.Namespace) -> int:
         admin.bind_metrics(sink, dev, "ingest")
     log(f"deployment up on {rig.url}: counter on n1 (replica n2), {len(devices)} sinks")
     backup = rig.tmp / "dir-backup.db"
-    log(rig.gateway_cli("backup", "--db", str(rig.tmp / "dir.db"), str(backup)))
+    log(rig.gateway_cli("backup", "--db", str(rig.db), str(backup)))
     # created after the backup: the rolled-back directory does not know it
     late = admin.stub(COUNTER).create(node="n2", alias="chaos-late")
     late.add(5)
 
     duration = 80.0
     samples_per_device = int(args.rate * duration / args.devices)
-    rig.spawn(
-        "firmware-sim",
-        ["-m", "firmware_sim", "run", "--broker", rig.url, "--devices", str(args.devices),
-         "--rate", str(args.rate), "--samples", str(samples_per_device), "--quiet",
-         "--json", str(rig.tmp / "sim.json")],
+    sim = rig.dep.start_firmware_sim(
+        "--devices", str(args.devices), "--rate", str(args.rate),
+        "--samples", str(samples_per_device), "--quiet", "--json", str(rig.tmp / "sim.json"),
     )  # fmt: skip
 
     outcomes: Tally[str] = Tally()
@@ -300,10 +269,9 @@ def run(rig: Rig, args: argparse.Namespace) -> int:
     log("fault 6: the gateway's directory rolled back to a backup older than chaos-late")
     t0 = time.monotonic()
     rig.kill("gateway")
-    db = rig.tmp / "dir.db"
-    for extra in (db.with_name("dir.db-wal"), db.with_name("dir.db-shm")):
+    for extra in (rig.db.with_name("dir.db-wal"), rig.db.with_name("dir.db-shm")):
         extra.unlink(missing_ok=True)
-    shutil.copyfile(backup, db)
+    shutil.copyfile(backup, rig.db)
     rig.gateway()
     rig.kill("n2")  # its return makes the gateway reconcile what it holds
     rig.node("n2")
@@ -316,7 +284,6 @@ def run(rig: Rig, args: argparse.Namespace) -> int:
     )
     log(f"rollback: chaos-late found again after {faults[-1]['recovery_s']:.2f} s")
 
-    sim = rig.procs["firmware-sim"]
     sim.wait(duration + 120)
     stop.set()
     for t in threads:
@@ -393,10 +360,7 @@ def run(rig: Rig, args: argparse.Namespace) -> int:
         f"\n{'PASS' if verdict else 'FAIL'}: hung 0, samples lost 0, acknowledged mutations lost 0,"
         " objects gone 0"
     )
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"JSON: {out}")
+    print(f"JSON: {write_json(args.json, report)}")
     return 0 if verdict else 1
 
 

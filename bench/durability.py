@@ -12,20 +12,20 @@ Prints a table and writes JSON (reports/bench-durability.json).
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import continuum
-from continuum._demo import LocalDeployment
+from ._common import columns, deployment, format_table, log, options, parser, write_json
 
 MODULES = ["examples.counter", "cloudnode.forecast"]
+KINDS = ("counter_add", "forecaster_ingest")
+COLUMNS = columns(
+    "mode:node< | counter_add_p50_ms:Counter.add p50> | counter_add_p99_ms:p99> | "
+    "forecaster_ingest_p50_ms:Forecaster.ingest p50> | forecaster_ingest_p99_ms:p99>"
+)
 
 
 def latencies(fn: Callable[[int], Any], n: int) -> dict[str, float]:
@@ -45,13 +45,15 @@ def run(mode: str, calls: int) -> dict[str, Any]:
         node_args = ["--checkpoint-every", "1"]
     if mode == "replicated":
         nodes, replicas = 2, 1
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        LocalDeployment(
-            state_dir=tmp, modules=MODULES, nodes=nodes, durable=durable, node_args=node_args
-        ) as dep,
-        continuum.Client(dep.url, timeout=120) as c,
-    ):
+    with deployment() as dep:
+        dep.start(
+            [f"node{i + 1}" for i in range(nodes)], *node_args, modules=MODULES, durable=durable
+        )
+        return measure(dep, mode, calls, replicas)
+
+
+def measure(dep: Any, mode: str, calls: int, replicas: int) -> dict[str, Any]:
+    with dep.client(timeout=120) as c:
         counter = c.stub("examples.counter.Counter").create(replicas=replicas)
         fc = c.stub("cloudnode.forecast.Forecaster").create(replicas=replicas)
         fc.load_csv("node_3_utilisation.csv")
@@ -63,39 +65,30 @@ def run(mode: str, calls: int) -> dict[str, Any]:
                 lambda i: fc.ingest({"dev": "d", "seq": i + 1, "cpu": 1.0, "mem": 2.0}), calls
             ),
         }
-        snaps = sorted(Path(tmp).glob("node*/objects/*.snapshot"))
+        snaps = sorted(dep.tmp.glob("node*/objects/*.snapshot"))
         row["checkpoint_bytes"] = sorted(p.stat().st_size for p in snaps)
         return row
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m bench.durability", description=__doc__.split("\n\n")[0]
-    )
-    ap.add_argument(
-        "--calls", type=int, default=500, help="calls per measurement (default: %(default)s)"
-    )
-    ap.add_argument(
-        "--json", default="reports/bench-durability.json", help="JSON output (default: %(default)s)"
-    )
+    ap = parser("durability", __doc__.split("\n\n")[0])
+    options(ap, "calls  500  calls per measurement")
     args = ap.parse_args(argv)
     rows = []
     for mode in ("memory", "journal", "checkpoint-every-call", "replicated"):
-        print(f"[bench] {mode}...", file=sys.stderr, flush=True)
+        log(f"{mode}...")
         rows.append(run(mode, args.calls))
     print(f"\ncost of a mutating call ({args.calls} sequential calls each), ms")
-    print(f"{'node':<24}{'Counter.add p50':>16}{'p99':>8}{'Forecaster.ingest p50':>23}{'p99':>8}")
-    for r in rows:
-        a, f = r["counter_add"], r["forecaster_ingest"]
-        print(
-            f"{r['mode']:<24}{a['p50_ms']:>16.3f}{a['p99_ms']:>8.3f}{f['p50_ms']:>23.3f}{f['p99_ms']:>8.3f}"
-        )
-    sizes = rows[1]["checkpoint_bytes"]
-    print(f"\ncheckpoint sizes (journal mode): {sizes} bytes")
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
-    print(f"JSON: {out}")
+    table = [
+        {
+            "mode": r["mode"],
+            **{f"{k}_{q}": f"{r[k][q]:.3f}" for k in KINDS for q in ("p50_ms", "p99_ms")},
+        }
+        for r in rows
+    ]
+    print(format_table(table, COLUMNS))
+    print(f"\ncheckpoint sizes (journal mode): {rows[1]['checkpoint_bytes']} bytes")
+    write_json(args.json, {"args": vars(args), "rows": rows})
     return 0
 
 

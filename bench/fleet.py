@@ -29,10 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -42,18 +40,9 @@ from typing import Any
 
 import psutil
 
-from continuum._devbroker import LocalBroker
-
-from ._common import REPO, format_table, log, stop_process, terminate_as_interrupt
+from . import _common as common
 
 DEFAULT_STEPS = "5000,10000,15000,20000,25000,30000,40000,50000"
-
-
-def _env() -> dict[str, str]:
-    parts = [str(REPO), str(REPO / "firmware-sim")]
-    if os.environ.get("PYTHONPATH"):
-        parts.append(os.environ["PYTHONPATH"])
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(parts), "PYTHONUNBUFFERED": "1"}
 
 
 # -- the consumer process -----------------------------------------------------------------
@@ -63,11 +52,10 @@ def consumer_main(broker: str, root: str) -> int:
     """Count every (device, seq) of ``<root>/dev/+/metrics``; protocol on stdin/stdout:
     prints ``ready``, a stats JSON line every 0.5 s, and after a ``finish PATH
     SIM_END SETTLE`` line the final JSON (then exits)."""
-    sys.path.insert(0, str(REPO / "firmware-sim"))
     from firmware_sim._wire import Subscriber
 
-    from continuum._mqtt import BrokerURL
     from continuum.samples import decode_sample
+    from continuum.service import BrokerURL
 
     url = BrokerURL.parse(broker)
     seen: dict[str, bytearray] = {}
@@ -218,10 +206,6 @@ def run_once(
     label: str = "",
 ) -> dict[str, Any]:
     root = f"bench-{uuid.uuid4().hex[:6]}/continuum/v1"
-    tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
-    sim_json = tmp / "sim.json"
-    sim_log = tmp / "sim.log"
-    env = _env()
     result: dict[str, Any] = {
         "label": label or f"{rate:.0f}/s",
         "devices": devices,
@@ -234,89 +218,46 @@ def run_once(
         "source": source,
     }
     result["machine_busy_before_pct"] = round(psutil.cpu_percent(0.5) * psutil.cpu_count(), 1)
-    with LocalBroker() as broker:
-        assert broker.proc is not None
-        consumer = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bench.fleet",
-                "consumer",
-                "--broker",
-                broker.url,
-                "--root",
-                root,
-            ],
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        sim: subprocess.Popen[bytes] | None = None
-        try:
-            assert consumer.stdout is not None and consumer.stdin is not None
-            if consumer.stdout.readline().strip() != "ready":
-                raise RuntimeError("the consumer did not start")
-            sampler = _CpuSampler({"broker": broker.proc.pid, "consumer": consumer.pid})
-            sampler.start()
-            args = [
-                sys.executable,
-                "-m",
-                "firmware_sim",
-                "run",
-                "--broker",
-                broker.url,
-                "--root",
-                root,
-                "--devices",
-                str(devices),
-                "--rate",
-                str(rate),
-                "--duration",
-                str(duration),
-                "--connections",
-                str(connections),
-                "--window",
-                str(window),
-                "--qos",
-                str(qos),
-                "--engine",
-                engine,
-                "--json",
-                str(sim_json),
-            ]
-            if source != "synthetic":
-                args += ["--source", "replay", "--dataset", source]
-            with open(sim_log, "wb") as fh:
-                sim = subprocess.Popen(args, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
-            sampler.add("sim", sim.pid)
-            t_start = time.time()
-            rc = sim.wait(duration + 120)
-            t_end = time.time()
-            if rc not in (0, 1) or not sim_json.exists():
-                raise RuntimeError(
-                    f"firmware-sim exited with {rc}:\n{sim_log.read_text(errors='replace')[-2000:]}"
-                )
-            s = json.loads(sim_json.read_text())
-            # the consumer's own stats lines are not needed here: drop them
-            consumer.stdin.write(f"finish {sim_json} {t_end} {settle}\n")
-            consumer.stdin.flush()
-            final: dict[str, Any] = {}
-            for line in consumer.stdout:
-                if line.startswith("final "):
-                    final = json.loads(line[6:])
-                    break
-            consumer.wait(30)
-            sampler.halt.set()
-            sampler.join(3)
-            # publishing window: from about 1.5 s after start (imports, fleet set-up) to the end
-            active_from = t_end - s["elapsed_s"] + 1.0
-            cpu = sampler.window(max(active_from, t_start), t_end)
-        finally:
-            if sim is not None:
-                stop_process(sim)
-            stop_process(consumer)
+    with common.deployment(root=root) as dep:
+        assert dep.broker is not None and dep.broker.pid is not None
+        sim_json = dep.tmp / "sim.json"
+        consumer = dep.python(
+            "consumer", "-m", "bench.fleet", "consumer", "--broker", dep.url, "--root", root,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert consumer.stdout is not None and consumer.stdin is not None
+        dep.wait_line("consumer", "ready")
+        sampler = _CpuSampler({"broker": dep.broker.pid, "consumer": consumer.pid})
+        sampler.start()
+        args = [
+            "--devices", str(devices), "--rate", str(rate), "--duration", str(duration),
+            "--connections", str(connections), "--window", str(window), "--qos", str(qos),
+            "--engine", engine, "--json", str(sim_json),
+        ]  # fmt: skip
+        if source != "synthetic":
+            args += ["--source", "replay", "--dataset", source]
+        sim = dep.start_firmware_sim(*args)
+        sampler.add("sim", sim.pid)
+        t_start = time.time()
+        rc = sim.wait(duration + 120)
+        t_end = time.time()
+        if rc not in (0, 1) or not sim_json.exists():
+            raise RuntimeError(f"firmware-sim exited with {rc}:\n{dep.log_tail('firmware-sim')}")
+        s = json.loads(sim_json.read_text())
+        # the consumer's own stats lines are not needed here: drop them
+        consumer.stdin.write(f"finish {sim_json} {t_end} {settle}\n")
+        consumer.stdin.flush()
+        final: dict[str, Any] = {}
+        for line in consumer.stdout:
+            if line.startswith("final "):
+                final = json.loads(line[6:])
+                break
+        consumer.wait(30)
+        sampler.halt.set()
+        sampler.join(3)
+        # publishing window: from about 1.5 s after start (imports, fleet set-up) to the end
+        active_from = t_end - s["elapsed_s"] + 1.0
+        cpu = sampler.window(max(active_from, t_start), t_end)
     result.update(
         {
             "sent": s["sent"],
@@ -382,24 +323,12 @@ def bottleneck(r: dict[str, Any], cores: int) -> str:
     return "; ".join(found or ["no process at 90% of a core"]) + f" ({parts})"
 
 
-COLUMNS = [
-    ("label", "run", "<"),
-    ("devices", "devices", ">"),
-    ("rate_target", "target/s", ">"),
-    ("sim_rate", "sent/s", ">"),
-    ("consumer_rate", "recv/s", ">"),
-    ("sent", "sent", ">"),
-    ("lost", "lost", ">"),
-    ("duplicates", "dups", ">"),
-    ("lag_s", "lag s", ">"),
-    ("cpu_sim_pct", "sim %", ">"),
-    ("cpu_broker_pct", "broker %", ">"),
-    ("cpu_consumer_pct", "cons %", ">"),
-    ("cpu_machine_pct", "machine %", ">"),
-    ("machine_busy_before_pct", "busy before %", ">"),
-    ("sim_cpu_us_per_sample", "sim us/msg", ">"),
-    ("verdict", "verdict", "<"),
-]
+COLUMNS = common.columns(
+    "label:run< | devices> | rate_target:target/s> | sim_rate:sent/s> | consumer_rate:recv/s> | "
+    "sent> | lost> | duplicates:dups> | lag_s:lag s> | cpu_sim_pct:sim %> | "
+    "cpu_broker_pct:broker %> | cpu_consumer_pct:cons %> | cpu_machine_pct:machine %> | "
+    "machine_busy_before_pct:busy before %> | sim_cpu_us_per_sample:sim us/msg> | verdict<"
+)
 
 
 def _fmt_row(r: dict[str, Any]) -> dict[str, Any]:
@@ -414,18 +343,18 @@ def run_larger_window(
     args: argparse.Namespace,
     rates: list[float],
     stride: float,
-    common: dict[str, Any],
+    options: dict[str, Any],
     record: Any,
 ) -> dict[str, Any]:
     """Step ``rates`` (then on by ``stride``) with 4x the in-flight window until
     one saturates."""
     window = args.window * 4
-    opts = {**common, "window": window}
+    opts = {**options, "window": window}
     rates = [*rates, *(rates[-1] + stride * i for i in range(1, 5))]
     best: float | None = None
     last: dict[str, Any] = {}
     for rate in rates:
-        log(f"step: {rate:,.0f} samples/s, window {window}, for {args.step_duration:.0f} s")
+        common.log(f"step: {rate:,.0f} samples/s, window {window}, for {args.step_duration:.0f} s")
         last = record(
             run_once(
                 args.devices, rate, args.step_duration, label=f"step {rate:,.0f} w{window}", **opts
@@ -444,33 +373,35 @@ def run_larger_window(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.fleet",
-        description="Drive N simulated boards (firmware-sim) through one mosquitto at a "
+    p = common.parser(
+        "fleet",
+        "Drive N simulated boards (firmware-sim) through one mosquitto at a "
         "target aggregate rate, count every (device, seq) at a QoS 1 consumer process, "
         "and step the rate up to find where the pipeline saturates and what saturates "
         "first. Starts its own broker for every run.",
+        quick="10 s headline, 5 s steps",
     )
-    p.add_argument("--devices", type=int, default=10000)
-    p.add_argument("--rate", type=float, default=10000.0, help="headline aggregate samples/s")
-    p.add_argument("--duration", type=float, default=60.0, help="headline run, seconds")
+    common.options(
+        p,
+        """
+        devices        10000    simulated boards
+        rate           10000.0  headline aggregate samples/s
+        duration       60.0     headline run, seconds
+        step-duration  15.0     each step, seconds
+        connections    8        MQTT connections of the simulator
+        window         1000     in-flight messages per connection
+        max-lag        2.0      consumer lag (s) that counts as saturated
+        settle         10.0     consumer wait after the sim ends, seconds
+        no-paho        -        skip the --engine paho comparison
+        """,
+    )
     p.add_argument(
         "--steps",
         default=DEFAULT_STEPS,
         help="rates to step through after the headline run ('none': skip) (default: %(default)s)",
     )
-    p.add_argument("--step-duration", type=float, default=15.0)
-    p.add_argument("--connections", type=int, default=8)
-    p.add_argument("--window", type=int, default=1000)
     p.add_argument("--qos", type=int, choices=(0, 1), default=1)
     p.add_argument("--source", default="synthetic", help="synthetic, node_3 or orangepi")
-    p.add_argument(
-        "--max-lag", type=float, default=2.0, help="consumer lag that counts as saturated"
-    )
-    p.add_argument("--settle", type=float, default=10.0, help="consumer wait after the sim ends")
-    p.add_argument("--no-paho", action="store_true", help="skip the --engine paho comparison")
-    p.add_argument("--quick", action="store_true", help="10 s headline, 5 s steps")
-    p.add_argument("--json", default=str(REPO / "reports" / "bench-fleet.json"))
     sub = p.add_subparsers(dest="cmd")
     c = sub.add_parser("consumer", help="(internal) the counting consumer")
     c.add_argument("--broker", required=True)
@@ -486,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.duration = min(args.duration, 10.0)
         args.step_duration = min(args.step_duration, 5.0)
     cores = os.cpu_count() or 1
-    common = {
+    options = {
         "connections": args.connections,
         "qos": args.qos,
         "source": args.source,
@@ -496,14 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     report: dict[str, Any] = {
         "bench": "fleet",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {
-            "cores": cores,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        },
-        "args": {k: v for k, v in vars(args).items() if k != "cmd"},
+        **common.machine(args),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
     }
 
     def record(r: dict[str, Any]) -> dict[str, Any]:
@@ -512,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         r["bottleneck"] = bottleneck(r, cores)
         r["verdict"] = "saturated" if why else ("ok" if not r["lost"] else "LOSS")
         rows.append(r)
-        log(
+        common.log(
             f"{r['label']}: sent {r['sim_rate']:,.0f}/s, received {r['consumer_rate']:,.0f}/s, "
             f"lost {r['lost']}, dups {r['duplicates']}, lag {r['lag_s']} s; "
             f"CPU sim {r.get('cpu_sim_pct', 0):.0f}% broker {r.get('cpu_broker_pct', 0):.0f}% "
@@ -520,24 +445,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return r
 
-    with terminate_as_interrupt():
+    with common.terminate_as_interrupt():
         try:
-            log(
+            common.log(
                 f"headline: {args.devices} devices, {args.rate:,.0f} samples/s, "
                 f"{args.duration:.0f} s, QoS {args.qos}, {args.connections} connections"
             )
             headline = record(
-                run_once(args.devices, args.rate, args.duration, label="headline", **common)
+                run_once(args.devices, args.rate, args.duration, label="headline", **options)
             )
             report["headline"] = headline
             steps = [] if args.steps == "none" else [float(x) for x in args.steps.split(",")]
             first_saturated: dict[str, Any] | None = None
             larger: dict[str, Any] | None = None
             for n, rate in enumerate(steps):
-                log(f"step: {rate:,.0f} samples/s for {args.step_duration:.0f} s")
+                common.log(f"step: {rate:,.0f} samples/s for {args.step_duration:.0f} s")
                 r = record(
                     run_once(
-                        args.devices, rate, args.step_duration, label=f"step {rate:,.0f}", **common
+                        args.devices, rate, args.step_duration, label=f"step {rate:,.0f}", **options
                     )
                 )
                 if not r["saturated"]:
@@ -547,10 +472,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     # The simulator mostly waited with its in-flight windows full: was the
                     # window the limit, or what is behind it? Go on with 4x the window.
                     stride = steps[n] - steps[n - 1] if n else 10000.0
-                    larger = run_larger_window(args, steps[n:], stride, common, record)
+                    larger = run_larger_window(args, steps[n:], stride, options, record)
                 break
             if not args.no_paho:
-                log(f"paho engine: {args.rate:,.0f} samples/s for {args.step_duration:.0f} s")
+                common.log(
+                    f"paho engine: {args.rate:,.0f} samples/s for {args.step_duration:.0f} s"
+                )
                 record(
                     run_once(
                         args.devices,
@@ -558,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         args.step_duration,
                         engine="paho",
                         label="paho engine",
-                        **common,
+                        **options,
                     )
                 )
             ok = [
@@ -590,14 +517,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 and headline["consumer_rate"] >= 0.97 * args.rate,
             }
         except KeyboardInterrupt:
-            log("interrupted")
+            common.log("interrupted")
             return 130
         finally:
             if rows:
-                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
                 report["rows"] = rows
-                Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
-    print(format_table([_fmt_row(r) for r in rows], COLUMNS))
+                common.write_json(args.json, report, indent=1)
+    print(common.format_table([_fmt_row(r) for r in rows], COLUMNS))
     print()
     print(f"machine: {cores} cores; every run: one mosquitto, one consumer, one firmware-sim")
     sat = report.get("saturation")

@@ -9,7 +9,7 @@ writes JSON.
 One run starts its own mosquitto (logging every packet, so the node's PUBACKs
 can be counted), a gateway and a node (``--max-payload 65536``, Counter and
 SampleSink) as real processes. Per handler and round it publishes the cases
-(strategies in ``tests/_fuzz_strategies.py``: random bytes, random CBOR with
+(strategies in ``bench/_fuzz_strategies.py``: random bytes, random CBOR with
 semantic tags, request envelopes with wrong-typed fields and private names,
 JSON, deep and huge payloads, bad topic levels), up to ``--window`` awaiting a
 reply, each with its own Correlation Data; after every ``--batch`` cases it
@@ -27,9 +27,7 @@ the batch, pins the culprit down on a fresh cluster, and starts a new one.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import logging
 import os
 import platform
@@ -46,15 +44,22 @@ from typing import Any
 
 import cbor2
 import psutil
+from continuum_dev.testing import Deployment, LocalBroker
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 
 import continuum
-from continuum._devbroker import LocalBroker
-from tests import _fuzz_strategies as fz
-from tests._cluster import Cluster
 
-from ._common import format_table, log, terminate_as_interrupt
+from . import _fuzz_strategies as fz
+from ._common import (
+    deployment,
+    format_table,
+    log,
+    options,
+    parser,
+    terminate_as_interrupt,
+    write_json,
+)
 
 HANDLERS = list(fz.HANDLERS)
 MIB = 1024 * 1024
@@ -93,7 +98,7 @@ class Rig:
     def __init__(self, broker: LocalBroker, tmp: Path) -> None:
         self.broker = broker
         self.tmp = tmp
-        self.cluster: Cluster | None = None
+        self.cluster: Deployment | None = None
         self.fuzzer: fz.Fuzzer | None = None
         self.ctx: fz.Ctx | None = None
         self.admin: continuum.Client | None = None
@@ -103,34 +108,14 @@ class Rig:
 
     def start(self) -> None:
         self.starts += 1
-        d = self.tmp / f"cluster{self.starts}"
-        d.mkdir()
-        c = self.cluster = Cluster(self.broker.url, d)
-        c.start_gateway()
-        c.start_node(
-            "n1",
-            "--max-payload",
-            str(fz.NODE_MAX_PAYLOAD),
-            "--log-level",
-            "WARNING",
-            modules=("examples.counter", "examples.sink"),
+        c = self.cluster = deployment(self.broker.url, self.tmp / f"cluster{self.starts}")
+        self.fuzzer = fz.open_target(
+            c, "--log-level", "WARNING", reply_timeout=20.0, window=256, optional_wait=0.5
         )
+        self.ctx = self.fuzzer.ctx
+        assert self.ctx is not None
         self.admin = c.client(timeout=30.0).connect()
-        counter = self.admin.stub(fz.COUNTER).create()
-        sink = self.admin.stub(fz.SINK).create()
-        device = f"fz-dev-{uuid.uuid4().hex[:6]}"
-        self.admin.bind_metrics(sink, device, "ingest")
-        self.fuzzer = fz.Fuzzer(
-            self.broker.url, root=c.root, reply_timeout=20.0, window=256, optional_wait=0.5
-        )
-        self.ctx = fz.Ctx(
-            root=c.root,
-            reply_prefix=self.fuzzer.reply_prefix,
-            counter=counter._id or "",
-            sink=sink._id or "",
-            device=device,
-        )
-        self.ours = {counter._id or "", sink._id or ""}
+        self.ours = {self.ctx.counter, self.ctx.sink}
         self.fresh_victim()
         self.acks = AckTracker(self.broker.log_path, "node-n1")
 
@@ -154,11 +139,7 @@ class Rig:
         self.fuzzer = self.admin = None
         if self.cluster is not None:
             for name in list(self.cluster.procs):
-                proc = self.cluster.procs[name]
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            self.cluster.procs.clear()
+                self.cluster.kill(name)
             self.cluster = None
 
     # -- measurements ------------------------------------------------------------------------------
@@ -446,14 +427,18 @@ def top_codes(outcomes: dict[str, int], k: int = 3) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.fuzz", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cases", type=int, default=10_000, help="cases per handler and round")
-    ap.add_argument("--rounds", type=int, default=2, help="rounds (memory growth is compared)")
+    ap = parser("fuzz", __doc__.split("\n\n")[0])
     ap.add_argument("--handlers", default=",".join(HANDLERS), help="comma-separated")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--batch", type=int, default=500, help="cases between liveness checks")
-    ap.add_argument("--json", default="reports/bench-fuzz.json")
-    ap.add_argument("--include-known-bugs", action="store_true")
+    options(
+        ap,
+        """
+        cases               10000  cases per handler and round
+        rounds              2      rounds (memory growth is compared)
+        seed                1      hypothesis seed
+        batch               500    cases between liveness checks
+        include-known-bugs  -      send the inputs of known bugs too
+        """,
+    )
     args = ap.parse_args(argv)
     # the live client of client_reply logs each junk reply it ignores (as it should)
     logging.getLogger("continuum.client").setLevel(logging.ERROR)
@@ -534,23 +519,11 @@ def main(argv: list[str] | None = None) -> int:
                 "gw_after": f"{(r['rss_after']['gateway'] or 0) / MIB:.0f}",
             }
         )
-    cols = [
-        ("round", "rnd", ">"),
-        ("handler", "handler", "<"),
-        ("cases", "cases", ">"),
-        ("skipped", "known", ">"),
-        ("results", "results", ">"),
-        ("errors", "errors", ">"),
-        ("noreply", "no reply ok", ">"),
-        ("bad", "BAD", ">"),
-        ("alive", "alive", "<"),
-        ("rate", "cases/s", ">"),
-        ("node", "node dRSS MiB", ">"),
-        ("node_after", "node RSS", ">"),
-        ("gw", "gw dRSS MiB", ">"),
-        ("gw_after", "gw RSS", ">"),
-        ("top", "top error codes", "<"),
-    ]
+    cols = (
+        "round:rnd> | handler< | cases> | skipped:known> | results> | errors> | "
+        "noreply:no reply ok> | bad:BAD> | alive< | rate:cases/s> | node:node dRSS MiB> | "
+        "node_after:node RSS> | gw:gw dRSS MiB> | gw_after:gw RSS> | top:top error codes<"
+    )
     leak: dict[str, Any] = {}
     if args.rounds >= 2:
         for h in handlers:
@@ -600,10 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         "pinpointed": pinned,
         "table": table,
     }
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1, default=repr))
-    log(f"wrote {out}")
+    write_json(args.json, report, indent=1)
     return 1 if bad else 0
 
 

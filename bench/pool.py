@@ -10,25 +10,30 @@ broker and the nodes share two cores, and a third node can add little.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 from collections import deque
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 import continuum
-from continuum._demo import LocalDeployment
+
+from ._common import deployment, format_table, log, options, parser, write_json
 
 HASHER = "examples.pool.Hasher"
 
 
-def measure(url: str, calls: int, window: int, rounds: int) -> dict[str, Any]:
-    with continuum.Client(url, timeout=60) as client:
+COLUMNS = [
+    ("nodes", "nodes", ">"),
+    ("rate", "calls/s", ">"),
+    ("speedup", "speed-up", ">"),
+    ("serving_processes", "serving", ">"),
+]
+
+
+def measure(url: str, root: str, calls: int, window: int, rounds: int) -> dict[str, Any]:
+    with continuum.Client(url, root=root, timeout=60) as client:
         pool = client.pool(HASHER)
         for _ in range(50):
             pool.digest(b"warm", rounds=rounds)
@@ -49,46 +54,35 @@ def measure(url: str, calls: int, window: int, rounds: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.pool", description=__doc__.split("\n\n")[0])
+    ap = parser("pool", __doc__.split("\n\n")[0])
     ap.add_argument(
         "--nodes", default="1,2,3", help="node counts to measure (default: %(default)s)"
     )
-    ap.add_argument(
-        "--calls", type=int, default=2000, help="calls per measurement (default: %(default)s)"
-    )
-    ap.add_argument(
-        "--window", type=int, default=32, help="calls outstanding (default: %(default)s)"
-    )
-    ap.add_argument(
-        "--rounds", type=int, default=3000, help="SHA-256 rounds per call (default: %(default)s)"
-    )
-    ap.add_argument(
-        "--json", default="reports/bench-pool.json", help="JSON output (default: %(default)s)"
+    options(
+        ap,
+        """
+        calls   2000  calls per measurement
+        window  32    calls outstanding
+        rounds  3000  SHA-256 rounds per call
+        """,
     )
     args = ap.parse_args(argv)
     rows = []
     for k in [int(x) for x in args.nodes.split(",")]:
-        print(f"[bench] {k} node(s)...", file=sys.stderr, flush=True)
-        with (
-            tempfile.TemporaryDirectory() as tmp,
-            LocalDeployment(state_dir=tmp, modules=["examples.pool"], nodes=k) as dep,
-        ):
-            r = measure(dep.url, args.calls, args.window, args.rounds)
+        log(f"{k} node(s)...")
+        with deployment() as dep:
+            dep.start([f"node{i + 1}" for i in range(k)], modules=["examples.pool"])
+            r = measure(dep.url, dep.root, args.calls, args.window, args.rounds)
         rows.append({"nodes": k, **r})
     base = rows[0]["calls_per_s"]
+    for r in rows:
+        r["speedup"] = f"{r['calls_per_s'] / base:.2f}x"
+        r["rate"] = f"{r['calls_per_s']:.0f}"
     print(
         f"\npool scaling: {HASHER}.digest, {args.rounds} SHA-256 rounds, {args.window} outstanding, {os.cpu_count()} cores"
     )
-    print(f"{'nodes':>5} {'calls/s':>10} {'speed-up':>9} {'serving':>8}")
-    for r in rows:
-        r["speedup"] = r["calls_per_s"] / base
-        print(
-            f"{r['nodes']:>5} {r['calls_per_s']:>10.0f} {r['speedup']:>8.2f}x {r['serving_processes']:>8}"
-        )
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "cpus": os.cpu_count(), "rows": rows}, indent=2))
-    print(f"\nJSON: {out}")
+    print(format_table(rows, COLUMNS))
+    write_json(args.json, {"args": vars(args), "cpus": os.cpu_count(), "rows": rows})
     return 0
 
 

@@ -5,7 +5,7 @@ per call and per metrics sample.
     sudo python -m bench.wan            # about a minute; needs root (network namespaces)
     python -m bench.wan --quick         # fewer calls (about 30 s)
 
-It builds the topology of the tests (tests/_netns.py, docs/topology.md): an EDGE
+It builds the topology of the tests (bench/_netns.py, docs/topology.md): an EDGE
 and a CLOUD network namespace joined by a veth pair, a site mosquitto bridged
 (deploy/bridge/, TLS, two connections) to a cloud mosquitto, a gateway and two
 nodes on the cloud side, the WAN relay (bench/_wanrelay.py) on the bridge link and
@@ -32,9 +32,6 @@ reports/bench-wan.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -42,60 +39,43 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._common import REPO, format_table, log, pipelined, sequential, summarize
+from continuum_dev.testing import wait_for
+
+from ._common import columns, format_table, log, machine, options, parser, write_json
+from ._timing import pipelined, sequential, summarize
 
 CLASS = "examples.counter.Counter"
 SINK = "examples.sink.SampleSink"
 
-COLUMNS = [
-    ("path", "path", "<"),
-    ("conditions", "conditions", "<"),
-    ("p50", "p50 ms", ">"),
-    ("p90", "p90 ms", ">"),
-    ("p99", "p99 ms", ">"),
-    ("rate", "calls/s", ">"),
-    ("call_bytes", "bytes/call", ">"),
-    ("sample_bytes", "bytes/sample", ">"),
-]
+COLUMNS = columns(
+    "path< | conditions< | p50:p50 ms> | p90:p90 ms> | p99:p99 ms> | rate:calls/s> | "
+    "call_bytes:bytes/call> | sample_bytes:bytes/sample>"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.wan",
-        description=(
-            "Call latency, pipelined throughput and bridge bytes per call and per sample of "
-            "continuum over a bridged edge-to-cloud topology with an emulated WAN, beside "
-            "loopback. Builds (and removes) its own network namespaces: needs root."
-        ),
+    p = parser(
+        "wan",
+        "Call latency, pipelined throughput and bridge bytes per call and per sample of "
+        "continuum over a bridged edge-to-cloud topology with an emulated WAN, beside "
+        "loopback. Builds (and removes) its own network namespaces: needs root.",
+        quick="fewer calls and samples (about 30 s)",
     )
-    p.add_argument("--calls", type=int, default=300, help="sequential calls per path (300)")
-    p.add_argument(
-        "--pipelined-calls", type=int, default=3000, help="calls in the throughput run (3000)"
+    options(
+        p,
+        """
+        calls            300     sequential calls per path
+        pipelined-calls  3000    calls in the throughput run
+        window           64      calls in flight when pipelined
+        samples          500     metrics samples per path
+        warmup           20      warm-up calls per path
+        delay-ms         50.0    WAN delay each way
+        loss             0.01    WAN segment loss
+        rate             10mbit  WAN bandwidth each way, tc syntax
+        keep-logs        -       keep the processes' logs
+        """,
     )
-    p.add_argument("--window", type=int, default=64, help="calls in flight when pipelined (64)")
-    p.add_argument("--samples", type=int, default=500, help="metrics samples per path (500)")
-    p.add_argument("--warmup", type=int, default=20, help="warm-up calls per path (20)")
-    p.add_argument("--delay-ms", type=float, default=50.0, help="WAN delay each way (50)")
-    p.add_argument("--loss", type=float, default=0.01, help="WAN segment loss (0.01)")
-    p.add_argument("--rate", default="10mbit", help="WAN bandwidth each way, tc syntax (10mbit)")
-    p.add_argument("--quick", action="store_true", help="fewer calls and samples (about 30 s)")
-    p.add_argument(
-        "--json",
-        dest="json_path",
-        default="reports/bench-wan.json",
-        help="where to write the figures (default: %(default)s, relative to the repo root)",
-    )
-    p.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
     return p
-
-
-def _wait(pred: Any, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} within {timeout} s")
 
 
 def _bytes(stats: dict[str, Any], n: int) -> dict[str, float]:
@@ -146,10 +126,10 @@ def measure_samples(cloud: Any, args: argparse.Namespace, topo: Any, device: str
             for _ in range(args.samples):
                 pub.publish()
                 time.sleep(1 / 200)
-            _wait(
+            wait_for(
                 lambda: len(sink.received()["seqs"]) >= args.samples,
                 60,
-                f"{args.samples} samples in the sink",
+                what=f"{args.samples} samples in the sink",
             )
             elapsed = time.perf_counter() - t0
             time.sleep(0.5)  # the last PUBACKs cross too
@@ -185,8 +165,7 @@ def _row(name: str, conditions: str, fig: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    sys.path.insert(0, str(REPO))
-    from tests._netns import Topology, Wan, unavailable_reason
+    from ._netns import Topology, Wan, unavailable_reason
 
     reason = unavailable_reason()
     if reason is not None:
@@ -231,30 +210,10 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def _meta(args: argparse.Namespace) -> dict[str, Any]:
-    import subprocess
-
-    from continuum._devbroker import find_mosquitto
-
-    version = ""
-    mosq = find_mosquitto()
-    if mosq:
-        try:
-            version = subprocess.run(
-                [mosq, "-h"], capture_output=True, text=True, timeout=5
-            ).stdout.splitlines()[0]
-        except (OSError, IndexError, subprocess.SubprocessError):
-            pass
     return {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "loadavg_at_start": list(os.getloadavg()),
-        "python": platform.python_version(),
-        "mosquitto": version,
+        **machine(args),
         "qos": 1,
         "bridge": "deploy/bridge/site-bridge.conf.j2 (TLS 1.2+, MQTT 5 + MQTT 3.1.1 replies)",
-        "args": {k: v for k, v in vars(args).items() if k != "json_path"},
     }
 
 
@@ -280,12 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(request, reply, both PUBACKs) and per sample (PUBLISH + PUBACK); calls/s: "
         f"pipelined, {args.window} in flight"
     )
-    path = Path(args.json_path)
-    if not path.is_absolute():
-        path = REPO / path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    log(f"figures written to {path} ({meta['seconds']} s)")
+    write_json(args.json, result)
     if not args.keep_logs:
         import shutil
 

@@ -3,7 +3,10 @@
 One thread samples, stores, sends and keeps the books (no locks on the hot
 path); the link's thread owns the MQTT connection; the jobs run as futures of
 a continuum.Client. Samples go to the outbox first, leave it on PUBACK, and
-are sent in sequence order at a bounded rate.
+are sent in sequence order at a bounded rate. An acknowledged sample stays
+``[outbox] resend_window`` seconds more: after a reconnect those acknowledged
+within that window before the connection was lost are sent again first (a
+broker that crashed may have lost them), then the unacknowledged ones.
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ class Agent:
         self.acked = 0
         self.refused = 0
         self._inflight: dict[int, int] = {}  # mid -> seq, on the current connection
+        self._resent_mids: set[int] = set()  # those of _inflight that are resends
+        self._resending = False  # the resend of this connection has more to send
+        self._resend_open = False  # ... or some of it is not acknowledged yet
+        self._resend_upto = 0
         self._generation = 0
         self._sent_upto = 0
         self._tokens = 0.0
@@ -68,7 +75,7 @@ class Agent:
         self._store_failing = 0  # samples failed since storing last worked
         self._status_failing = False
         self._tight = False  # the outbox's file system is low on space
-        self._published_counts: tuple[int, int] | None = None
+        self._published_counts: tuple[int, int, int] | None = None
 
     # -- wiring ---------------------------------------------------------------------
     def _password(self) -> str | None:
@@ -86,6 +93,7 @@ class Agent:
         cfg = self.cfg
         if self.outbox is None:
             self.outbox = open_outbox(cfg.state_dir)  # raises StateError
+        self.outbox.window = cfg.outbox.resend_window
         if self.sampler is None:
             self.sampler = Sampler(cfg.sampling.disk_path)
         self._metrics_topic = self._topic("metrics")
@@ -146,12 +154,12 @@ class Agent:
         if self.link is not None:
             self.link.publish(self._topic(kind), encode(body), retain=retain)
 
-    def _counts(self) -> tuple[int, int]:
+    def _counts(self) -> tuple[int, int, int]:
         ob = self.outbox
-        return (ob.failed, ob.dropped) if ob is not None else (0, 0)
+        return (ob.failed, ob.dropped, ob.resent) if ob is not None else (0, 0, 0)
 
     def _device_status(self, state: str) -> dict[str, Any]:
-        failed, dropped = self._counts()
+        failed, dropped, resent = self._counts()
         return {
             "state": state,
             "dev": self.cfg.device,
@@ -159,10 +167,11 @@ class Agent:
             "pid": os.getpid(),
             "failed": failed,
             "dropped": dropped,
+            "resent": resent,
         }
 
     def _publish_counts(self) -> None:
-        """The retained ``online`` status again when failed or dropped changed."""
+        """The retained ``online`` status again when failed, dropped or resent changed."""
         link = self.link
         if link is None or not link.connected:
             self._published_counts = None  # said again after the next connect
@@ -242,12 +251,19 @@ class Agent:
             seq = self._inflight.pop(mid, None)
             if seq is None:
                 continue
+            resent = mid in self._resent_mids
+            self._resent_mids.discard(mid)
             if ok:
-                self.acked += 1
-                done.append(seq)
+                if not resent:
+                    self.acked += 1
+                done.append(seq)  # a resent one: kept again from now
             else:
                 refused.append(seq)
         self.outbox.remove(done)
+        if self._resend_open and not self._resending and not self._resent_mids:
+            self._resend_open = False  # all sent again and acknowledged again
+            self.outbox.resend_done()
+        self.outbox.prune()  # kept samples past the window (at most every second)
         if done and not refused:
             self._refusal_pause = 0.0
         if refused:
@@ -258,7 +274,9 @@ class Agent:
             self._refusal_pause = min(300.0, max(5.0, 2 * self._refusal_pause))
             self._paused_until = time.monotonic() + self._refusal_pause
             self._inflight.clear()
-            self._sent_upto = 0
+            self._resent_mids.clear()
+            self._sent_upto = self._resend_upto = 0
+            self._resending = self._resend_open
             self.refusal = (
                 f"the broker refused sample #{min(refused)} on {self._metrics_topic} (not "
                 f"authorized?); samples kept, sending again in {self._refusal_pause:.0f} s"
@@ -271,10 +289,14 @@ class Agent:
         assert link is not None and self.outbox is not None
         if not link.connected:
             return None
-        if link.generation != self._generation:  # a new connection: resend all unacked
+        if link.generation != self._generation:
+            # a new connection: first the samples acknowledged just before the
+            # last one was lost, then every unacknowledged one
             self._generation = link.generation
             self._inflight.clear()
-            self._sent_upto = 0
+            self._resent_mids.clear()
+            self._sent_upto = self._resend_upto = 0
+            self._resending = self._resend_open = self.outbox.begin_resend()
         if now < self._paused_until:
             return self._paused_until - now
         if self.outbox.unremoved >= MAX_UNREMOVED:
@@ -286,6 +308,10 @@ class Agent:
         room = min(int(self._tokens), ob.max_inflight - len(self._inflight))
         if room <= 0:
             return (1 - self._tokens) / rate if self._tokens < 1 else None
+        if self._resending:
+            room -= self._resend(link, room)
+            if self._resending or room <= 0:
+                return max(0.0, (1 - self._tokens) / rate)
         rows = self.outbox.after(self._sent_upto, room)
         for seq, payload in rows:
             mid = link.publish(self._metrics_topic, payload)
@@ -298,6 +324,26 @@ class Agent:
         if len(rows) == room and len(self.outbox) > len(self._inflight):
             return max(0.0, (1 - self._tokens) / rate)
         return None
+
+    def _resend(self, link: Link, room: int) -> int:
+        """Send up to ``room`` kept samples of this connection's resend; how many."""
+        assert self.outbox is not None
+        rows = self.outbox.resend_after(self._resend_upto, room)
+        n = 0
+        for seq, payload in rows:
+            mid = link.publish(self._metrics_topic, payload)
+            if mid is None:
+                break
+            self._inflight[mid] = seq
+            self._resent_mids.add(mid)
+            self._resend_upto = seq
+            self._tokens -= 1
+            n += 1
+        if n:
+            self.outbox.count_resent(n)
+        if len(rows) < room:
+            self._resending = False
+        return n
 
     def _sweep(self) -> None:
         assert self.outbox is not None
@@ -391,6 +437,8 @@ class Agent:
             and new.forecaster == old.forecaster
         ):
             self.cfg = new
+            if self.outbox is not None:
+                self.outbox.window = new.outbox.resend_window
             if self.jobs is not None:
                 self.jobs.cfg = new
             if new.sampling.disk_path != old.sampling.disk_path and self.sampler is not None:
@@ -418,6 +466,8 @@ class Agent:
         self.cfg = new
         self._generation = 0
         self._inflight.clear()
+        self._resent_mids.clear()
+        self._resending = self._resend_open = False
         self._start_parts()
 
     def _shutdown(self) -> None:
@@ -427,7 +477,7 @@ class Agent:
         if self._signal is not None:
             log.info("signal %d: flushing the outbox, then stopping", self._signal)
         end = time.monotonic() + ob.flush_timeout
-        while link.connected and len(self.outbox) and time.monotonic() < end:
+        while link.connected and (len(self.outbox) or self._resend_open) and time.monotonic() < end:
             self._take_acks()
             retry = self._drain(time.monotonic())
             self._wake.wait(min(0.05, retry or 0.05))
@@ -469,10 +519,12 @@ class Agent:
                 "not_sampled": ob.not_sampled if ob is not None else 0,
                 "failed": ob.failed if ob is not None else 0,
                 "unremoved": ob.unremoved if ob is not None else 0,
+                "kept": ob.kept if ob is not None else 0,
                 "error": ob.error if ob is not None else None,
             },
             "sent": self.sent,
             "acked": self.acked,
+            "resent": ob.resent if ob is not None else 0,
             "refused": self.refused,
             "refusal": self.refusal if time.monotonic() < self._paused_until else None,
             "forecaster": self.jobs.status() if self.jobs is not None else self._last_jobs,

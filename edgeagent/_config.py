@@ -66,6 +66,9 @@ class OutboxConfig:
     drain_rate: float = 200.0
     max_inflight: int = 50
     flush_timeout: float = 5.0
+    # seconds an acknowledged sample is kept and sent again after a reconnect
+    # (a crashed broker may have lost it); 0: off
+    resend_window: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "[outbox] drain_rate": (0.001, 100_000, " samples/s"),
     "[outbox] max_inflight": (1, 65535, ""),
     "[outbox] flush_timeout": (0, 3600, " seconds"),
+    "[outbox] resend_window": (0, 300, " seconds"),
     "[forecaster] replicas": (0, 64, ""),
     "[forecaster] timeout": (0.1, _DAY, " seconds"),
     "[jobs] forecast_every": (0, 10_000_000, " samples"),
@@ -328,6 +332,9 @@ policy = "drop_oldest"              # when full: "drop_oldest" or "stop_sampling
 drain_rate = 200.0                  # samples/s when catching up after an outage
 max_inflight = 50                   # samples sent but not yet acknowledged (QoS 1)
 flush_timeout = 5.0                 # seconds spent sending the outbox on SIGTERM
+resend_window = 5.0                 # seconds an acknowledged sample is kept, and sent again
+                                    # after a reconnect (a crashed broker may have lost it;
+                                    # consumers drop the duplicates by seq); 0: off
 
 [forecaster]                        # the device's resident forecaster on a cloud node
 enabled = true                      # false: publish metrics only

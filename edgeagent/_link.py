@@ -5,7 +5,9 @@ and full jitter (so a site's boards do not all come back in the same
 instant after a broker restart). Every connection is a fresh paho client with
 a clean session: what the broker did not acknowledge on the last one is sent
 again from the outbox, in sequence order, so the outbox is the only place a
-sample lives until its PUBACK.
+sample lives until its PUBACK; and, for ``[outbox] resend_window`` seconds
+after it, the agent's copy is what a crashed broker's lost samples are sent
+again from (the agent decides that when the generation changes).
 """
 
 from __future__ import annotations

@@ -1,5 +1,14 @@
 """The store-and-forward outbox: every sample is written here first and
-deleted only once the broker acknowledged it (QoS 1 PUBACK).
+leaves it only once the broker acknowledged it (QoS 1 PUBACK).
+
+An acknowledged sample is kept :attr:`Outbox.window` seconds more (table
+``acked``, with the time of its PUBACK): mosquitto saves its state only every
+1-2 s, so a broker crash can lose what it acknowledged just before. After a
+reconnect the agent sends those again first (:meth:`Outbox.begin_resend`,
+:meth:`Outbox.resend_after`); consumers drop a ``seq`` they have seen. Kept
+samples never count against the bounds (``max_samples``, ``max_age``, the
+policies: they apply to unacknowledged samples only) and are the first to go
+when the file system is short of space.
 
 One SQLite file (WAL, ``synchronous=NORMAL``: a power cut may lose the last
 transactions, never corrupt the file). The next sequence number lives in the
@@ -21,6 +30,7 @@ delete what the broker acknowledged.
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import threading
@@ -38,17 +48,29 @@ LOW_SPACE = 3 * WAL_LIMIT
 MAX_UNREMOVED = 1000  # acknowledged samples whose deletion failed, kept in memory at most
 RETRY_REMOVE = 1.0  # seconds between retries of failed deletions
 
-# ts: the sampling time (wall clock); boot, up: the kernel's boot id and the
-# seconds since boot at insertion, which age a sample even when the wall clock
-# jumps (a board without a battery-backed clock syncs it only once online).
+PRUNE_EVERY = 1.0  # seconds between deletions of kept samples past the window
+
+# samples: not yet acknowledged. ts: the sampling time (wall clock); boot, up:
+# the kernel's boot id and the seconds since boot at insertion, which age a
+# sample even when the wall clock jumps (a board without a battery-backed clock
+# syncs it only once online).
+# acked: acknowledged, kept for the resend window; boot, up: at its PUBACK.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
     seq INTEGER PRIMARY KEY, ts REAL NOT NULL, payload BLOB NOT NULL, boot TEXT, up REAL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS acked (
+    seq INTEGER PRIMARY KEY, payload BLOB NOT NULL, boot TEXT, up REAL NOT NULL
+);
 """
-_COLUMNS = {"samples": ["seq", "ts", "payload", "boot", "up"], "meta": ["key", "value"]}
-_COUNTERS = ("dropped_full", "dropped_age", "not_sampled", "failed")
+_COLUMNS = {
+    "samples": ["seq", "ts", "payload", "boot", "up"],
+    "meta": ["key", "value"],
+    "acked": ["seq", "payload", "boot", "up"],
+}
+_COUNTERS = ("dropped_full", "dropped_age", "not_sampled", "failed", "resent")
+ALL = -math.inf  # a resend cutoff: every kept sample
 # SQLite primary result codes that mean "may work later" (space, I/O)
 _TRANSIENT = {10, 13}  # SQLITE_IOERR, SQLITE_FULL
 
@@ -89,10 +111,20 @@ class Outbox:
         self.path = path
         self._lock = threading.Lock()
         self.error: str | None = None  # the last write's error; None once one succeeds
-        self._unremoved: set[int] = set()  # acknowledged, deletion failed: retried
+        # acknowledged (seq -> uptime of its PUBACK) but not yet moved or
+        # deleted (the write failed): retried
+        self._unremoved: dict[int, float] = {}
         self._retry_at = 0.0
-        self._gone = 0  # deletions of _unremoved done by the current transaction
-        self.tight = False  # low on space: checkpoint after every write
+        self._gone = 0  # samples rows that _unremoved's took out, in the current transaction
+        self._kept_delta = 0  # change of acked rows in the current transaction
+        self.tight = False  # low on space: checkpoint after every write, keep no acked
+        # seconds an acknowledged sample is kept for resending; 0: deleted at once
+        self.window = 0.0
+        self.last_ack: float | None = None  # uptime of the latest PUBACK taken
+        # resend cutoff not yet done (uptime; ALL: every kept sample), None: none
+        self.pending: float | None = None
+        self.shed = 0  # kept samples deleted early for lack of space (this process)
+        self._prune_at = 0.0
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
             self._open()
@@ -132,13 +164,21 @@ class Outbox:
         db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
         db.executescript(_SCHEMA)
         self._boot = _boot_id()
-        row = db.execute("SELECT MAX(seq) FROM samples").fetchone()
+        row = db.execute(
+            "SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM samples "
+            "UNION ALL SELECT MAX(seq) FROM acked)"
+        ).fetchone()
         self._next = max(self._meta("next_seq", 1), (row[0] or 0) + 1)
         self._count = db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+        self._kept = db.execute("SELECT COUNT(*) FROM acked").fetchone()[0]
+        # the last run ended with these: when its connection was lost is not
+        # known, so the first connection sends them all again
+        self.pending = ALL if self._kept else None
         self.dropped_full = self._meta("dropped_full", 0)
         self.dropped_age = self._meta("dropped_age", 0)
         self.not_sampled = self._meta("not_sampled", 0)
         self.failed = self._meta("failed", 0)
+        self.resent = self._meta("resent", 0)
         self._saved = self._counters()
 
     def _check_schema(self) -> None:
@@ -186,21 +226,43 @@ class Outbox:
             return False
         return not busy
 
+    def _ack_rows(self, items: list[tuple[int, float]]) -> None:
+        """Acknowledged samples (seq, uptime of the PUBACK) out of ``samples``:
+        moved to ``acked`` (or, already there after a resend, their time
+        renewed) while a window is set and space allows; deleted otherwise."""
+        db = self._db
+        if self.window > 0 and not self.tight:
+            rows = [(self._boot, up, seq) for seq, up in items]
+            db.executemany("UPDATE acked SET boot = ?, up = ? WHERE seq = ?", rows)
+            cur = db.executemany(
+                "INSERT INTO acked(seq, payload, boot, up) "
+                "SELECT seq, payload, ?, ? FROM samples WHERE seq = ?",
+                rows,
+            )
+            self._kept_delta += max(cur.rowcount, 0)
+        elif self._kept:
+            cur = db.executemany("DELETE FROM acked WHERE seq = ?", [(s,) for s, _ in items])
+            self._kept_delta -= max(cur.rowcount, 0)
+        cur = db.executemany("DELETE FROM samples WHERE seq = ?", [(s,) for s, _ in items])
+        self._gone = max(cur.rowcount, 0)
+
     def _commit(self, work: Callable[[], dict[str, int]]) -> bool:
         """One transaction: the failed deletions, ``work`` (which returns the
         meta values to save with it) and the counters that changed. On an
-        error: roll back, checkpoint, try once more; False (and :attr:`error`
+        error: roll back, checkpoint, try once more, deleting the kept
+        acknowledged samples first (space is short); False (and :attr:`error`
         set) when it could not be stored."""
         for attempt in range(2):
-            unremoved = sorted(self._unremoved)
+            unremoved = sorted(self._unremoved.items())
+            shed = 0
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._gone = 0
+                self._gone = self._kept_delta = 0
+                if attempt and self._kept:
+                    shed = max(self._db.execute("DELETE FROM acked").rowcount, 0)
+                    self._kept_delta -= shed
                 if unremoved:
-                    cur = self._db.executemany(
-                        "DELETE FROM samples WHERE seq = ?", [(s,) for s in unremoved]
-                    )
-                    self._gone = max(cur.rowcount, 0)
+                    self._ack_rows(unremoved)
                 meta = work()
                 values = {k: v for k, v in self._counters().items() if self._saved.get(k) != v}
                 values.update(meta)
@@ -216,7 +278,10 @@ class Outbox:
                 self._rollback()
                 raise
             self._count -= self._gone
-            self._unremoved.difference_update(unremoved)
+            self._kept += self._kept_delta
+            self.shed += shed
+            for seq, _ in unremoved:
+                self._unremoved.pop(seq, None)
             self._saved.update({k: v for k, v in values.items() if k in _COUNTERS})
             self.error = None
             if self.tight:
@@ -258,14 +323,18 @@ class Outbox:
             self._commit(dict)  # if that fails, saved with the next write that succeeds
 
     def remove(self, seqs: Iterable[int]) -> None:
-        """Forget acknowledged samples. A deletion that fails is kept and tried
-        again (with the next write, or a call with no ``seqs`` a second later);
-        those samples are not handed out by :meth:`after` meanwhile."""
+        """Take the broker's acknowledgement of ``seqs`` (first sends and
+        resends alike): kept :attr:`window` seconds from now, or deleted when
+        there is no window. A write that fails is kept in memory and tried
+        again (with the next write, or a call with no ``seqs`` a second
+        later); those samples are not handed out by :meth:`after` meanwhile."""
         new = list(seqs)
         with self._lock:
-            if not new and (not self._unremoved or time.monotonic() < self._retry_at):
+            if new:
+                self.last_ack = now = _uptime()
+                self._unremoved.update(dict.fromkeys(new, now))
+            elif not self._unremoved or time.monotonic() < self._retry_at:
                 return
-            self._unremoved.update(new)
             if not self._commit(dict):
                 self._retry_at = time.monotonic() + RETRY_REMOVE
 
@@ -273,6 +342,95 @@ class Outbox:
     def unremoved(self) -> int:
         """Acknowledged samples whose deletion failed (still in the file)."""
         return len(self._unremoved)
+
+    def count_resent(self, n: int) -> None:
+        """``n`` acknowledged samples sent again (saved with the next write)."""
+        self.resent += n
+
+    # -- the resend window -------------------------------------------------------
+    def begin_resend(self) -> bool:
+        """A new connection: from now on :meth:`resend_after` hands out the kept
+        samples acknowledged within :attr:`window` seconds before the last
+        PUBACK taken (the broker was alive then; its crash came after), plus
+        those of a resend that a lost connection left unfinished (all of them
+        after the agent started). Whether there is any to send."""
+        with self._lock:
+            if self.window <= 0:
+                self.pending = None
+                return False
+            cutoff = self.pending
+            if self.last_ack is not None and self.window > 0:
+                since = self.last_ack - self.window
+                cutoff = since if cutoff is None else min(cutoff, since)
+            self.pending = cutoff if self._kept else None
+            return self.pending is not None
+
+    def resend_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` kept samples of the resend begun, with a sequence
+        number above ``seq``, in order."""
+        with self._lock:
+            since = self.pending
+            if since is None:
+                return []
+            if since == ALL:
+                return self._db.execute(
+                    "SELECT seq, payload FROM acked WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (seq, limit),
+                ).fetchall()
+            # a sample kept from an earlier boot is as recent as any (no common clock)
+            return self._db.execute(
+                "SELECT seq, payload FROM acked WHERE seq > ? AND (boot IS NOT ? OR up >= ?) "
+                "ORDER BY seq LIMIT ?",
+                (seq, self._boot, since, limit),
+            ).fetchall()
+
+    def resend_done(self) -> None:
+        """Every sample of the resend was sent and acknowledged again."""
+        with self._lock:
+            self.pending = None
+
+    def prune(self, force: bool = False) -> int:
+        """Delete the kept samples no resend can need any more: acknowledged
+        more than :attr:`window` seconds before the last PUBACK taken, and not
+        part of a resend still to do (at most every :data:`PRUNE_EVERY` s
+        unless ``force``). Every one when there is no window. How many went."""
+        with self._lock:
+            if not self._kept or (not force and time.monotonic() < self._prune_at):
+                return 0
+            self._prune_at = time.monotonic() + PRUNE_EVERY
+            if self.window <= 0 or self.tight:
+                floor: float | None = None  # all of them
+            elif self.last_ack is None and self.pending is None:
+                return 0
+            else:
+                floor = self.last_ack - self.window if self.last_ack is not None else math.inf
+                if self.pending is not None:
+                    floor = min(floor, self.pending)
+                if floor == ALL:
+                    return 0
+            done = [0]
+
+            def drop() -> dict[str, int]:
+                if floor is None:
+                    cur = self._db.execute("DELETE FROM acked")
+                else:
+                    # an earlier boot's, once no resend still to do needs them
+                    cur = self._db.execute(
+                        "DELETE FROM acked WHERE (boot IS ? AND up < ?) OR (? AND boot IS NOT ?)",
+                        (self._boot, floor, self.pending is None, self._boot),
+                    )
+                done[0] = max(cur.rowcount, 0)
+                self._kept_delta -= done[0]
+                return {}
+
+            if not self._commit(drop):
+                return 0
+            return done[0]
+
+    @property
+    def kept(self) -> int:
+        """Acknowledged samples kept for the resend window."""
+        return self._kept
 
     def enforce(self, max_samples: int, max_age: float | None, drop_oldest: bool) -> int:
         """Apply the bounds: samples older than ``max_age`` seconds go (None:
@@ -319,7 +477,8 @@ class Outbox:
 
     # -- reading ------------------------------------------------------------------
     def after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` samples with a sequence number above ``seq``, in order."""
+        """Up to ``limit`` unacknowledged samples with a sequence number above
+        ``seq``, in order."""
         with self._lock:
             skip = self._unremoved
             rows = self._db.execute(
@@ -329,6 +488,7 @@ class Outbox:
         return [r for r in rows if r[0] not in skip][:limit] if skip else rows
 
     def __len__(self) -> int:
+        """Unacknowledged samples (kept acknowledged ones do not count)."""
         return self._count - len(self._unremoved)
 
     def oldest_ts(self) -> float | None:
@@ -341,7 +501,9 @@ class Outbox:
         """Whether another sample may make the file bigger: False when the
         file system has less than :data:`LOW_SPACE` bytes free and the file no
         free page (the caller then applies the outbox's policy, as at
-        ``max_samples``). Checked before every sample."""
+        ``max_samples``). Checked before every sample. Low on space, no
+        acknowledged sample is kept: those kept go first, and their pages are
+        reused."""
         try:
             st = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
             self.tight = st.f_bavail * st.f_frsize < LOW_SPACE
@@ -349,6 +511,8 @@ class Outbox:
             self.tight = False
         if not self.tight:
             return True
+        if self._kept:
+            self.shed += self.prune(force=True)
         with self._lock:
             try:
                 return bool(self._db.execute("PRAGMA freelist_count").fetchone()[0])

@@ -34,7 +34,6 @@ _WHEEL_SOURCES = (
     "gateway",
     "cloudnode",
     "edgeagent",
-    "examples",
     "firmware-sim",
 )
 

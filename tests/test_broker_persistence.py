@@ -5,7 +5,6 @@ while the node was away, and replays none it had already delivered."""
 from __future__ import annotations
 
 import contextlib
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +12,7 @@ from pathlib import Path
 import cbor2
 import paho.mqtt.client as paho
 import pytest
-
-import continuum
-from continuum._devbroker import BROKER_SETTINGS, PERSISTENCE_SETTINGS, LocalBroker, free_port
+from continuum_dev.testing import BROKER_SETTINGS, PERSISTENCE_SETTINGS, LocalBroker, free_port
 
 from ._cluster import REPO, Cluster, wait_for
 from ._deploy import ansible_env, tool
@@ -52,36 +49,13 @@ def wait_for_save(db: Path) -> None:
     wait_for(lambda: db.exists() and db.stat().st_ino != before, timeout=20, interval=0.01)
 
 
-def gateway_back(c: Cluster) -> None:
-    """Until the gateway answers again. Its retained ``online`` status survives the
-    broker's crash (no will was published), so a client does not wait for it and a
-    call sent before the gateway has reconnected has no subscriber: ask again."""
-
-    def answers() -> bool:
-        try:
-            with c.client(timeout=2.0) as client:
-                client.nodes()
-            return True
-        except continuum.DeadlineExpired:
-            return False
-
-    wait_for(answers, timeout=30, interval=0.1)
-
-
-def sigkill(broker: LocalBroker) -> None:
-    assert broker.proc is not None
-    broker.proc.send_signal(signal.SIGKILL)
-    broker.proc.wait()
-    broker.proc = None
-
-
 def test_broker_sigkill_loses_no_acknowledged_sample_and_replays_none(tmp_path: Path) -> None:
     port = free_port()
     persist = str(tmp_path / "broker-data")
     db = Path(persist) / "mosquitto.db"
     log = str(tmp_path / "mosquitto.log")
     broker = LocalBroker(port=port, persistence_dir=persist, log_path=log).start()
-    c = Cluster(broker.url, tmp_path)
+    c = Cluster(broker.url, tmp_path, cwd=REPO)
     state = str(tmp_path / "n1-state")
     topic = c.topics.metrics("dev-1")
     try:
@@ -96,7 +70,7 @@ def test_broker_sigkill_loses_no_acknowledged_sample_and_replays_none(tmp_path: 
         publish_acknowledged(broker.url, topic, range(1, 21))
         broker.stop()
         broker = LocalBroker(port=port, persistence_dir=persist, log_path=log).start()
-        gateway_back(c)
+        c.wait_gateway()
         c.start_node("n1", "--state-dir", state, modules=MODULES)
         with c.client() as client:
             wait_for(lambda: len(client.get("sink").received()["seqs"]) >= 20, timeout=30)
@@ -104,9 +78,9 @@ def test_broker_sigkill_loses_no_acknowledged_sample_and_replays_none(tmp_path: 
         # 21..40 acknowledged by the broker while the node is away, then SIGKILL
         publish_acknowledged(broker.url, topic, range(21, 41))
         wait_for_save(db)  # the documented window: what was acked before the last save
-        sigkill(broker)
+        broker.kill()
         broker = LocalBroker(port=port, persistence_dir=persist, log_path=log).start()
-        gateway_back(c)
+        c.wait_gateway()
         c.start_node("n1", "--state-dir", state, modules=MODULES)
         with c.client() as client:
             sink = client.get("sink")

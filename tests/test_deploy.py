@@ -16,6 +16,7 @@ the node from this venv instead, for a quicker local run.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -30,14 +31,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from continuum_dev.testing import find_mosquitto
 
 import continuum
-from continuum._devbroker import find_mosquitto
 from continuum.samples import encode_sample
 
 from ._deploy import (
     ANSIBLE_DIR,
     HASH_PASSWORD,
+    REPO,
     Mqtt,
     ansible_env,
     build_wheel,
@@ -66,6 +68,19 @@ NODE = "n1"
 DEV_A, DEV_B, DEV_C = "dev-a", "dev-b", "dev-c"
 FORECASTER = "cloudnode.forecast.Forecaster"
 COUNTER = "examples.counter.Counter"
+# bytes of the files of continuum-mqtt and its dependencies, and its top-level packages
+EDGE_SIZE = """
+import json
+from importlib import metadata
+from pathlib import Path
+total = 0
+for name in ("continuum-mqtt", "paho-mqtt", "cbor2", "psutil"):
+    dist = metadata.distribution(name)
+    files = [Path(str(dist.locate_file(f))) for f in dist.files or []]
+    total += sum(f.stat().st_size for f in files if f.is_file())
+top = metadata.distribution("continuum-mqtt").read_text("top_level.txt") or ""
+print(json.dumps({"bytes": total, "top_level": sorted(top.split())}))
+"""
 FULL = os.environ.get("CONTINUUM_DEPLOY_FULL", "1") != "0"
 
 
@@ -118,6 +133,15 @@ class Deployment:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _application_folder(tmp: Path) -> str:
+    """A folder holding a copy of examples/, as an operator ships application classes."""
+    apps = tmp / "apps"
+    shutil.copytree(
+        REPO / "examples", apps / "examples", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    return str(apps)
 
 
 def _inventory(tmp: Path, ports: dict[str, int], wheel: Path, pw: dict[str, str]) -> dict[str, Any]:
@@ -181,6 +205,8 @@ def _inventory(tmp: Path, ports: dict[str, int], wheel: Path, pw: dict[str, str]
         "cloudnode_group": "root",
         "cloudnode_id": NODE,
         "cloudnode_modules": ["examples.counter", "cloudnode.forecast"],
+        # examples/ is not in the wheel: shipped beside it as an application folder (--path)
+        "cloudnode_paths": [_application_folder(tmp)],
         "cloudnode_torch_threads": 1,
         "cloudnode_venv_create": FULL,
         "cloudnode_venv": f"{d['opt']}/node" if FULL else sys.prefix,
@@ -398,6 +424,14 @@ def test_edge_venv_is_light(deploy: Deployment, capsys: pytest.CaptureFixture[st
     assert {"continuum-mqtt", "paho-mqtt", "cbor2", "psutil"} <= names
     assert not names & {"torch", "numpy", "pandas", "cloudpickle", "sqlite-utils"}, names
     assert (venv / "bin" / "edgeagent").exists()
+    # what the edge install holds: continuum-mqtt and its three dependencies, under
+    # 5 MiB; the wheel carries no examples, tests, benchmarks or dev tools
+    probe = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", EDGE_SIZE], capture_output=True, text=True, check=True
+    )
+    installed = json.loads(probe.stdout)
+    assert installed["bytes"] < 5 * 2**20, installed
+    assert not {"examples", "tests", "bench", "continuum_dev"} & set(installed["top_level"])
     size = [line for line in deploy.runs[0].splitlines() if '"msg": "edge venv ' in line]
     assert size, "the role reports the edge venv size"
     with capsys.disabled():

@@ -463,7 +463,7 @@ def _held(c: Cluster, client: continuum.Client, node: str) -> list[dict[str, Any
 
 def _start_refused_gateway(c: Cluster) -> tuple[int, str]:
     """Start a gateway that must refuse: its exit code and its log."""
-    proc = c._spawn("gateway", ["-m", "gateway", "--broker", c.url, "--db", c.db, "--root", c.root])
+    proc = c.python("gateway", "-m", "gateway", "--broker", c.url, "--db", c.db, "--root", c.root)
     try:
         code = proc.wait(60)
     finally:
@@ -474,7 +474,7 @@ def _start_refused_gateway(c: Cluster) -> tuple[int, str]:
 def _gateway_cli(c: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args],
-        cwd=c.env["PYTHONPATH"],
+        cwd=c.cwd,
         env=c.env,
         capture_output=True,
         text=True,

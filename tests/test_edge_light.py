@@ -6,21 +6,13 @@ import subprocess
 import sys
 import textwrap
 
+from continuum_dev.testing import import_guard
+
 from ._cluster import REPO, Cluster
 
 HEAVY = ("torch", "numpy", "pandas", "cloudpickle")
 
-GUARD = textwrap.dedent(
-    f"""
-    import sys
-    class Forbid:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {HEAVY!r}:
-                raise ImportError("edge code imported " + name)
-            return None
-    sys.meta_path.insert(0, Forbid())
-    """
-)
+GUARD = import_guard(HEAVY, "edge code imported")
 
 
 def run(script: str) -> str:

@@ -21,10 +21,9 @@ from typing import Any
 import cbor2
 import paho.mqtt.client as paho
 import pytest
+from continuum_dev.testing import LocalBroker, free_port
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-
-from continuum._devbroker import LocalBroker, free_port
 
 from ._cluster import REPO, Cluster, wait_for, wait_status
 

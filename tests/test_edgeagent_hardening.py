@@ -20,8 +20,7 @@ from typing import Any
 import cbor2
 import paho.mqtt.client as paho
 import pytest
-
-from continuum._devbroker import LocalBroker, free_port
+from continuum_dev.testing import LocalBroker, free_port
 
 from ._cluster import REPO, wait_for
 from .test_edgeagent import Agent, Collector, agent_config, final_seq

@@ -21,8 +21,8 @@ from typing import Any
 import cbor2
 import paho.mqtt.client as paho
 import pytest
+from continuum_dev.testing import LocalBroker
 
-from continuum._devbroker import LocalBroker
 from continuum._protocol import Topics
 from continuum.samples import OPTIONAL_FIELDS, REQUIRED_FIELDS, decode_sample, encode_sample
 

@@ -63,7 +63,7 @@ def test_offloaded_training_equals_local_training(bare_cluster: Cluster, one_thr
 
 def test_demo_quick_run_writes_the_report(tmp_path: Path) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "continuum", "demo", "--quick", "--no-figures", "--out", str(tmp_path)],
+        [sys.executable, "-m", "continuum_dev", "demo", "--quick", "--no-figures", "--out", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]

@@ -13,7 +13,7 @@ result or a structured error with a documented code. ``bench/fuzz.py`` runs
 ``CONTINUUM_FUZZ_EXAMPLES`` sets the cases per handler (default 150).
 
 Cases that trigger a bug already known are skipped by the fuzz tests (see
-``known_bug`` in ``_fuzz_strategies``) and reproduced by the strict-xfail tests
+``known_bug`` in ``bench/_fuzz_strategies.py``) and reproduced by the strict-xfail tests
 at the end of this file, one per bug: fixing a bug makes its test XPASS (a
 failure), which is the cue to remove the marker and the filter.
 """
@@ -37,24 +37,24 @@ from typing import Any
 
 import cbor2
 import pytest
+from continuum_dev.testing import LocalBroker, find_mosquitto
 from hypothesis import HealthCheck, Phase, given, settings
 
 import continuum
-from continuum._devbroker import LocalBroker, find_mosquitto
-
-from ._cluster import Cluster
-from ._fuzz_strategies import (
+from bench._fuzz_strategies import (
     COUNTER,
     KNOWN_BUGS_ON,
-    NODE_MAX_PAYLOAD,
     SINK,
     Case,
     Ctx,
     Fuzzer,
     cases_for,
     known_bug,
+    open_target,
     unacked_deliveries,
 )
+
+from ._cluster import REPO, Cluster
 
 EXAMPLES = int(os.environ.get("CONTINUUM_FUZZ_EXAMPLES", "150"))
 
@@ -162,33 +162,16 @@ class Rig:
 
 @pytest.fixture
 def rig(logged_broker: LocalBroker, tmp_path: Path) -> Iterator[Rig]:
-    cluster = Cluster(logged_broker.url, tmp_path)
+    cluster = Cluster(logged_broker.url, tmp_path, cwd=REPO)
     fuzzer = None
     try:
-        cluster.start_gateway()
-        cluster.start_node(
-            "n1",
-            "--max-payload",
-            str(NODE_MAX_PAYLOAD),
-            modules=("examples.counter", "examples.sink"),
-        )
-        device = f"fz-dev-{uuid.uuid4().hex[:6]}"
+        fuzzer = open_target(cluster, reply_timeout=10.0, optional_wait=2.0)
         with cluster.client() as c:
-            counter = c.stub(COUNTER).create()
             victim = c.stub(COUNTER).create(alias=f"fz-victim-{uuid.uuid4().hex[:6]}")
-            sink = c.stub(SINK).create()
-            c.bind_metrics(sink, device, "ingest")
-        fuzzer = Fuzzer(logged_broker.url, root=cluster.root, reply_timeout=10.0, optional_wait=2.0)
-        ctx = Ctx(
-            root=cluster.root,
-            reply_prefix=fuzzer.reply_prefix,
-            counter=counter._id or "",
-            victim=victim._id or "",
-            alias=victim._aliases[0],
-            sink=sink._id or "",
-            device=device,
+        assert fuzzer.ctx is not None
+        fuzzer.ctx = ctx = dataclasses.replace(
+            fuzzer.ctx, victim=victim._id or "", alias=victim._aliases[0]
         )
-        fuzzer.ctx = ctx
         yield Rig(cluster, logged_broker, ctx, fuzzer)
     finally:
         if fuzzer is not None:

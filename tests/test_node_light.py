@@ -8,24 +8,14 @@ import subprocess
 import sys
 import textwrap
 
+from continuum_dev.testing import import_guard
+
 from ._cluster import REPO, Cluster, wait_status
 
 FORECAST_ONLY = ("torch", "numpy", "pandas")
 
-GUARD = textwrap.dedent(
-    f"""
-    import sys
-    class Forbid:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {FORECAST_ONLY!r}:
-                raise ImportError("the node imported " + name)
-            return None
-    sys.meta_path.insert(0, Forbid())
-    """
-)
+GUARD = import_guard(FORECAST_ONLY, "the node imported")
 
-# Every module of the cloudnode package except the forecaster, however the node
-# is split into parts (subpackages included).
 IMPORT_ALL = textwrap.dedent(
     """
     import importlib, pkgutil
@@ -67,7 +57,7 @@ def test_a_node_hosting_only_counter_runs_without_torch(bare_cluster: Cluster) -
         + "runpy.run_module('cloudnode', run_name='__main__', alter_sys=True)\n"
     )
     args = ["--broker", c.url, "--id", "light", "--root", c.root, "--module", "examples.counter"]
-    c._spawn("light", [str(script), *args])
+    c.python("light", str(script), *args)
     try:
         wait_status(c.url, c.topics.node_status("light"), "online")
     except TimeoutError:

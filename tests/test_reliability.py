@@ -14,7 +14,7 @@ from paho.mqtt.properties import Properties
 
 import continuum
 
-from ._cluster import Cluster
+from ._cluster import REPO, Cluster
 
 COUNTER = "examples.counter.Counter"
 
@@ -105,11 +105,11 @@ def test_calls_in_flight_survive_a_broker_restart(tmp_path: Path) -> None:
     (same request ids): calls complete and none runs twice. (A new call made
     while the client still believes the node offline fails at once with
     Unavailable; such a call may or may not have run.)"""
-    from continuum._devbroker import LocalBroker
+    from continuum_dev.testing import LocalBroker
 
     broker = LocalBroker().start()
     port = broker.port
-    c = Cluster(broker.url, tmp_path)
+    c = Cluster(broker.url, tmp_path, cwd=REPO)
     try:
         c.start_gateway()
         c.start_node("n1")

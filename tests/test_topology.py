@@ -6,7 +6,7 @@ a veth pair; the site broker bridges to the cloud broker with the configuration
 the Ansible broker role ships (deploy/bridge/README.md; TLS, persistent
 sessions). The link is a WAN: 50 ms each way and 1 % segment loss from a
 userspace relay (bench/_wanrelay.py; this kernel has no netem), 10 Mbit/s each
-way from tbf. See tests/_netns.py and
+way from tbf. See bench/_netns.py and
 docs/topology.md.
 
 The metrics come from the real edge agent (``edgeagent run``) on the site
@@ -34,9 +34,7 @@ import paho.mqtt.client as paho
 import pytest
 
 import continuum
-from continuum import DeadlineExpired, RemoteError, Unavailable
-
-from ._netns import (
+from bench._netns import (
     BRIDGE_TEMPLATES,
     LOCAL_PORT,
     REPO,
@@ -45,6 +43,7 @@ from ._netns import (
     render_template,
     unavailable_reason,
 )
+from continuum import DeadlineExpired, RemoteError, Unavailable
 
 _REASON = unavailable_reason()
 needs_netns = pytest.mark.skipif(_REASON is not None, reason=f"namespace topology: {_REASON}")

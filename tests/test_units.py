@@ -188,7 +188,7 @@ def test_local_mode_validates_like_a_node() -> None:
 def test_shipped_broker_configs_carry_the_settings_we_depend_on() -> None:
     from pathlib import Path
 
-    from continuum._devbroker import BROKER_SETTINGS
+    from continuum_dev.testing import BROKER_SETTINGS
 
     conf = (Path(__file__).parent.parent / "deploy" / "mosquitto-dev.conf").read_text()
     for line in BROKER_SETTINGS.splitlines():
@@ -200,7 +200,7 @@ def test_cli_help_texts() -> None:
     import subprocess
     import sys
 
-    for mod in ("continuum", "gateway", "cloudnode", "edgeagent"):
+    for mod in ("continuum_dev", "gateway", "cloudnode", "edgeagent"):
         out = subprocess.run(
             [sys.executable, "-m", mod, "--help"], capture_output=True, text=True, timeout=60
         )

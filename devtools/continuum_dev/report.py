@@ -1,30 +1,22 @@
-"""``continuum demo``: the paper's workload end to end, and the report.
+"""The report of ``continuum demo``: the paper's tables beside ours (markdown
+and JSON), the install footprints, and the PNG figures.
 
-Runs on one machine: a local deployment (mosquitto, gateway, one node hosting
-``cloudnode.forecast``), the one-process baselines, the edge client process
-(no torch), a fresh-versus-after-burst training comparison, the install
-footprints; writes ``forecast-report.md``, ``forecast-report.json`` and PNG
-figures, and prints the tables. Only ``continuum demo`` imports this module.
+:func:`build_report` turns what :mod:`continuum_dev.demo` measured into the
+report's dictionary (written as ``forecast-report.json``), :func:`markdown`
+renders it (``forecast-report.md``), :func:`figures` draws the PNGs (with
+matplotlib, continuum-mqtt[report]).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
-import time
-from importlib import metadata
+from importlib import metadata, util
 from pathlib import Path
 from typing import Any
 
-from ._client import Client
-from ._demo import LocalDeployment
-
-REPO = Path(__file__).resolve().parent.parent
+__all__ = ["GOALS", "PAPER", "build_report", "figures", "footprint", "markdown", "mean_std"]
 
 # The reference paper: Barceló et al., "Offloading Artificial Intelligence Workloads
 # across the Computing Continuum by means of Active Storage Systems" (dataClay),
@@ -68,33 +60,8 @@ PAPER: dict[str, Any] = {
 GOALS = {"client_rss_mb": 30, "edge_install_mb": 15, "overhead_ms": 50, "node_vs_baseline": 0.05}
 
 
-def say(msg: str) -> None:
-    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _json_run(args: list[str], timeout: float = 600) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _peak_rss_mb(pid: int) -> tuple[float, float]:
-    """(current RSS, peak RSS) of a process, MB."""
-    cur = peak = 0.0
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                cur = int(line.split()[1]) / 1024
-            elif line.startswith("VmHWM:"):
-                peak = int(line.split()[1]) / 1024
-    return cur, peak
 
 
 # -- install footprint ------------------------------------------------------------
@@ -135,8 +102,14 @@ def _closure(requirements: list[str]) -> set[str]:
     return seen
 
 
-def _own_size(dirs: list[str]) -> int:
-    return sum(f.stat().st_size for d in dirs for f in (REPO / d).rglob("*.py"))
+def _own_size(packages: list[str]) -> int:
+    """Bytes of the Python sources of installed packages (found by import, not by path)."""
+    total = 0
+    for name in packages:
+        spec = util.find_spec(name)
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            total += sum(f.stat().st_size for f in Path(folder).rglob("*.py"))
+    return total
 
 
 def footprint() -> dict[str, Any]:
@@ -154,119 +127,6 @@ def footprint() -> dict[str, Any]:
     }
 
 
-# -- the burst ----------------------------------------------------------------------
-
-
-def fresh_vs_burst(
-    url: str, root: str, epochs: int, burst_epochs: int, calls: int
-) -> dict[str, Any]:
-    """Train on a fresh node, serve calls from 4 threads, train again."""
-    with Client(url, root=root, timeout=600) as c:
-        F = c.stub("cloudnode.forecast.Forecaster")
-        f = F.create()
-        f.load_csv("node_3_utilisation.csv")
-        fresh = f.train(epochs=epochs, seed=0)["train_seconds"]
-        others = [F.create() for _ in range(4)]
-        for o in others:
-            o.load_csv("node_3_utilisation.csv")
-
-        def worker(o: Any) -> None:
-            o.train(epochs=burst_epochs, seed=1)
-            for _ in range(calls):
-                o.evaluate()
-                o.predict()
-
-        threads = [threading.Thread(target=worker, args=(o,)) for o in others]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        after = f.train(epochs=epochs, seed=0)["train_seconds"]
-        for o in [f, *others]:
-            c.delete(o)
-    return {"fresh_train_s": fresh, "after_burst_train_s": after}
-
-
-# -- the run --------------------------------------------------------------------------
-
-
-def run(args: Any) -> int:
-    seeds, epochs = (1, 3) if args.quick else (args.seeds, args.epochs)
-    threads = args.threads or max(1, (os.cpu_count() or 2) - 1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t_begin = time.time()
-    with tempfile.TemporaryDirectory(prefix="continuum-demo-") as tmp:
-        say(
-            f"starting {'a local mosquitto, ' if not args.broker else ''}a gateway and a cloud node"
-        )
-        dep = LocalDeployment(
-            broker=args.broker,
-            state_dir=tmp,
-            modules=["cloudnode.forecast"],
-            node_args=["--torch-threads", str(threads)],
-        )
-        with dep:
-            say(
-                f"baseline: training locally in one process with torch ({seeds} seed(s), {epochs} epochs)"
-            )
-            base = [
-                _json_run(
-                    [
-                        "-m",
-                        "bench.forecast",
-                        "local",
-                        "--seed",
-                        str(s),
-                        "--epochs",
-                        str(epochs),
-                        "--threads",
-                        str(threads),
-                    ]
-                )
-                for s in range(seeds)
-            ]
-            plain = _json_run(
-                [
-                    "-m",
-                    "bench.forecast",
-                    "plain",
-                    "--epochs",
-                    str(epochs),
-                    "--threads",
-                    str(threads),
-                ]
-            )
-            say("edge client (no torch) offloading to the node:")
-            edge_json = Path(tmp) / "edge.json"
-            subprocess.run(
-                [sys.executable, "-m", "examples.forecast_edge", "--broker", dep.url, "--root", dep.root,
-                 "--seeds", str(seeds), "--epochs", str(epochs), "--json", str(edge_json)],
-                cwd=REPO, check=True, timeout=3600,
-            )  # fmt: skip
-            edge = json.loads(edge_json.read_text())
-            node_rss, node_peak = _peak_rss_mb(dep.pid("node1"))
-            say("training on the fresh node, then again after a burst of calls from 4 threads")
-            burst = fresh_vs_burst(
-                dep.url, dep.root, epochs, 2 if args.quick else 20, 5 if args.quick else 50
-            )
-    foot = footprint()
-    report = build_report(
-        args, seeds, epochs, threads, base, plain, edge, node_peak, node_rss, burst, foot
-    )
-    report["seconds"] = time.time() - t_begin
-    (out / "forecast-report.json").write_text(json.dumps(report, indent=2))
-    md = markdown(report)
-    (out / "forecast-report.md").write_text(md)
-    if not args.no_figures:
-        report["figures"] = figures(report, edge, out)
-    print(md)
-    say(
-        f"report: {out / 'forecast-report.md'} (and .json{', figures' if report.get('figures') else ''})"
-    )
-    return 0
-
-
 def build_report(
     args: Any,
     seeds: int,
@@ -281,15 +141,15 @@ def build_report(
     foot: dict[str, Any],
 ) -> dict[str, Any]:
     runs = edge["runs"]
-    b_train = _mean_std([b["train_s"] for b in base])
-    b_eval = _mean_std([b["eval_s"] for b in base])
-    node_train = _mean_std([r["node_train_s"] for r in runs])
-    node_eval = _mean_std([r["node_eval_s"] for r in runs])
+    b_train = mean_std([b["train_s"] for b in base])
+    b_eval = mean_std([b["eval_s"] for b in base])
+    node_train = mean_std([r["node_train_s"] for r in runs])
+    node_eval = mean_std([r["node_eval_s"] for r in runs])
     overhead_ms = [1000 * (r["client_train_s"] - r["node_train_s"]) for r in runs]
     same = [r["state_hash"] == b["state_hash"] for r, b in zip(runs, base, strict=True)]
     acc = {
         var: {
-            m: _mean_std([r["evaluation"][var][m] for r in runs])
+            m: mean_std([r["evaluation"][var][m] for r in runs])
             for m in ("mse", "mae", "smape", "rmse")
         }
         for var in ("cpu", "mem")
@@ -315,10 +175,10 @@ def build_report(
             "quick": bool(args.quick),
         },
         "table1_baseline": {
-            "peak_rss_mb": _mean_std([b["peak_rss_mb"] for b in base]),
+            "peak_rss_mb": mean_std([b["peak_rss_mb"] for b in base]),
             "train_s": b_train,
             "eval_s": b_eval,
-            "total_s": _mean_std([b["total_s"] for b in base]),
+            "total_s": mean_std([b["total_s"] for b in base]),
             "plain_pytorch_train_s": plain["train_s"],
         },
         "table2_4_offloaded": {
@@ -328,9 +188,9 @@ def build_report(
             "aggregate_rss_mb": edge["peak_rss_mb"] + node_peak,
             "node_train_s": node_train,
             "node_eval_s": node_eval,
-            "client_train_s": _mean_std([r["client_train_s"] for r in runs]),
+            "client_train_s": mean_std([r["client_train_s"] for r in runs]),
             "client_total_s": edge["total_s"],
-            "offload_overhead_ms": _mean_std(overhead_ms),
+            "offload_overhead_ms": mean_std(overhead_ms),
             "client_heavy_modules": edge["heavy_modules_loaded"],
             "same_weights_as_local": all(same),
         },
@@ -468,7 +328,10 @@ def figures(r: dict[str, Any], edge: dict[str, Any], out: Path) -> list[str]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        say("matplotlib is not installed (pip install 'continuum-mqtt[report]'): no figures")
+        print(
+            "matplotlib is not installed (pip install 'continuum-mqtt[report]'): no figures",
+            file=sys.stderr,
+        )
         return []
     made = []
     series = edge["forecast_series"]

@@ -2,7 +2,8 @@
 filters for bugs already known, and a pipelined MQTT 5 driver.
 
 Shared by ``tests/test_fuzz.py`` (a small, derandomized sample per handler) and
-``bench/fuzz.py`` (>= 10,000 cases per handler, outcome histograms, RSS).
+``bench/fuzz.py`` (>= 10,000 cases per handler, outcome histograms, RSS); both
+start what they fuzz with :func:`open_target`.
 
 A *case* is one MQTT message: a topic (the handler's, or a malformed one near
 it), a payload, MQTT 5 properties (Content Type, Response Topic, Correlation
@@ -46,6 +47,7 @@ from typing import Any
 
 import cbor2
 import paho.mqtt.client as paho
+from continuum_dev.testing import Deployment
 from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -69,6 +71,7 @@ __all__ = [
     "broker_rejects",
     "cases_for",
     "known_bug",
+    "open_target",
     "unacked_deliveries",
 ]
 
@@ -1590,3 +1593,33 @@ def unacked_deliveries(log_path: str, client_id: str) -> set[int]:
             if m and m.group(1) == client_id:
                 open_mids.discard(int(m.group(2)))
     return open_mids
+
+
+# -- what is fuzzed ---------------------------------------------------------------------------------
+def open_target(dep: Deployment, *node_args: str, **fuzzer_options: Any) -> Fuzzer:
+    """Start what the cases aim at on ``dep``: a gateway, node n1 (Counter and
+    SampleSink, ``--max-payload NODE_MAX_PAYLOAD``, then ``node_args``), a Counter,
+    a SampleSink bound to a fresh device's metrics; and a :class:`Fuzzer` whose
+    ``ctx`` names them (no victim yet)."""
+    dep.start_gateway()
+    dep.start_node(
+        "n1",
+        "--max-payload",
+        str(NODE_MAX_PAYLOAD),
+        *node_args,
+        modules=("examples.counter", "examples.sink"),
+    )
+    device = f"fz-dev-{uuid.uuid4().hex[:6]}"
+    with dep.client(timeout=30.0) as c:
+        counter = c.stub(COUNTER).create()
+        sink = c.stub(SINK).create()
+        c.bind_metrics(sink, device, "ingest")
+    fuzzer = Fuzzer(dep.url, root=dep.root, **fuzzer_options)
+    fuzzer.ctx = Ctx(
+        root=dep.root,
+        reply_prefix=fuzzer.reply_prefix,
+        counter=counter._id or "",
+        sink=sink._id or "",
+        device=device,
+    )
+    return fuzzer

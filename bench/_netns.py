@@ -1,5 +1,7 @@
 """A bridged edge-to-cloud topology in Linux network namespaces, built and torn
 down by the tests (tests/test_topology.py) and the WAN benchmark (bench/wan.py).
+The gateway, nodes and edge agents are spawned by continuum_dev.testing's
+Deployment (behind ``ip netns exec``), as are the brokers and the relay.
 
 ::
 
@@ -41,18 +43,18 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+from continuum_dev.testing import BROKER_SETTINGS, Agent, Deployment, find_mosquitto, wait_for
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 import continuum
-from continuum._devbroker import BROKER_SETTINGS, find_mosquitto
-from continuum._protocol import Topics
+from continuum.service import Topics
 
 REPO = Path(__file__).resolve().parent.parent
 BRIDGE_TEMPLATES = REPO / "deploy" / "ansible" / "roles" / "broker" / "templates"
@@ -300,45 +302,12 @@ class RelayControl:
 
 
 # -- processes ---------------------------------------------------------------------------
-def _child_env() -> dict[str, str]:
-    path = os.environ.get("PYTHONPATH")
-    return {
-        **os.environ,
-        "PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO),
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
 def _log_types() -> str:
     """Broker log levels; CONTINUUM_TOPOLOGY_DEBUG=1 logs every packet (and timestamps
     in ISO format) for post-mortems."""
     if os.environ.get("CONTINUUM_TOPOLOGY_DEBUG"):
         return "log_type all\nlog_timestamp_format %Y-%m-%dT%H:%M:%S\n"
     return "log_type error\nlog_type warning\nlog_type notice\n"
-
-
-def _stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    for stream in (proc.stdin, proc.stdout):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.close()
-
-
-def _wait(pred: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        time.sleep(interval)
-    raise TimeoutError(f"{what} within {timeout} s")
 
 
 class Topology:
@@ -381,7 +350,17 @@ class Topology:
         self.edge_if = f"ctme{tag}"  # interface names: at most 15 characters
         self.cloud_if = f"ctmc{tag}"
         self.bridge_name = f"bridge-{site}"
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        # services run in CLOUD on its broker; edge processes pass prefix=EDGE's
+        self.dep = Deployment(
+            f"mqtt://127.0.0.1:{LOCAL_PORT}",
+            self.tmp,
+            root=self.root,
+            cwd=REPO,
+            pythonpath=[REPO],
+            log_level=log_level,
+            prefix=self.cloud.exec_args(),
+        )
+        self.procs = self.dep.procs
         self.relay: RelayControl | None = None
         self._clients: list[Any] = []
         self.link_up = False
@@ -415,17 +394,10 @@ class Topology:
         self._start_relay()
         self._start_site_broker(certs)
         self.wait_bridge(timeout=30)
-        self._spawn_cloud(
-            "gateway",
-            ["-m", "gateway", "--db", str(self.tmp / "directory.db")],
-        )
+        self.dep.start_gateway(wait=False)
         for nid in self.node_ids:
-            args = ["-m", "cloudnode", "--id", nid]
-            for m in self.modules:
-                args += ["--module", m]
-            if nid in self.durable:
-                args += ["--state-dir", str(self.tmp / f"{nid}-state")]
-            self._spawn_cloud(nid, args)
+            state = self.tmp / f"{nid}-state" if nid in self.durable else None
+            self.dep.start_node(nid, modules=self.modules, state_dir=state, wait=False)
         self._wait_nodes(self.node_ids, timeout)
 
     def set_rate(self, rate: str | None) -> None:
@@ -447,31 +419,9 @@ class Topology:
     def _spawn(
         self, ns: Netns, name: str, cmd: list[str], *, pipes: bool = False
     ) -> subprocess.Popen[bytes]:
-        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-        try:
-            proc = subprocess.Popen(
-                ns.exec_args(*cmd),
-                cwd=REPO,
-                env=_child_env(),
-                stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
-                stdout=subprocess.PIPE if pipes else log,
-                stderr=log,
-                bufsize=0,
-            )
-        finally:
-            log.close()
-        self.procs[name] = proc
-        return proc
-
-    def _spawn_cloud(self, name: str, args: list[str]) -> None:
-        self._spawn(
-            self.cloud,
-            name,
-            [
-                sys.executable, *args, "--broker", f"mqtt://127.0.0.1:{LOCAL_PORT}",
-                "--root", self.root, "--log-level", self.log_level,
-            ],
-        )  # fmt: skip
+        pipe = subprocess.PIPE if pipes else None
+        stdin = pipe or subprocess.DEVNULL
+        return self.dep.spawn(name, cmd, prefix=ns.exec_args(), stdin=stdin, stdout=pipe, bufsize=0)
 
     def _broker_conf(self, name: str, text: str) -> Path:
         path = self.tmp / f"{name}.conf"
@@ -491,7 +441,18 @@ class Topology:
                 except OSError:
                     return False
 
-        _wait(up, timeout, f"{name} did not listen on port {port}")
+        wait_for(up, timeout, what=f"{name} did not listen on port {port}")
+
+    def _start_broker(self, ns: Netns, name: str, extra: str) -> None:
+        """mosquitto on ``ns``'s loopback with the settings continuum depends on."""
+        conf = self._broker_conf(
+            name,
+            f"# {name} (namespace {ns.name})\n"
+            f"listener {LOCAL_PORT} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"user root\n{_log_types()}connection_messages true\n{BROKER_SETTINGS}\n{extra}\n",
+        )
+        self._spawn(ns, name, [find_mosquitto() or "mosquitto", "-c", str(conf)])
+        self._wait_listening(ns, LOCAL_PORT, name)
 
     def _start_cloud_broker(self, certs: dict[str, str]) -> None:
         listener = render_template(
@@ -504,14 +465,7 @@ class Topology:
                 "broker_bridge_session_expiry": "1h",
             },
         )
-        conf = self._broker_conf(
-            "cloud-broker",
-            f"# cloud broker (namespace {self.cloud.name})\n"
-            f"listener {LOCAL_PORT} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"user root\n{_log_types()}connection_messages true\n{BROKER_SETTINGS}\n{listener}\n{self.cloud_extra}\n",
-        )
-        self._spawn(self.cloud, "cloud-broker", [find_mosquitto() or "mosquitto", "-c", str(conf)])
-        self._wait_listening(self.cloud, LOCAL_PORT, "cloud-broker")
+        self._start_broker(self.cloud, "cloud-broker", f"{listener}\n{self.cloud_extra}")
 
     def _start_relay(self) -> None:
         w = self.wan
@@ -547,14 +501,7 @@ class Topology:
         bridge = render_template(
             BRIDGE_TEMPLATES / "site-bridge.conf.j2", self.bridge_values(certs)
         )
-        conf = self._broker_conf(
-            "site-broker",
-            f"# site broker (namespace {self.edge.name})\n"
-            f"listener {LOCAL_PORT} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"user root\n{_log_types()}connection_messages true\n{BROKER_SETTINGS}\n{bridge}\n{self.site_extra}\n",
-        )
-        self._spawn(self.edge, "site-broker", [find_mosquitto() or "mosquitto", "-c", str(conf)])
-        self._wait_listening(self.edge, LOCAL_PORT, "site-broker")
+        self._start_broker(self.edge, "site-broker", f"{bridge}\n{self.site_extra}")
 
     # -- state -------------------------------------------------------------------------
     def bridge_states(self, timeout: float = 2.0) -> dict[str, str]:
@@ -588,48 +535,28 @@ class Topology:
             states = self.bridge_states(1.0)
             return all(states.get(n) == "1" for n in want)
 
-        _wait(
+        wait_for(
             up,
             timeout,
+            0.2,
             f"the bridge did not connect (site broker log: {self.log('site-broker')[-1500:]})",
-            interval=0.2,
         )
 
     def _wait_nodes(self, node_ids: tuple[str, ...] | list[str], timeout: float) -> None:
         """Until the gateway lists every node online, asked from the edge (so the
         whole bridged path works)."""
-        end = time.monotonic() + timeout
-        last: Exception | None = None
         with self.client(timeout=2.0) as c:
-            while time.monotonic() < end:
-                for name, proc in self.procs.items():
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"{name} exited: {self.log(name)[-2000:]}")
-                try:
-                    online = {n["id"] for n in c.nodes() if n["state"] == "online"}
-                    if set(node_ids) <= online:
-                        return
-                except continuum.ContinuumError as exc:
-                    last = exc
-                time.sleep(0.2)
-        raise TimeoutError(f"nodes {node_ids} not online within {timeout} s ({last!r})")
+            self.dep.wait_nodes(node_ids, timeout, client=c)
 
     def start_node(self, nid: str, *extra: str, timeout: float = 30.0) -> None:
-        args = ["-m", "cloudnode", "--id", nid]
-        for m in self.modules:
-            args += ["--module", m]
-        self._spawn_cloud(nid, [*args, *extra])
+        self.dep.start_node(nid, *extra, modules=self.modules, wait=False)
         self._wait_nodes([nid], timeout)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        proc = self.procs.pop(name)
-        _stop(proc, sig)
+        self.dep.stop(name, sig, timeout=5.0)
 
     def log(self, name: str) -> str:
-        try:
-            return (self.tmp / f"{name}.log").read_text(errors="replace")
-        except OSError:
-            return ""
+        return self.dep.log(name)
 
     # -- clients ---------------------------------------------------------------------------
     @property
@@ -686,23 +613,19 @@ class Topology:
         with self.edge.entered():
             return SamplePublisher("127.0.0.1", LOCAL_PORT, self.topics, device, **kw)
 
-    def agent(self, device: str, interval: float) -> EdgeAgent:
+    def agent(self, device: str, interval: float) -> Agent:
         """The real edge agent (``edgeagent run``) inside EDGE, on the site
         broker, metrics only (the test binds the device's feed itself)."""
-        cfg = self.tmp / f"agent-{device}.toml"
-        cfg.write_text(
-            f'device = "{device}"\nstate_dir = "{self.tmp / ("agent-" + device)}"\n'
-            f'status_interval = 0.2\nlog_level = "{self.log_level}"\n'
-            f'[broker]\nurl = "mqtt://127.0.0.1:{LOCAL_PORT}"\nroot = "{self.root}"\n'
-            f"backoff_min = 0.2\nbackoff_max = 2.0\n"
-            f"[sampling]\ninterval = {interval}\n[forecaster]\nenabled = false\n"
+        agent = self.dep.start_agent(
+            device,
+            interval=interval,
+            # the site broker: the same address as the cloud's, inside EDGE
+            settings={"status_interval": 0.2, "broker": {"backoff_min": 0.2, "backoff_max": 2.0}},
+            prefix=self.edge.exec_args(),
         )
-        name = f"agent-{device}"
-        proc = self._spawn(
-            self.edge, name, [sys.executable, "-m", "edgeagent", "run", "-c", str(cfg)]
+        wait_for(
+            lambda: agent.status().get("connected") is True, 15, what=f"agent-{device} connected"
         )
-        agent = EdgeAgent(proc, self.tmp / name / "status.json")
-        _wait(lambda: agent.status().get("connected") is True, 15, f"{name} connected")
         return agent
 
     # -- the link ------------------------------------------------------------------------
@@ -717,10 +640,7 @@ class Topology:
 
     # -- teardown --------------------------------------------------------------------------
     def stop(self) -> None:
-        for name in reversed(list(self.procs)):
-            proc = self.procs.pop(name)
-            with contextlib.suppress(Exception):
-                _stop(proc)
+        self.dep.close()
         self.relay = None
         for ns in (self.edge, self.cloud):
             with contextlib.suppress(Exception):
@@ -797,25 +717,6 @@ class TopicSpy:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-class EdgeAgent:
-    """A running ``edgeagent run`` process and its status file."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], status_file: Path) -> None:
-        self.proc = proc
-        self.status_file = status_file
-
-    def status(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads(self.status_file.read_text()))
-        except (OSError, ValueError):
-            return {}
-
-    def stop(self) -> dict[str, Any]:
-        """SIGTERM (the agent flushes its outbox); its final status."""
-        _stop(self.proc, timeout=20)
-        return self.status()
 
 
 class SamplePublisher:

@@ -1,10 +1,15 @@
-"""``continuum``: run the demo, or a whole local deployment for development."""
+"""``continuum``: run the demo, or a whole local deployment for development
+(installed by continuum-mqtt-dev; ``python -m continuum_dev`` is the same)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+
+from .demo import add_demo_arguments, add_up_arguments, run_demo, run_up
+
+__all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,30 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
         "up",
         help="run a broker (unless --broker), a gateway and cloud nodes on this machine until Ctrl-C",
         description=(
-            "Start a local deployment for development: mosquitto on a free port "
+            "Start a local deployment for development: mosquitto on --port "
             "(unless --broker is given), a gateway, and --nodes cloud nodes hosting "
             "the classes of the --module modules. Prints the broker URL to use."
         ),
     )
-    up.add_argument("--broker", help="use this broker instead of starting one")
-    up.add_argument(
-        "--port", type=int, default=1883, help="port of the broker started (default: %(default)s)"
-    )
-    up.add_argument(
-        "--nodes", type=int, default=1, help="number of cloud nodes (default: %(default)s)"
-    )
-    up.add_argument(
-        "--module",
-        dest="modules",
-        action="append",
-        default=None,
-        help="module of application classes (repeatable; default: examples.counter and cloudnode.forecast)",
-    )
-    up.add_argument(
-        "--state-dir",
-        default="var/continuum",
-        help="gateway DB and node snapshots (default: %(default)s)",
-    )
+    add_up_arguments(up)
+    up.set_defaults(run=run_up)
     demo = sub.add_parser(
         "demo",
         help="the paper's workload end to end: an edge client with no torch trains an LSTM on a node",
@@ -51,21 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
             "results; write the report (markdown, JSON, PNG figures)."
         ),
     )
-    from ._demo import add_arguments
-
-    add_arguments(demo)
+    add_demo_arguments(demo)
+    demo.set_defaults(run=run_demo)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "up":
-        from ._demo import run_up
-
-        return run_up(args)
-    from ._demo import run_demo
-
-    return run_demo(args)
+    return int(args.run(args))
 
 
 if __name__ == "__main__":
