@@ -85,7 +85,7 @@ def _nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
 
 
 def _bare_client(client_id: str) -> paho.Client:
-    """paho, MQTT 5, TCP_NODELAY; in-flight window and queue as continuum's Connection."""
+    """paho, MQTT 5, TCP_NODELAY; in-flight window and queue as continuum's MqttTransport."""
     c = paho.Client(
         callback_api_version=paho.CallbackAPIVersion.VERSION2,
         client_id=client_id,

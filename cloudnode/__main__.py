@@ -11,7 +11,6 @@ import sys
 from collections.abc import Sequence
 
 from continuum.service import (
-    BrokerURL,
     MqttTransport,
     add_common_arguments,
     parse_args,
@@ -126,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.torch_threads)
         log.info("torch: %d intra-op thread(s)", torch.get_num_threads())
     transport = MqttTransport(
-        BrokerURL.parse(args.broker),
+        args.broker,
         f"node-{args.node_id}",
         # A durable node keeps its broker session across restarts, so the
         # samples published to its feeds meanwhile wait for it.

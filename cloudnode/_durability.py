@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from continuum import ContinuumError, ObjectNotHere, StorageError, UnencodableResult
@@ -30,18 +31,15 @@ __all__ = ["Durability"]
 log = logging.getLogger("continuum.node")
 
 
+@dataclass(eq=False, repr=False)
 class Durability:
-    def __init__(
-        self,
-        store: Store | None,
-        residents: Residents,
-        bindings: Bindings,
-        checkpoint_every: int = 1000,
-    ) -> None:
-        self.store = store
-        self.residents = residents
-        self.bindings = bindings
-        self.checkpoint_every = checkpoint_every
+    """Over ``store`` (None: a node without ``--state-dir``); a full checkpoint
+    after ``checkpoint_every`` journaled calls."""
+
+    store: Store | None
+    residents: Residents
+    bindings: Bindings
+    checkpoint_every: int = 1000
 
     def persist(self, res: Resident) -> None:
         """Checkpoint the whole object (durable node only)."""

@@ -30,14 +30,38 @@ from pathlib import Path
 from typing import Any
 
 from continuum import Unavailable
+from continuum.service import fsync_path
 
-__all__ = ["Quarantine", "Quarantined", "archive", "load_quarantined", "move_aside"]
+__all__ = ["Quarantine", "Quarantined", "archive", "list_entry", "load_quarantined", "move_aside"]
 
 log = logging.getLogger("continuum.node.store")
 
 QUARANTINE = "quarantine"
 DAMAGED = "damaged"
 REASON = "reason.json"
+
+
+def list_entry(
+    oid: str,
+    cls: str | None,
+    feeds: dict[str, str],
+    role: str | None,
+    replicas: list[str],
+    aliases: list[str],
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """An object's node control ``list`` entry (protocol §17); quarantined when
+    a ``reason`` is given."""
+    return {
+        "id": oid,
+        "class": cls,
+        "feeds": dict(feeds),
+        "role": role,
+        "replicas": list(replicas),
+        "aliases": list(aliases),
+        "quarantined": reason is not None,
+        "reason": reason,
+    }
 
 
 @dataclass
@@ -79,16 +103,9 @@ class Quarantined:
 
     def listing(self) -> dict[str, Any]:
         """The node control ``list`` entry (protocol §17)."""
-        return {
-            "id": self.id,
-            "class": self.cls,
-            "feeds": dict(self.feeds),
-            "role": self.role,
-            "replicas": list(self.replicas),
-            "aliases": list(self.aliases),
-            "quarantined": True,
-            "reason": self.reason,
-        }
+        return list_entry(
+            self.id, self.cls, self.feeds, self.role, self.replicas, self.aliases, self.reason
+        )
 
 
 class Quarantine:
@@ -150,9 +167,9 @@ def move_aside(objects: Path, q: Quarantined, files: dict[str, Path]) -> None:
     for name, path in files.items():
         if path.exists():
             os.replace(path, folder / name)
-    _fsync_dir(folder)
-    _fsync_dir(folder.parent)
-    _fsync_dir(objects)
+    fsync_path(folder)
+    fsync_path(folder.parent)
+    fsync_path(objects)
 
 
 def load_quarantined(objects: Path) -> list[Quarantined]:
@@ -175,7 +192,7 @@ def archive(objects: Path, path: Path, why: str) -> Path:
     damaged.mkdir(exist_ok=True)
     dest = damaged / f"{path.name}.{stamp()}.{why}"
     os.replace(path, dest)
-    _fsync_dir(damaged)
+    fsync_path(damaged)
     return dest
 
 
@@ -189,14 +206,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -22,6 +22,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from continuum.service import fsync_path
+
 from . import _checkpoint, _journal
 from ._quarantine import (
     QUARANTINE,
@@ -110,11 +112,7 @@ def _write_synced(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path.parent)
 
 
 def build_parser() -> argparse.ArgumentParser:

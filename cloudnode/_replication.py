@@ -16,6 +16,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from continuum import BadRequest, ContinuumError, ObjectNotHere, StorageError, UnknownClass
@@ -33,31 +34,20 @@ log = logging.getLogger("continuum.node")
 Send = Callable[[str, Request, float], "Future[Any]"]  # topic, request, timeout -> reply
 
 
+@dataclass(eq=False, repr=False)
 class Replication:
     """``send`` is a requester's send (node-to-node requests); ``online(node)``
     tells whether a node is live (from its retained status)."""
 
-    def __init__(
-        self,
-        node_id: str,
-        topics: Topics,
-        send: Send,
-        residents: Residents,
-        durability: Durability,
-        bindings: Bindings,
-        classes: dict[str, type],
-        online: Callable[[str], bool],
-        sync_timeout: float = 5.0,
-    ) -> None:
-        self.node_id = node_id
-        self.topics = topics
-        self._send = send
-        self.residents = residents
-        self.durability = durability
-        self.bindings = bindings
-        self.classes = classes
-        self.online = online
-        self.sync_timeout = sync_timeout
+    node_id: str
+    topics: Topics
+    send: Send
+    residents: Residents
+    durability: Durability
+    bindings: Bindings
+    classes: dict[str, type]
+    online: Callable[[str], bool]
+    sync_timeout: float = 5.0
 
     # -- the primary's side ------------------------------------------------------
     def replicate(self, res: Resident, entry: dict[str, Any] | None = None) -> None:
@@ -95,7 +85,7 @@ class Replication:
                 log.warning("replica %s of %s did not confirm a sync: %s", r, res.id, exc)
 
     def _sync_send(self, node: str, body: dict[str, Any]) -> Future[Any]:
-        return self._send(
+        return self.send(
             self.topics.node_sync(node),
             Request("sync", [], {**body, "primary": self.node_id}),
             self.sync_timeout,

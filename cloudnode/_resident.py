@@ -14,7 +14,7 @@ from continuum import ContinuumError, ObjectNotHere
 from continuum.service import ExactlyOnce, MemoryOutcomes, Outcome
 
 from ._actors import Actor
-from ._quarantine import Quarantine
+from ._quarantine import Quarantine, list_entry
 
 __all__ = ["Resident", "Residents"]
 
@@ -112,16 +112,9 @@ class Resident(Actor):
 
     def listing(self) -> dict[str, Any]:
         """Its node control ``list`` entry (protocol §17)."""
-        return {
-            "id": self.id,
-            "class": self.cls_path,
-            "feeds": dict(self.feeds),
-            "role": self.role,
-            "replicas": list(self.replicas),
-            "aliases": list(self.aliases),
-            "quarantined": False,
-            "reason": None,
-        }
+        return list_entry(
+            self.id, self.cls_path, self.feeds, self.role, self.replicas, self.aliases
+        )
 
 
 class Residents:

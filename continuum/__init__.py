@@ -34,19 +34,20 @@ from ._errors import (
 from ._protocol import DEFAULT_ROOT, PROTOCOL_VERSION
 
 if TYPE_CHECKING:
-    from ._client import ClassStub, Client, ObjectProxy, RemoteMethod
+    from ._client import Client
     from ._local import LocalClient
     from ._model import ActiveObject, ActiveSpec, active, progress
+    from ._proxy import ClassStub, ObjectProxy, RemoteMethod
 
 # Loaded on first use: the object model and local mode need `inspect` and
 # friends (about 2 MB), which an edge board that only calls never does; the
 # client needs paho-mqtt and ssl (about 12 MB), which a module that only
 # encodes samples (continuum.samples: firmware-sim's wire engine) never does.
 _LAZY = {
-    "ClassStub": "._client",
+    "ClassStub": "._proxy",
     "Client": "._client",
-    "ObjectProxy": "._client",
-    "RemoteMethod": "._client",
+    "ObjectProxy": "._proxy",
+    "RemoteMethod": "._proxy",
     "LocalClient": "._local",
     "ActiveObject": "._model",
     "ActiveSpec": "._model",

@@ -1,5 +1,7 @@
-"""The client API: connect, get a stub by class path, create/find objects, call
-their active methods (sync, futures, asyncio), stream progress.
+"""The client: a connection to a deployment through an MQTT broker, its
+lifecycle (connect, close, context managers) and its network thread; requests
+to the gateway. The handles it gives out (stubs, proxies, methods) are in
+``_proxy``; where calls go, and their re-routing, in ``_routing``.
 
 Edge-safe: imports paho-mqtt and cbor2 only.
 """
@@ -7,216 +9,26 @@ Edge-safe: imports paho-mqtt and cbor2 only.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any
 
 from ._codec import encode
-from ._errors import ContinuumError, ObjectNotHere, Unavailable
 from ._mqtt import BrokerURL, new_client_id
 from ._protocol import DEFAULT_ROOT, Request, Topics
-from .service._liveness import GATEWAY, Liveness
+from ._proxy import ObjectProxy, _Directory
+from ._routing import _Routing
+from .service._liveness import Liveness
 from .service._mqtt import MqttTransport
-from .service._requester import Pending, ProgressFn, Requester
+from .service._requester import Requester
 from .service._transport import Message
 
-__all__ = ["ClassStub", "Client", "ObjectProxy", "RemoteMethod", "Requester"]
+__all__ = ["Client", "Requester"]
 
 log = logging.getLogger("continuum.client")
 
 
-class RemoteMethod:
-    """An active method of a remote object: call it, or use :meth:`future`, :meth:`aio`
-    or :meth:`options` (per-call deadline and progress callback)."""
-
-    __slots__ = ("_name", "_on_progress", "_proxy", "_timeout")
-
-    def __init__(
-        self,
-        proxy: ObjectProxy,
-        name: str,
-        timeout: float | None = None,
-        on_progress: ProgressFn | None = None,
-    ) -> None:
-        self._proxy = proxy
-        self._name = name
-        self._timeout = timeout
-        self._on_progress = on_progress
-
-    def options(
-        self, *, timeout: float | None = None, on_progress: ProgressFn | None = None
-    ) -> RemoteMethod:
-        """The same method with a deadline (seconds) and/or a progress callback."""
-        return RemoteMethod(
-            self._proxy,
-            self._name,
-            timeout if timeout is not None else self._timeout,
-            on_progress if on_progress is not None else self._on_progress,
-        )
-
-    def future(self, *args: Any, **kwargs: Any) -> Future[Any]:
-        p = self._proxy
-        return p._backend._call(p, self._name, list(args), kwargs, self._timeout, self._on_progress)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.future(*args, **kwargs).result()
-
-    async def aio(self, *args: Any, **kwargs: Any) -> Any:
-        import asyncio  # already loaded by the running loop; not at import (38 ms)
-
-        on_progress = self._on_progress
-        if on_progress is not None:
-            loop = asyncio.get_running_loop()
-            cb = on_progress
-
-            def on_progress(update: Any) -> None:
-                loop.call_soon_threadsafe(cb, update)
-
-        p = self._proxy
-        fut = p._backend._call(p, self._name, list(args), kwargs, self._timeout, on_progress)
-        return await asyncio.wrap_future(fut)
-
-    def __repr__(self) -> str:
-        return f"<RemoteMethod {self._proxy._class_path}.{self._name} of {self._proxy._id}>"
-
-
-class ObjectProxy:
-    """A remote object. Attribute access gives :class:`RemoteMethod`; the object's
-    id, class and aliases are ``_id``, ``_class_path`` and ``_aliases``."""
-
-    def __init__(
-        self, backend: Any, oid: str | None, class_path: str, aliases: list[str] | None = None
-    ) -> None:
-        self._backend = backend
-        self._id = oid
-        self._class_path = class_path
-        self._aliases = list(aliases or [])
-
-    def __getattr__(self, name: str) -> RemoteMethod:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        method = RemoteMethod(self, name)
-        self.__dict__[name] = method
-        return method
-
-    def __repr__(self) -> str:
-        alias = f" alias={self._aliases[0]!r}" if self._aliases else ""
-        return f"<{self._class_path} {self._id}{alias}>"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ObjectProxy) and other._id == self._id
-
-    def __hash__(self) -> int:
-        return hash(self._id)
-
-
-class ClassStub:
-    """An application class known only by its path: create instances, find them."""
-
-    def __init__(self, backend: Any, class_path: str) -> None:
-        self._backend = backend
-        self.class_path = class_path
-
-    def create(
-        self,
-        *args: Any,
-        alias: str | None = None,
-        node: str | None = None,
-        replicas: int = 0,
-        **kwargs: Any,
-    ) -> ObjectProxy:
-        """Create an instance on ``node`` (or one the gateway picks), optionally
-        under ``alias``, with ``replicas`` copies on other nodes kept in sync
-        after every mutating call (one is promoted if the primary dies). The
-        other arguments go to the class's ``__init__``; ``alias``, ``node`` and
-        ``replicas`` are reserved keyword names."""
-        info = self._backend._gateway(
-            "create",
-            cls=self.class_path,
-            args=list(args),
-            kwargs=kwargs,
-            node=node,
-            alias=alias,
-            replicas=replicas or None,
-        )
-        return self._backend._proxy(info)
-
-    def get(self, ref: str) -> ObjectProxy:
-        """Find an instance by alias or id (it must be of this class)."""
-        proxy: ObjectProxy = self._backend.get(ref)
-        if proxy._class_path != self.class_path:
-            raise TypeError(f"{ref!r} is a {proxy._class_path}, not a {self.class_path}")
-        return proxy
-
-    def objects(self) -> list[dict[str, Any]]:
-        return self._backend.objects(cls=self.class_path)
-
-    def __repr__(self) -> str:
-        return f"<ClassStub {self.class_path}>"
-
-
-class _Directory:
-    """The directory operations both clients share, over ``_gateway``."""
-
-    def _gateway(self, op: str, /, **kwargs: Any) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _proxy(self, info: dict[str, Any]) -> ObjectProxy:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def stub(self, class_path: str) -> ClassStub:
-        """A stub for the class at ``class_path`` (never imported here)."""
-        return ClassStub(self, class_path)
-
-    def pool(self, class_path: str) -> ObjectProxy:
-        """The pool of a stateless class (``ActiveObject, stateless=True``):
-        each call is served by one of the live nodes hosting the class."""
-        return ObjectProxy(self, None, class_path)
-
-    def get(self, ref: str) -> ObjectProxy:
-        """The object with this alias or id."""
-        return self._proxy(self._gateway("resolve", ref=ref))
-
-    def alias(self, obj: ObjectProxy | str, name: str) -> ObjectProxy:
-        """Give an object an (additional) alias."""
-        ref = obj._id if isinstance(obj, ObjectProxy) else obj
-        return self._proxy(self._gateway("alias", ref=ref, name=name))
-
-    def unalias(self, name: str) -> None:
-        """Remove the alias ``name`` (the object stays; a missing alias is no error)."""
-        self._gateway("unalias", name=name)
-
-    def delete(self, obj: ObjectProxy | str) -> None:
-        """Delete the object from its node and the directory."""
-        ref = obj._id if isinstance(obj, ObjectProxy) else obj
-        self._gateway("delete", ref=ref)
-
-    def bind_metrics(self, obj: ObjectProxy | str, device: str, method: str) -> None:
-        """Feed every metrics sample that ``device`` publishes to ``obj.method(sample)``,
-        on the object's node, without a round trip through the gateway or this client."""
-        ref = obj._id if isinstance(obj, ObjectProxy) else obj
-        self._gateway("bind", ref=ref, device=device, method=method)
-
-    def unbind_metrics(self, obj: ObjectProxy | str, device: str) -> None:
-        ref = obj._id if isinstance(obj, ObjectProxy) else obj
-        self._gateway("unbind", ref=ref, device=device)
-
-    def nodes(self) -> list[dict[str, Any]]:
-        """Every node the directory knows, with its state and classes."""
-        return self._gateway("nodes")
-
-    def classes(self) -> dict[str, Any]:
-        """Classes hosted by live nodes, with their active methods."""
-        return self._gateway("classes")
-
-    def objects(self, cls: str | None = None, node: str | None = None) -> list[dict[str, Any]]:
-        """Objects in the directory, optionally of one class or on one node."""
-        return self._gateway("objects", cls=cls, node=node)
-
-
-class Client(_Directory):
+class Client(_Directory, _Routing):
     """A connection to a continuum deployment through an MQTT broker.
 
     Use it as a context manager, sync (``with``) or async (``async with``); it
@@ -258,7 +70,7 @@ class Client(_Directory):
             max_payload=max_payload,
             owner=self.broker.username,
         )
-        self._locations: dict[str, str] = {}
+        self._locations = {}  # the location cache (_routing)
         # the nodes' (and, as GATEWAY, the gateway's) retained statuses and wills
         self._liveness = Liveness(self.topics, gateway=True)
         self._conn: MqttTransport | None = None
@@ -338,24 +150,7 @@ class Client(_Directory):
         change = self._liveness.on_message(msg)  # None: not a status, or malformed
         if change is None:
             return
-        node, online, was = change.node, change.online, change.was
-        # A retained "online" that our subscription brought is not a comeback:
-        # it was online when we (re)subscribed, and a reconnect resends anyway.
-        came_back = was == "offline" or (was == "unknown" and not change.retained)
-        if online and came_back:
-            # The node (or GATEWAY, "") (re)connected: what we sent it
-            # while it was away may be lost; send again (same request ids, so
-            # nothing runs twice).
-            for p in self._requester.pending_on(node):
-                self._requester.publish(p, p.topic)
-        if node == GATEWAY:
-            return
-        if not online:
-            # Calls in flight to a dead node: re-route each (a replica may be
-            # promoted), or fail it with a clear error; never leave it hanging.
-            for p in self._requester.pending_on(node):
-                if not self._reroute(p, Unavailable(f"node {node} went offline", node=node)):
-                    self._requester.fail(p.rid, Unavailable(f"node {node} went offline", node=node))
+        self._on_liveness(change)
 
     # -- directory -------------------------------------------------------------
     def _gateway(self, op: str, /, **kwargs: Any) -> Any:
@@ -372,124 +167,3 @@ class Client(_Directory):
             log.debug("object %s is on offline node %s", info["id"], info.get("node"))
         self._locations[info["id"]] = info["node"]
         return ObjectProxy(self, info["id"], info["class"], info.get("aliases"))
-
-    # -- calls -----------------------------------------------------------------
-    def _call(
-        self,
-        proxy: ObjectProxy,
-        method: str,
-        args: list[Any],
-        kwargs: dict[str, Any],
-        timeout: float | None,
-        on_progress: ProgressFn | None,
-    ) -> Future[Any]:
-        oid = proxy._id
-        if oid is None:  # a stateless class's pool: any node hosting it answers
-            return self._requester.send(
-                self.topics.pool_call(proxy._class_path),
-                Request(method, args, kwargs),
-                timeout or self.timeout,
-                on_progress,
-            )
-        node = self._locations.get(oid)
-        req = Request(method, args, kwargs, obj=oid)
-        if node is None:
-            # Not resolved in this client yet (proxy from another client): resolve first.
-            try:
-                node = self._resolve(oid)
-            except ContinuumError as exc:
-                fut: Future[Any] = Future()
-                fut.set_exception(exc)
-                return fut
-        offline = self._liveness.state(node) == "offline"
-        fut = self._requester.send(
-            self.topics.node_call(node),
-            req,
-            timeout or self.timeout,
-            on_progress,
-            self._on_call_error,
-            node=node,
-            publish=not offline,
-        )
-        if offline:  # known dead: find where the object is now, or say it is unavailable
-            p = self._requester.pending(req.id or "")
-            if p is not None:
-                err = Unavailable(f"object {oid} is on node {node}, which is offline", node=node)
-                if not self._reroute(p, err, wait_for_node=False):
-                    self._requester.fail(p.rid, err)
-        return fut
-
-    def _resolve(self, oid: str) -> str:
-        info = self._gateway("resolve", ref=oid)
-        self._locations[oid] = info["node"]
-        return info["node"]
-
-    def _on_call_error(self, p: Pending, exc: ContinuumError) -> bool:
-        """``object_not_here``: the object moved; find it again and resend."""
-        return isinstance(exc, ObjectNotHere) and self._reroute(p, exc)
-
-    _MAX_REROUTES = 100  # at 0.1 s a try: 10 s for a replica to be promoted
-
-    def _reroute(self, p: Pending, exc: ContinuumError, wait_for_node: bool = True) -> bool:
-        """Resend call ``p`` (same request id, so it never runs twice) to the
-        object's current node, asking the gateway where that is; while the
-        gateway has not yet promoted a replica of a dead primary, ask again
-        every 0.1 s until the call's deadline. False when not re-routable."""
-        oid, stale = p.obj, p.node
-        if oid is None or p.future.done() or p.reroutes >= self._MAX_REROUTES:
-            return False
-        remaining = p.deadline - time.monotonic()
-        if remaining <= 0.01:
-            return False
-        p.reroutes += 1
-        p.node = None  # not on the dead node any more: no second re-route from its will
-        if self._locations.get(oid) == stale:
-            self._locations.pop(oid, None)
-        lookup = self._gateway_future("resolve", min(remaining, self.timeout), ref=oid)
-
-        def route(f: Future[Any]) -> None:
-            if p.future.done():
-                return
-            err = f.exception()
-            if err is not None:
-                self._requester.fail(p.rid, err)
-                return
-            info = f.result()
-            node = info["node"]
-            live = info.get("node_state") == "online" and self._liveness.state(node) != "offline"
-            if node != stale and live:
-                self._locations[oid] = node
-                p.node = node
-                self._requester.publish(p, self.topics.node_call(node))
-                return
-            if any(self._liveness.is_online(r) for r in info.get("replicas", [])):
-                p.node = stale  # a replica will be promoted: ask again shortly
-                timer = threading.Timer(0.1, self._retry_reroute, (p, exc, wait_for_node))
-                timer.daemon = True
-                timer.start()
-                return
-            if not live and not wait_for_node:
-                self._give_up(p, node)
-            elif not live:
-                # No replica: wait a little for the node itself (a broker restart
-                # makes every node look dead for a moment); its return resends
-                # the call, else it fails with a clear error.
-                p.node = node
-                timer = threading.Timer(self.offline_grace, self._give_up, (p, node))
-                timer.daemon = True
-                timer.start()
-            else:
-                self._requester.fail(p.rid, exc)
-
-        lookup.add_done_callback(route)
-        return True
-
-    def _give_up(self, p: Pending, node: str) -> None:
-        if not p.future.done() and not self._liveness.is_online(node):
-            self._requester.fail(
-                p.rid, Unavailable(f"object {p.obj} is on node {node}, which is offline", node=node)
-            )
-
-    def _retry_reroute(self, p: Pending, exc: ContinuumError, wait_for_node: bool = True) -> None:
-        if not p.future.done() and not self._reroute(p, exc, wait_for_node):
-            self._requester.fail(p.rid, exc)

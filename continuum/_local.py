@@ -17,7 +17,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
-from ._client import ObjectProxy, ProgressFn, _Directory
 from ._errors import (
     AliasTaken,
     BadRequest,
@@ -28,7 +27,9 @@ from ._errors import (
 from ._invoke import bind_arguments, describe_class, invoke, remote_error, roundtrip
 from ._model import ActiveObject
 from ._protocol import Request
+from ._proxy import ObjectProxy, _Directory
 from .service._dispatch import Dispatcher, method
+from .service._requester import ProgressFn
 
 __all__ = ["LocalClient"]
 

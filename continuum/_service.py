@@ -1,5 +1,5 @@
 """What every long-running continuum process shares: config files, logging,
-signals and systemd notifications (stdlib only)."""
+signals, systemd notifications and durable files (stdlib only)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "Service",
     "add_common_arguments",
+    "fsync_path",
     "parse_args",
     "sd_notify",
     "serve",
@@ -121,6 +122,16 @@ def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO), format=fmt, stream=sys.stderr
     )
+
+
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """fsync a file or a folder by name (a folder: so that a rename or a new
+    file in it is durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def sd_notify(state: str) -> bool:

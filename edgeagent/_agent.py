@@ -7,6 +7,10 @@ are sent in sequence order at a bounded rate. An acknowledged sample stays
 ``[outbox] resend_window`` seconds more: after a reconnect those acknowledged
 within that window before the connection was lost are sent again first (a
 broker that crashed may have lost them), then the unacknowledged ones.
+
+This module wires the parts and runs the loop (and reload, shutdown, the
+status); the sampling side is :mod:`._recorder`, the sending side
+:mod:`._sender`.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from typing import Any
 from continuum._codec import encode
 from continuum._protocol import Topics
 from continuum._service import sd_notify
-from continuum.samples import encode_sample
 
 from ._config import AgentConfig, ConfigError, load
 from ._link import Link
 from ._metrics import Sampler
-from ._outbox import LOW_SPACE, MAX_UNREMOVED, Outbox
+from ._outbox import Outbox
+from ._recorder import Recorder
+from ._sender import Sender
 from ._statedir import StateError, open_outbox
 from ._statusfile import write_status
 
@@ -53,28 +58,13 @@ class Agent:
         self._last_jobs: dict[str, Any] | None = None
         self.jobs: Any = None
         self.started = time.time()
-        self.sent = 0
-        self.acked = 0
-        self.refused = 0
-        self._inflight: dict[int, int] = {}  # mid -> seq, on the current connection
-        self._resent_mids: set[int] = set()  # those of _inflight that are resends
-        self._resending = False  # the resend of this connection has more to send
-        self._resend_open = False  # ... or some of it is not acknowledged yet
-        self._resend_upto = 0
-        self._generation = 0
-        self._sent_upto = 0
-        self._tokens = 0.0
-        self._token_t = time.monotonic()
+        self.recorder = Recorder()  # samples into the outbox
+        self.sender = Sender()  # the outbox over the link
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._reload = False
         self._signal: int | None = None
-        self._paused_until = 0.0  # sending paused after the broker refused samples
-        self._refusal_pause = 0.0
-        self.refusal: str | None = None
-        self._store_failing = 0  # samples failed since storing last worked
         self._status_failing = False
-        self._tight = False  # the outbox's file system is low on space
         self._published_counts: tuple[int, int, int] | None = None
 
     # -- wiring ---------------------------------------------------------------------
@@ -184,172 +174,22 @@ class Agent:
     # -- the loop -------------------------------------------------------------------------
     def _sample(self) -> None:
         assert self.outbox is not None and self.sampler is not None
-        ob = self.cfg.outbox
-        depth = len(self.outbox)
-        full = depth >= ob.max_samples
-        # a file system low on space bounds the outbox at its current size
-        # (what is in flight is about to go: no need to drop it)
-        tight = not self._may_grow() and not full and depth > len(self._inflight)
-        if full or tight:
-            if ob.policy == "stop_sampling":
-                self.outbox.skip()
-                return
-            self.outbox.enforce((depth if tight else ob.max_samples) - 1, None, True)
-        metrics = self.sampler.read()
-        seq = self.outbox.next_seq
-        ts = time.time()
-        if not self.outbox.add(seq, ts, encode_sample(self.cfg.device, seq, ts, metrics)):
-            self._store_failed()
-            return
-        if self._store_failing:
-            log.warning(
-                "storing samples again (%d could not be stored meanwhile; %d in all)",
-                self._store_failing,
-                self.outbox.failed,
-            )
-            self._store_failing = 0
-        if self.jobs is not None:
-            self.jobs.on_sample(seq, ts, metrics)
-
-    def _may_grow(self) -> bool:
-        assert self.outbox is not None
-        grow = self.outbox.can_grow()
-        if self.outbox.tight != self._tight:
-            self._tight = self.outbox.tight
-            if self._tight:
-                log.warning(
-                    "the file system of %s has less than %d KiB free: the outbox keeps its "
-                    "size (policy %s)",
-                    self.cfg.state_dir,
-                    LOW_SPACE // 1024,
-                    self.cfg.outbox.policy,
-                )
-            else:
-                log.info("the file system of %s has room again", self.cfg.state_dir)
-        return grow
-
-    def _store_failed(self) -> None:
-        """A sample could not be stored: it took no seq, and is counted."""
-        assert self.outbox is not None
-        self._store_failing += 1
-        if self._store_failing == 1:
-            log.error(
-                "cannot store samples: %s; they are counted as failed (no seq used), "
-                "what is stored is still sent, and each new sample tries again",
-                self.outbox.error,
-            )
+        taken = self.recorder.sample(self.outbox, self.sampler, self.cfg, len(self.sender.inflight))
+        if taken is not None and self.jobs is not None:
+            self.jobs.on_sample(*taken)
 
     def _take_acks(self) -> None:
         assert self.link is not None and self.outbox is not None
-        done: list[int] = []
-        refused: list[int] = []
-        acks = self.link.acks
-        while acks:
-            generation, mid, ok = acks.popleft()
-            if generation != self._generation:
-                continue  # an older connection's: its samples are sent again
-            seq = self._inflight.pop(mid, None)
-            if seq is None:
-                continue
-            resent = mid in self._resent_mids
-            self._resent_mids.discard(mid)
-            if ok:
-                if not resent:
-                    self.acked += 1
-                done.append(seq)  # a resent one: kept again from now
-            else:
-                refused.append(seq)
-        self.outbox.remove(done)
-        if self._resend_open and not self._resending and not self._resent_mids:
-            self._resend_open = False  # all sent again and acknowledged again
-            self.outbox.resend_done()
-        self.outbox.prune()  # kept samples past the window (at most every second)
-        if done and not refused:
-            self._refusal_pause = 0.0
-        if refused:
-            # The broker refused them (an ACL that does not let this device
-            # publish its metrics, a quota): keep every sample, stop sending,
-            # and try again later from the oldest one. Never drop on a refusal.
-            self.refused += len(refused)
-            self._refusal_pause = min(300.0, max(5.0, 2 * self._refusal_pause))
-            self._paused_until = time.monotonic() + self._refusal_pause
-            self._inflight.clear()
-            self._resent_mids.clear()
-            self._sent_upto = self._resend_upto = 0
-            self._resending = self._resend_open
-            self.refusal = (
-                f"the broker refused sample #{min(refused)} on {self._metrics_topic} (not "
-                f"authorized?); samples kept, sending again in {self._refusal_pause:.0f} s"
-            )
-            log.error("%s", self.refusal)
+        self.sender.take_acks(self.link, self.outbox, self._metrics_topic)
 
     def _drain(self, now: float) -> float | None:
         """Send what the rate and in-flight bounds allow; seconds until more may go."""
-        link, ob = self.link, self.cfg.outbox
-        assert link is not None and self.outbox is not None
-        if not link.connected:
-            return None
-        if link.generation != self._generation:
-            # a new connection: first the samples acknowledged just before the
-            # last one was lost, then every unacknowledged one
-            self._generation = link.generation
-            self._inflight.clear()
-            self._resent_mids.clear()
-            self._sent_upto = self._resend_upto = 0
-            self._resending = self._resend_open = self.outbox.begin_resend()
-        if now < self._paused_until:
-            return self._paused_until - now
-        if self.outbox.unremoved >= MAX_UNREMOVED:
-            return 1.0  # acknowledged samples cannot be deleted (disk full): wait for that
-        rate = ob.drain_rate
-        burst = max(1.0, rate / 10)
-        self._tokens = min(burst, self._tokens + (now - self._token_t) * rate)
-        self._token_t = now
-        room = min(int(self._tokens), ob.max_inflight - len(self._inflight))
-        if room <= 0:
-            return (1 - self._tokens) / rate if self._tokens < 1 else None
-        if self._resending:
-            room -= self._resend(link, room)
-            if self._resending or room <= 0:
-                return max(0.0, (1 - self._tokens) / rate)
-        rows = self.outbox.after(self._sent_upto, room)
-        for seq, payload in rows:
-            mid = link.publish(self._metrics_topic, payload)
-            if mid is None:
-                break
-            self._inflight[mid] = seq
-            self._sent_upto = seq
-            self._tokens -= 1
-            self.sent += 1
-        if len(rows) == room and len(self.outbox) > len(self._inflight):
-            return max(0.0, (1 - self._tokens) / rate)
-        return None
-
-    def _resend(self, link: Link, room: int) -> int:
-        """Send up to ``room`` kept samples of this connection's resend; how many."""
-        assert self.outbox is not None
-        rows = self.outbox.resend_after(self._resend_upto, room)
-        n = 0
-        for seq, payload in rows:
-            mid = link.publish(self._metrics_topic, payload)
-            if mid is None:
-                break
-            self._inflight[mid] = seq
-            self._resent_mids.add(mid)
-            self._resend_upto = seq
-            self._tokens -= 1
-            n += 1
-        if n:
-            self.outbox.count_resent(n)
-        if len(rows) < room:
-            self._resending = False
-        return n
+        assert self.link is not None and self.outbox is not None
+        return self.sender.drain(self.link, self.outbox, self.cfg.outbox, self._metrics_topic, now)
 
     def _sweep(self) -> None:
         assert self.outbox is not None
-        ob = self.cfg.outbox
-        if self.outbox.enforce(ob.max_samples, ob.max_age, ob.policy == "drop_oldest"):
-            log.warning("outbox over its bounds: %d dropped so far", self.outbox.dropped)
+        self.recorder.sweep(self.outbox, self.cfg.outbox)
 
     def request_stop(self, signum: int | None = None) -> None:
         self._signal = signum
@@ -464,10 +304,7 @@ class Agent:
             )
         self.outbox = outbox
         self.cfg = new
-        self._generation = 0
-        self._inflight.clear()
-        self._resent_mids.clear()
-        self._resending = self._resend_open = False
+        self.sender.reset()
         self._start_parts()
 
     def _shutdown(self) -> None:
@@ -477,7 +314,11 @@ class Agent:
         if self._signal is not None:
             log.info("signal %d: flushing the outbox, then stopping", self._signal)
         end = time.monotonic() + ob.flush_timeout
-        while link.connected and (len(self.outbox) or self._resend_open) and time.monotonic() < end:
+        while (
+            link.connected
+            and (len(self.outbox) or self.sender.resend_open)
+            and time.monotonic() < end
+        ):
             self._take_acks()
             retry = self._drain(time.monotonic())
             self._wake.wait(min(0.05, retry or 0.05))
@@ -488,15 +329,15 @@ class Agent:
         self._write_status(state="stopped")
         log.info(
             "stopped: %d sent, %d acknowledged, %d left in the outbox",
-            self.sent,
-            self.acked,
+            self.sender.sent,
+            self.sender.acked,
             len(self.outbox),
         )
         self.outbox.close()
 
     # -- status -----------------------------------------------------------------------
     def status(self, state: str | None = None) -> dict[str, Any]:
-        ob, link = self.outbox, self.link or self._last_link
+        ob, link, sender = self.outbox, self.link or self._last_link, self.sender
         oldest = ob.oldest_ts() if ob is not None and len(ob) else None
         return {
             "device": self.cfg.device,
@@ -513,7 +354,7 @@ class Agent:
                 "depth": len(ob) if ob is not None else 0,
                 "oldest_age_s": None if oldest is None else round(time.time() - oldest, 1),
                 "next_seq": ob.next_seq if ob is not None else None,
-                "in_flight": len(self._inflight) if self.link and self.link.connected else 0,
+                "in_flight": len(sender.inflight) if self.link and self.link.connected else 0,
                 "dropped_full": ob.dropped_full if ob is not None else 0,
                 "dropped_age": ob.dropped_age if ob is not None else 0,
                 "not_sampled": ob.not_sampled if ob is not None else 0,
@@ -522,11 +363,11 @@ class Agent:
                 "kept": ob.kept if ob is not None else 0,
                 "error": ob.error if ob is not None else None,
             },
-            "sent": self.sent,
-            "acked": self.acked,
+            "sent": sender.sent,
+            "acked": sender.acked,
             "resent": ob.resent if ob is not None else 0,
-            "refused": self.refused,
-            "refusal": self.refusal if time.monotonic() < self._paused_until else None,
+            "refused": sender.refused,
+            "refusal": sender.refusal if time.monotonic() < sender.paused_until else None,
             "forecaster": self.jobs.status() if self.jobs is not None else self._last_jobs,
         }
 

@@ -11,7 +11,6 @@ import sys
 from collections.abc import Sequence
 
 from continuum.service import (
-    BrokerURL,
     MqttTransport,
     add_common_arguments,
     parse_args,
@@ -168,7 +167,7 @@ def run_command(command: str, argv: Sequence[str]) -> int:
             lines = [backup(args.db, args.out)]
         else:
             lines = rebuild(
-                BrokerURL.parse(args.broker),
+                args.broker,
                 args.root,
                 args.db,
                 gateway_id=args.gateway_id,
@@ -202,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     existed = os.path.exists(args.db)
     try:
         gw = Gateway(
-            MqttTransport(BrokerURL.parse(args.broker), f"gw-{args.gateway_id}"),
+            MqttTransport(args.broker, f"gw-{args.gateway_id}"),
             args.db,
             gateway_id=args.gateway_id,
             root=args.root,

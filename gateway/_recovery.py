@@ -24,6 +24,7 @@ from continuum.service import (
     Requester,
     Topics,
     Transport,
+    fsync_path,
 )
 
 from ._directory import Directory
@@ -50,14 +51,6 @@ def _remove_files(path: str) -> None:
     for f in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(f)
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -129,7 +122,7 @@ def backup(db: str, out: str) -> str:
         errors = integrity_errors(tmp)
         if errors:
             raise RecoveryError(f"the copy fails the integrity check: {'; '.join(errors[:5])}")
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, out)
     finally:
         _remove_files(tmp)
@@ -216,7 +209,7 @@ def _check_target(db: str) -> None:
 
 
 def rebuild(
-    broker: BrokerURL,
+    broker: BrokerURL | str,
     root: str,
     db: str,
     *,
@@ -276,7 +269,7 @@ def _write(db: str, held: dict[str, list[Held]], offline: list[str]) -> list[str
             strays = d._rows("SELECT node, kind, object, detail FROM strays ORDER BY node, kind")
         finally:
             d.close()
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, db)
     finally:
         _remove_files(tmp)

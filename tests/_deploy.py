@@ -102,16 +102,18 @@ def build_wheel(dest: Path) -> Path:
     return wheel
 
 
-def run_playbook(tmp: Path, inventory: Path, *extra: str, timeout: float = 600) -> tuple[int, str]:
+def run_ansible(tmp: Path, argv: list[str], timeout: float) -> tuple[int, str]:
+    """An ansible command run in deploy/ansible with :func:`ansible_env`: its
+    exit status and output."""
     proc = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(inventory), "site.yml", *extra],
-        cwd=ANSIBLE_DIR,
-        env=ansible_env(tmp),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        argv, cwd=ANSIBLE_DIR, env=ansible_env(tmp), capture_output=True, text=True, timeout=timeout
     )
     return proc.returncode, proc.stdout + proc.stderr
+
+
+def run_playbook(tmp: Path, inventory: Path, *extra: str, timeout: float = 600) -> tuple[int, str]:
+    argv = [str(BIN / "ansible-playbook"), "-i", str(inventory), "site.yml", *extra]
+    return run_ansible(tmp, argv, timeout)
 
 
 _RECAP = re.compile(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", re.M)

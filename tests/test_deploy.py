@@ -37,17 +37,16 @@ import continuum
 from continuum.samples import encode_sample
 
 from ._deploy import (
-    ANSIBLE_DIR,
     HASH_PASSWORD,
     REPO,
     Mqtt,
-    ansible_env,
     build_wheel,
     changed_tasks,
     dump_inventory,
     hash_password,
     parse_unit,
     recap,
+    run_ansible,
     run_playbook,
     stable_port,
     tool,
@@ -366,28 +365,16 @@ def _wait(
 
 
 def test_syntax_check_and_lint(tmp_path: Path) -> None:
-    env = ansible_env(tmp_path)
-    out = subprocess.run(
-        [tool("ansible-playbook") or "", "--syntax-check", "site.yml"],
-        cwd=ANSIBLE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
+    syntax = [tool("ansible-playbook") or "", "--syntax-check", "site.yml"]
+    code, output = run_ansible(tmp_path, syntax, timeout=120)
+    assert code == 0, output
     lint = tool("ansible-lint")
     if lint is None:
         pytest.skip("ansible-lint is not installed in this venv")
-    out = subprocess.run(
-        [lint, "--offline", "--profile", "production", "--nocolor"],
-        cwd=ANSIBLE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    code, output = run_ansible(
+        tmp_path, [lint, "--offline", "--profile", "production", "--nocolor"], timeout=300
     )
-    assert out.returncode == 0, out.stdout + out.stderr
+    assert code == 0, output
 
 
 def test_hash_password_is_what_mosquitto_writes(tmp_path: Path) -> None:

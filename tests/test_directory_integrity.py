@@ -8,7 +8,6 @@ and page, creates resent across a gateway SIGKILL, deletion by tombstone."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
@@ -33,7 +32,8 @@ from gateway._directory import Directory
 from gateway._integrity import DirectoryRefused, check_directory, verify_wal
 from gateway._reconcile import Held, Reconciler, parse_list, plan
 
-from ._cluster import Cluster, wait_for
+from ._cluster import Cluster, start_durable, wait_for
+from ._tmpfs import fill, tmpfs
 
 COUNTER = "examples.counter.Counter"
 
@@ -487,19 +487,19 @@ def _remove_directory(c: Cluster) -> None:
         Path(f).unlink(missing_ok=True)
 
 
-def _durable(c: Cluster, node: str) -> None:
-    c.start_node(node, "--state-dir", str(c.tmp / f"{node}-state"))
+def _create_counters(c: Cluster, aliases: list[str]) -> None:
+    with c.client() as client:
+        for alias in aliases:
+            client.stub(COUNTER).create(alias=alias)
 
 
 def _restart(c: Cluster, node: str, sig: int = signal.SIGTERM) -> None:
     c.stop(node, sig)
-    _durable(c, node)
+    start_durable(c, node)
 
 
-def test_an_empty_directory_is_refused_while_nodes_hold_objects(bare_cluster: Cluster) -> None:
-    c = bare_cluster
-    c.start_gateway()
-    _durable(c, "n1")
+def test_an_empty_directory_is_refused_while_nodes_hold_objects(durable_cluster: Cluster) -> None:
+    c = durable_cluster
     with c.client() as client:
         for i in range(5):
             client.stub(COUNTER).create(start=i, alias=f"obj-{i}")
@@ -522,11 +522,9 @@ def test_a_zero_byte_directory_is_refused(bare_cluster: Cluster) -> None:
     assert Path(c.db).stat().st_size == 0
 
 
-def test_rebuild_from_the_nodes_recreates_objects_and_aliases(bare_cluster: Cluster) -> None:
-    c = bare_cluster
-    c.start_gateway()
-    _durable(c, "n1")
-    _durable(c, "n2")
+def test_rebuild_from_the_nodes_recreates_objects_and_aliases(durable_cluster: Cluster) -> None:
+    c = durable_cluster
+    start_durable(c, "n2")
     with c.client() as client:
         plain = client.stub(COUNTER).create(start=1, alias="plain", node="n1")
         replicated = client.stub(COUNTER).create(start=2, alias="first", replicas=1)
@@ -567,11 +565,9 @@ def test_rebuild_from_the_nodes_recreates_objects_and_aliases(bare_cluster: Clus
 
 
 def test_an_older_backup_restored_adopts_newer_objects_and_deletes_none(
-    bare_cluster: Cluster,
+    durable_cluster: Cluster,
 ) -> None:
-    c = bare_cluster
-    c.start_gateway()
-    _durable(c, "n1")
+    c = durable_cluster
     backup = str(c.tmp / "backup.db")
     with c.client() as client:
         old = [client.stub(COUNTER).create(alias=f"old-{i}") for i in range(3)]
@@ -598,13 +594,9 @@ def test_an_older_backup_restored_adopts_newer_objects_and_deletes_none(
     assert "adopted examples.counter.Counter" in c.log("gateway")
 
 
-def test_a_flipped_byte_in_the_wal_is_refused(bare_cluster: Cluster) -> None:
-    c = bare_cluster
-    c.start_gateway()
-    _durable(c, "n1")
-    with c.client() as client:
-        for i in range(20):
-            client.stub(COUNTER).create(alias=f"acked-{i}")
+def test_a_flipped_byte_in_the_wal_is_refused(durable_cluster: Cluster) -> None:
+    c = durable_cluster
+    _create_counters(c, [f"acked-{i}" for i in range(20)])
     c.stop("gateway", signal.SIGKILL)
     wal = Path(f"{c.db}-wal")
     data = bytearray(wal.read_bytes())
@@ -620,13 +612,9 @@ def test_a_flipped_byte_in_the_wal_is_refused(bare_cluster: Cluster) -> None:
     assert check.returncode == 2 and "damaged" in check.stderr
 
 
-def test_a_corrupt_page_in_the_directory_is_refused(bare_cluster: Cluster) -> None:
-    c = bare_cluster
-    c.start_gateway()
-    _durable(c, "n1")
-    with c.client() as client:
-        for i in range(40):
-            client.stub(COUNTER).create(alias=f"object-with-a-longer-alias-{i:04d}")
+def test_a_corrupt_page_in_the_directory_is_refused(durable_cluster: Cluster) -> None:
+    c = durable_cluster
+    _create_counters(c, [f"object-with-a-longer-alias-{i:04d}" for i in range(40)])
     c.stop("gateway")  # a clean stop: everything is in the main file
     assert not Path(f"{c.db}-wal").exists()
     _corrupt_middle_page(Path(c.db))
@@ -648,13 +636,11 @@ def _watch(c: Cluster, topic: str) -> tuple[paho.Client, list[dict[str, Any]]]:
     return sub, seen
 
 
-def test_a_create_resent_after_a_gateway_sigkill_runs_once(bare_cluster: Cluster) -> None:
+def test_a_create_resent_after_a_gateway_sigkill_runs_once(durable_cluster: Cluster) -> None:
     """Both ways a create meets a gateway SIGKILL: answered before it (the
     resend is answered from the stored outcome), and killed while the node
     created it (the resend finishes that same object, alias and all)."""
-    c = bare_cluster
-    c.start_gateway()
-    _durable(c, "n1")
+    c = durable_cluster
     with c.client(timeout=60.0) as client:
         req = Request("create", [], {"cls": COUNTER, "alias": "answered"}, "test:answered:1")
         first = client._requester.send(c.topics.gateway_call, req, 10.0).result()
@@ -685,30 +671,26 @@ def test_a_create_resent_after_a_gateway_sigkill_runs_once(bare_cluster: Cluster
 
 
 def test_a_deleted_object_is_removed_from_its_returning_node_and_nothing_else(
-    bare_cluster: Cluster,
+    durable_cluster: Cluster,
 ) -> None:
-    c = bare_cluster
-    c.start_gateway()
-    _durable(c, "n1")
+    c = durable_cluster
     with c.client() as client:
         doomed = client.stub(COUNTER).create(alias="doomed")
         kept = client.stub(COUNTER).create(alias="kept")
         c.stop("n1", signal.SIGKILL)
         wait_for(lambda: [n["state"] for n in client.nodes()] == ["offline"])
         client.delete(doomed)  # its node is away: only the tombstone remembers
-        _durable(c, "n1")
+        start_durable(c, "n1")
         wait_for(lambda: [o["id"] for o in _held(c, client, "n1")] == [kept._id])
         assert client.get("kept").add(1) == 1
     log = c.log("gateway")
     assert f"deleting node n1's copy of {doomed._id}: deleted (request" in log
 
 
-def test_a_quarantined_object_is_unavailable_in_the_directory(bare_cluster: Cluster) -> None:
+def test_a_quarantined_object_is_unavailable_in_the_directory(durable_cluster: Cluster) -> None:
     """Finding 4: a damaged checkpoint used to drop the object while the
     directory kept listing it (object_not_here forever, no alert)."""
-    c = bare_cluster
-    c.start_gateway()
-    _durable(c, "n1")
+    c = durable_cluster
     with c.client() as client:
         obj = client.stub(COUNTER).create(alias="fragile")
         obj.add(2)
@@ -717,7 +699,7 @@ def test_a_quarantined_object_is_unavailable_in_the_directory(bare_cluster: Clus
         data = bytearray(snap.read_bytes())
         data[len(data) // 2] ^= 0x10
         snap.write_bytes(bytes(data))
-        _durable(c, "n1")
+        start_durable(c, "n1")
         wait_for(lambda: client._gateway("resolve", ref="fragile")["state"] == "unavailable")
         info = client._gateway("resolve", ref="fragile")
         assert info["reason"].startswith("quarantined on node n1: ")
@@ -745,23 +727,11 @@ def test_held_counts_reads_only_online_integer_counts() -> None:
 def test_a_full_disk_fails_a_create_cleanly_and_its_retry_runs_once(tmp_path: Path) -> None:
     """The directory on a full filesystem: the create is answered `storage`,
     nothing is stored for its request id, and the same id succeeds later."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr!r}")
-    try:
+    with tmpfs(tmp_path / "small") as mnt:
         nodes = FakeNodes()
         gw = _gateway(mnt / "d.db", nodes)
         assert _create(gw, "before", alias="before").results
-        filler = mnt / "filler"
-        with open(filler, "wb", buffering=0) as fh:
-            for chunk in (65536, 4096, 1):
-                with contextlib.suppress(OSError):
-                    while True:
-                        fh.write(b"\0" * chunk)
+        filler = fill(mnt)
         chan = _create(gw, "rid-full")
         [err] = chan.errors
         assert isinstance(err, continuum.ContinuumError) and err.code == "storage"
@@ -771,5 +741,3 @@ def test_a_full_disk_fails_a_create_cleanly_and_its_retry_runs_once(tmp_path: Pa
         assert chan.results and chan.results[0]["aliases"] == ["the-one"]
         assert sorted(o["aliases"][0] for o in gw.directory.objects()) == ["before", "the-one"]
         gw.directory.close()
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)

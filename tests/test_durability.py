@@ -8,28 +8,25 @@ import time
 import cbor2
 import paho.mqtt.client as paho
 
-from ._cluster import Cluster, wait_for
+from ._cluster import Cluster, start_durable, wait_for
 
 COUNTER = "examples.counter.Counter"
 MODULES = ("examples.counter", "examples.sink")
 
 
-def test_acknowledged_mutations_survive_sigkill(bare_cluster: Cluster) -> None:
-    c = bare_cluster
-    state = str(c.tmp / "n1-state")
-    c.start_gateway()
-    c.start_node("n1", "--state-dir", state)
+def test_acknowledged_mutations_survive_sigkill(durable_cluster: Cluster) -> None:
+    c = durable_cluster
     with c.client() as client:
         obj = client.stub(COUNTER).create(start=10, alias="durable")
         acked = [obj.add(1) for _ in range(50)]
         assert acked[-1] == 60
         c.stop("n1", signal.SIGKILL)
-        c.start_node("n1", "--state-dir", state)
+        start_durable(c)
         assert client.get("durable").get() == 60
         assert obj.add(1) == 61
         client.delete(obj)
     c.stop("n1", signal.SIGKILL)
-    c.start_node("n1", "--state-dir", state)
+    start_durable(c)
     with c.client() as client:
         assert (
             client._requester.send(
@@ -43,9 +40,8 @@ def test_acknowledged_mutations_survive_sigkill(bare_cluster: Cluster) -> None:
 
 def test_device_feed_loses_nothing_across_a_node_restart(bare_cluster: Cluster) -> None:
     c = bare_cluster
-    state = str(c.tmp / "n1-state")
     c.start_gateway()
-    c.start_node("n1", "--state-dir", state, modules=MODULES)
+    start_durable(c, modules=MODULES)
     with c.client() as client:
         sink = client.stub("examples.sink.SampleSink").create(alias="sink")
         client.bind_metrics(sink, "dev-1", "ingest")
@@ -62,7 +58,7 @@ def test_device_feed_loses_nothing_across_a_node_restart(bare_cluster: Cluster) 
         if seq == 200:
             c.stop("n1", signal.SIGKILL)  # samples 201.. wait in the node's broker session
         if seq == 400:
-            c.start_node("n1", "--state-dir", state, modules=MODULES)
+            start_durable(c, modules=MODULES)
         if seq % 50 == 0:
             time.sleep(0.01)
     pub.disconnect()
@@ -78,9 +74,8 @@ def test_journal_and_checkpoints_replay_after_sigkill(bare_cluster: Cluster) -> 
     """Calls are journaled between checkpoints; a restart replays them, and
     exactly-once answers survive too."""
     c = bare_cluster
-    state = str(c.tmp / "n1-state")
     c.start_gateway()
-    c.start_node("n1", "--state-dir", state, "--checkpoint-every", "7")
+    start_durable(c, "n1", "--checkpoint-every", "7")
     with c.client() as client:
         obj = client.stub(COUNTER).create(start=0)
         for _ in range(52):  # 7 checkpoints and 3 journaled calls
@@ -92,7 +87,7 @@ def test_journal_and_checkpoints_replay_after_sigkill(bare_cluster: Cluster) -> 
     journal = next((c.tmp / "n1-state" / "objects").glob("*.journal"))
     with open(journal, "ab") as fh:
         fh.write(b"\x00\x00\x00\x40\x12\x34")
-    c.start_node("n1", "--state-dir", state, "--checkpoint-every", "7")
+    start_durable(c, "n1", "--checkpoint-every", "7")
     with c.client() as client:
         assert client.get(obj._id).get() == 55
         assert client.get(obj._id).add(1) == 56

@@ -35,6 +35,7 @@ def agent_config(
     device: str,
     *,
     forecaster: str = "enabled = false",
+    state_dir: Path | None = None,
     **extra: str,
 ) -> Path:
     sections = {
@@ -45,7 +46,7 @@ def agent_config(
     }
     body = [
         f'device = "{device}"',
-        f'state_dir = "{path.parent / ("state-" + device)}"',
+        f'state_dir = "{state_dir or path.parent / ("state-" + device)}"',
         "status_interval = 0.2",
         "[broker]",
         f'url = "{url}"',
@@ -58,6 +59,31 @@ def agent_config(
         body += [f"[{name}]", text]
     path.write_text("\n".join(body) + "\n")
     return path
+
+
+def forecasting_agent(c: Cluster, tmp_path: Path, device: str, jobs: str) -> Agent:
+    """An agent of ``device`` on the cluster, its forecaster enabled (on the
+    nodes' CPU) with the ``[jobs]`` settings ``jobs``; started."""
+    cfg = agent_config(
+        tmp_path / "a.toml",
+        c.url,
+        c.root,
+        device,
+        forecaster='enabled = true\nargs = { device = "cpu" }',
+        jobs=jobs,
+    )
+    return Agent(cfg, tmp_path / "agent.log").start()
+
+
+def run_agent(cfg: Path) -> subprocess.CompletedProcess[str]:
+    """``edgeagent run -c cfg`` in the foreground, to its exit."""
+    return subprocess.run(
+        [sys.executable, "-m", "edgeagent", "run", "-c", str(cfg)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 class Agent:
@@ -273,19 +299,18 @@ def test_full_outbox_drops_oldest_and_counts(tmp_path: Path) -> None:
         ('[broker]\npassword_file = "/nonexistent/pw"', "[broker] password_file"),
         ("[jobs]\nforecast_every = -1", "[jobs] forecast_every"),
         ("[jobs\n", "not valid TOML"),
+        # numbers that are not finite (TOML has inf and nan)
+        ("[outbox]\ndrain_rate = inf", "[outbox] drain_rate"),
+        ("[forecaster]\ntimeout = inf", "[forecaster] timeout"),
+        ("[outbox]\nmax_age = nan", "[outbox] max_age"),
+        ("status_interval = -inf", "status_interval"),
     ],
 )
 def test_bad_config_names_the_key_and_starts_nothing(tmp_path: Path, text: str, key: str) -> None:
     state = tmp_path / "state"
     cfg = tmp_path / "bad.toml"
     cfg.write_text(f'state_dir = "{state}"\n{text}\n')
-    out = subprocess.run(
-        [sys.executable, "-m", "edgeagent", "run", "-c", str(cfg)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = run_agent(cfg)
     assert out.returncode == 2, out.stderr
     assert key in out.stderr and str(cfg) in out.stderr, out.stderr
     assert not state.exists()  # nothing was started
@@ -375,15 +400,8 @@ def test_forecast_job_trains_remotely_and_publishes(bare_cluster: Cluster, tmp_p
     sub.connect("127.0.0.1", port)
     sub.subscribe([(f"{c.root}/dev/dev-j/forecast", 1), (f"{c.root}/dev/dev-j/alert", 1)])
     sub.loop_start()
-    cfg = agent_config(
-        tmp_path / "a.toml",
-        c.url,
-        c.root,
-        "dev-j",
-        forecaster='enabled = true\nargs = { device = "cpu" }',
-        jobs="train_after = 40\ntrain_epochs = 2\nforecast_every = 5\nalert_band = 0.001",
-    )
-    agent = Agent(cfg, tmp_path / "agent.log").start()
+    jobs = "train_after = 40\ntrain_epochs = 2\nforecast_every = 5\nalert_band = 0.001"
+    agent = forecasting_agent(c, tmp_path, "dev-j", jobs)
     try:
         wait_for(lambda: got["forecast"] and got["alert"], timeout=120)
         fc = got["forecast"][-1]
@@ -406,7 +424,7 @@ def test_forecast_job_trains_remotely_and_publishes(bare_cluster: Cluster, tmp_p
         sub.loop_stop()
         assert agent.stop() == 0
     human = subprocess.run(
-        [sys.executable, "-m", "edgeagent", "status", "-c", str(cfg)],
+        [sys.executable, "-m", "edgeagent", "status", "-c", str(agent.config)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -491,15 +509,7 @@ def test_agent_feed_reaches_its_forecaster_across_a_node_sigkill(
     node_args = ("n1", "--torch-threads", "1", "--state-dir", state)
     c.start_gateway()
     c.start_node(*node_args, modules=("cloudnode.forecast",))
-    cfg = agent_config(
-        tmp_path / "a.toml",
-        c.url,
-        c.root,
-        "dev-n",
-        forecaster='enabled = true\nargs = { device = "cpu" }',
-        jobs="train_after = 0\nforecast_every = 0",
-    )
-    agent = Agent(cfg, tmp_path / "agent.log").start()
+    agent = forecasting_agent(c, tmp_path, "dev-n", "train_after = 0\nforecast_every = 0")
     try:
         wait_for(lambda: (agent.status().get("forecaster") or {}).get("state") == "ready")
         wait_for(lambda: agent.status()["acked"] >= 30)
@@ -567,6 +577,7 @@ def test_outbox_ages_by_uptime_so_a_wall_clock_jump_drops_nothing(
     clock. Samples from an earlier boot can only be aged by the wall clock."""
     import edgeagent._outbox as outbox_mod
     from edgeagent._outbox import Outbox
+    from edgeagent._outboxfile import _boot_id
 
     monkeypatch.setattr(outbox_mod, "_uptime", lambda: 100.0)
     ob = Outbox(str(tmp_path / "o.sqlite"))
@@ -574,7 +585,7 @@ def test_outbox_ages_by_uptime_so_a_wall_clock_jump_drops_nothing(
     ob._boot = "an earlier boot"
     ob.add(2, time.time() - 3 * 86400, b"an earlier boot, three days ago")
     ob.add(3, time.time() - 60, b"an earlier boot, a minute ago")
-    ob._boot = outbox_mod._boot_id()
+    ob._boot = _boot_id()
     assert ob.enforce(max_samples=100, max_age=86400, drop_oldest=True) == 1
     assert [s for s, _ in ob.after(0, 10)] == [1, 3]
 

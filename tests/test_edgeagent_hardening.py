@@ -5,15 +5,12 @@ small tmpfs mounted by the test)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +19,9 @@ import paho.mqtt.client as paho
 import pytest
 from continuum_dev.testing import LocalBroker, free_port
 
-from ._cluster import REPO, wait_for
-from .test_edgeagent import Agent, Collector, agent_config, final_seq
+from ._cluster import wait_for
+from ._tmpfs import fill, tmpfs
+from .test_edgeagent import Agent, Collector, agent_config, final_seq, run_agent
 
 # -- config: every number finite and in range --------------------------------------
 
@@ -69,55 +67,23 @@ def test_inf_nan_negative_and_absurd_numbers_are_refused(key: str) -> None:
         assert key in str(err.value) and "/etc/edgeagent/x.toml" in str(err.value), (key, bad)
 
 
-@pytest.mark.parametrize(
-    ("text", "key"),
-    [
-        ("[outbox]\ndrain_rate = inf", "[outbox] drain_rate"),
-        ("[forecaster]\ntimeout = inf", "[forecaster] timeout"),
-        ("[outbox]\nmax_age = nan", "[outbox] max_age"),
-        ("status_interval = -inf", "status_interval"),
-    ],
-)
-def test_run_refuses_non_finite_numbers_with_exit_2(tmp_path: Path, text: str, key: str) -> None:
-    state = tmp_path / "state"
-    cfg = tmp_path / "bad.toml"
-    cfg.write_text(f'state_dir = "{state}"\n{text}\n')
-    out = _run(cfg)
-    assert out.returncode == 2, out.stderr
-    assert key in out.stderr and str(cfg) in out.stderr, out.stderr
-    assert not state.exists()
-
-
 # -- state directory and outbox problems: exit 2, one line, nothing started ---------
 
 
-def _run(cfg: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgeagent", "run", "-c", str(cfg)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
+def _run_on(tmp_path: Path, state: Path, device: str) -> subprocess.CompletedProcess[str]:
+    """``edgeagent run`` with its state directory at ``state`` (the broker is
+    unreachable: a bad state directory stops it before it connects)."""
+    return run_agent(
+        agent_config(tmp_path / "a.toml", "mqtt://127.0.0.1:1", "h", device, state_dir=state)
     )
 
 
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str, *, read_only: bool = False) -> Iterator[Path]:
-    """A tmpfs of ``size`` mounted at ``path`` for the block (needs root)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    path.mkdir(parents=True, exist_ok=True)
-    opts = f"size={size}" + (",ro" if read_only else "")
-    out = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True
-    )
-    if out.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], check=False)
+def _one_line(out: subprocess.CompletedProcess[str], code: int) -> str:
+    """The one line on stderr of a run that exited with ``code``."""
+    assert out.returncode == code, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    return lines[0]
 
 
 def _other_sqlite(path: Path) -> None:
@@ -176,13 +142,8 @@ def test_unusable_state_dir_or_outbox_exits_2_with_one_line(tmp_path: Path, case
     state = tmp_path / "state"
     BAD_STATE[case](state)
     before = _snapshot(state)
-    cfg = agent_config(tmp_path / "a.toml", "mqtt://127.0.0.1:1", "h1", "dev-s")
-    cfg.write_text(cfg.read_text().replace(str(tmp_path / "state-dev-s"), str(state)))
-    out = _run(cfg)
-    assert out.returncode == 2, out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
-    assert str(cfg) in lines[0] and str(state) in lines[0], lines[0]
+    line = _one_line(_run_on(tmp_path, state, "dev-s"), 2)
+    assert str(tmp_path / "a.toml") in line and str(state) in line, line
     assert _snapshot(state) == before  # the bad file is left as it was, for inspection
 
 
@@ -194,12 +155,8 @@ def _snapshot(path: Path) -> dict[str, bytes]:
 
 def test_read_only_state_dir_exits_2(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
-        cfg = agent_config(tmp_path / "a.toml", "mqtt://127.0.0.1:1", "h2", "dev-ro")
-        cfg.write_text(cfg.read_text().replace(str(tmp_path / "state-dev-ro"), str(ro / "st")))
-        out = _run(cfg)
-        assert out.returncode == 2, out.stderr
-        assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
-        assert str(ro / "st") in out.stderr, out.stderr
+        line = _one_line(_run_on(tmp_path, ro / "st", "dev-ro"), 2)
+        assert str(ro / "st") in line, line
 
 
 def test_reload_to_an_unusable_state_dir_is_refused_and_the_agent_goes_on(
@@ -245,19 +202,6 @@ def test_reload_to_an_unusable_state_dir_is_refused_and_the_agent_goes_on(
 # -- a full disk --------------------------------------------------------------------
 
 
-def _fill(fs: Path) -> Path:
-    """Fill the file system ``fs`` to the last byte with one file."""
-    filler = fs / "filler"
-    with open(filler, "wb", buffering=0) as fh:
-        with contextlib.suppress(OSError):
-            while True:
-                fh.write(b"\0" * 4096)
-        with contextlib.suppress(OSError):
-            while True:
-                fh.write(b"\0")
-    return filler
-
-
 def test_outbox_on_a_full_file_system_counts_failures_and_uses_no_seq(tmp_path: Path) -> None:
     from edgeagent._outbox import WAL_LIMIT, Outbox
 
@@ -266,7 +210,7 @@ def test_outbox_on_a_full_file_system_counts_failures_and_uses_no_seq(tmp_path: 
         ob = Outbox(str(path))
         for seq in range(1, 301):
             assert ob.add(seq, time.time(), b"x" * 80)
-        filler = _fill(fs)
+        filler = fill(fs)
         results = [ob.add(ob.next_seq, time.time(), b"y" * 80) for _ in range(200)]
         assert False in results  # the file had to grow: it could not
         stored = results.count(True)
@@ -329,15 +273,14 @@ def test_full_disk_under_the_running_agent(tmp_path: Path) -> None:
     broker = LocalBroker(port=port, persistence_dir=persist).start()
     col = Collector(port, "h4/dev/dev-full/metrics")
     with tmpfs(tmp_path / "fs", "2m") as fs:
-        cfg = agent_config(tmp_path / "a.toml", url, "h4", "dev-full")
-        cfg.write_text(cfg.read_text().replace(str(tmp_path / "state-dev-full"), str(fs / "st")))
+        cfg = agent_config(tmp_path / "a.toml", url, "h4", "dev-full", state_dir=fs / "st")
         agent = Agent(cfg, tmp_path / "agent.log").start()
         assert agent.proc is not None
         try:
             wait_for(lambda: agent.status().get("acked", 0) >= 20)
             broker.stop()
             wait_for(lambda: agent.status()["outbox"]["depth"] >= 30)
-            filler = _fill(fs)
+            filler = fill(fs)
             wait_for(
                 lambda: (
                     agent.status()["outbox"]["failed"] + agent.status()["outbox"]["dropped_full"]
@@ -386,13 +329,9 @@ def test_full_disk_under_the_running_agent(tmp_path: Path) -> None:
 
 def test_agent_started_on_a_full_file_system_exits_1_with_a_message(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "fs", "1m") as fs:
-        _fill(fs)
-        cfg = agent_config(tmp_path / "a.toml", "mqtt://127.0.0.1:1", "h5", "dev-f0")
-        cfg.write_text(cfg.read_text().replace(str(tmp_path / "state-dev-f0"), str(fs / "st")))
-        out = _run(cfg)
-        assert out.returncode == 1, out.stderr
-        assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
-        assert str(fs / "st") in out.stderr, out.stderr
+        fill(fs)
+        line = _one_line(_run_on(tmp_path, fs / "st", "dev-f0"), 1)
+        assert str(fs / "st") in line, line
 
 
 # -- authentication -----------------------------------------------------------------

@@ -125,27 +125,16 @@ def test_unknown_method_private_and_not_active(cluster: Cluster) -> None:
             obj.reset()  # a public method not marked active
         with pytest.raises(AttributeError):
             obj._secret  # noqa: B018 - the stub refuses private names
-        # and the node refuses them even when a client sends them anyway
-        raw_call = c._requester.send(
-            cluster.topics.node_call("n1"),
-            continuum._protocol.Request("_secret", [], {}, obj=obj._id),
-            5.0,
-        )
-        with pytest.raises(continuum.MethodNotActive):
-            raw_call.result()
-        with pytest.raises(continuum.MethodNotActive):
-            c._requester.send(
-                cluster.topics.node_call("n1"),
-                continuum._protocol.Request("__init__", [], {}, obj=obj._id),
-                5.0,
-            ).result()
-        # a private name that is no attribute at all is unknown, not "not active"
-        with pytest.raises(continuum.UnknownMethod):
-            c._requester.send(
-                cluster.topics.node_call("n1"),
-                continuum._protocol.Request("_no_such_thing", [], {}, obj=obj._id),
-                5.0,
-            ).result()
+        # and the node refuses them even when a client sends them anyway; a
+        # private name that is no attribute at all is unknown, not "not active"
+        for name, refused in [
+            ("_secret", continuum.MethodNotActive),
+            ("__init__", continuum.MethodNotActive),
+            ("_no_such_thing", continuum.UnknownMethod),
+        ]:
+            req = continuum._protocol.Request(name, [], {}, obj=obj._id)
+            with pytest.raises(refused):
+                c._requester.send(cluster.topics.node_call("n1"), req, 5.0).result()
         assert obj.get() == 0
     still_serving(cluster)
 

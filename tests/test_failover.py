@@ -11,7 +11,7 @@ import pytest
 
 import continuum
 
-from ._cluster import Cluster, wait_for
+from ._cluster import Cluster, start_durable, wait_for
 
 COUNTER = "examples.counter.Counter"
 
@@ -61,11 +61,10 @@ def test_replicated_counter_survives_its_primary(bare_cluster: Cluster) -> None:
         assert client.get("replicated").get() == sum(acked)
 
 
-def test_unreplicated_object_is_unavailable_until_its_node_returns(bare_cluster: Cluster) -> None:
-    c = bare_cluster
-    state = str(c.tmp / "n1")
-    c.start_gateway()
-    c.start_node("n1", "--state-dir", state)
+def test_unreplicated_object_is_unavailable_until_its_node_returns(
+    durable_cluster: Cluster,
+) -> None:
+    c = durable_cluster
     with c.client() as client:
         obj = client.stub(COUNTER).create(start=3)
         assert obj.add(1) == 4
@@ -75,7 +74,7 @@ def test_unreplicated_object_is_unavailable_until_its_node_returns(bare_cluster:
         with pytest.raises(continuum.Unavailable, match="offline"):
             obj.add(1)
         assert time.monotonic() - t0 < 2  # a clear error at once, not a timeout
-        c.start_node("n1", "--state-dir", state)
+        start_durable(c)
         wait_for(lambda: client._node_state.get("n1") == "online", timeout=10)
         assert obj.add(1) == 5
 

@@ -32,7 +32,8 @@ SIM_PATH = REPO / "firmware-sim"
 if str(SIM_PATH) not in sys.path:
     sys.path.insert(0, str(SIM_PATH))
 
-from firmware_sim._sources import Fleet, FleetSpec, load_series, parse_time  # noqa: E402
+from firmware_sim._series import load_series, parse_time  # noqa: E402
+from firmware_sim._sources import Fleet, FleetSpec  # noqa: E402
 from firmware_sim._wire import PacketReader  # noqa: E402
 
 ENV = {

@@ -306,7 +306,7 @@ def test_bug2_bind_device_with_control_character(rig: Rig) -> None:
 
 def test_bug3_bind_wildcard_topic(rig: Rig) -> None:
     """Node control ``bind`` to ``<root>/dev/#/metrics`` passes ``is_metrics``;
-    ``Connection.subscribe`` records the filter before paho refuses it, so the reply
+    ``MqttTransport.subscribe`` records the filter before paho refuses it, so the reply
     is a method_error (ValueError) and on the node's next reconnect
     ``_handle_connect`` raises inside paho's on_connect: the network thread dies and
     the process stays up, deaf, for good."""

@@ -13,7 +13,6 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,8 @@ from cloudnode._store import StateDirInUse, Store
 from continuum._errors import StorageError, Unavailable
 from continuum._protocol import Request
 
-from ._cluster import REPO, Cluster, wait_for
+from ._cluster import REPO, Cluster, start_durable, wait_for, wait_status
+from ._tmpfs import fill, tmpfs
 
 COUNTER = "examples.counter.Counter"
 SINK = "examples.sink.SampleSink"
@@ -247,27 +247,7 @@ def node_api(c: Cluster, node: str = "n1") -> Iterator[NodeAPI]:
 
 def node_status(c: Cluster, node: str, pred: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
     """The node's retained/live status once it satisfies ``pred``."""
-    host, port = c.url.removeprefix("mqtt://").split(":")
-    got = threading.Event()
-    box: dict[str, Any] = {}
-
-    def on_message(cl: Any, u: Any, msg: Any) -> None:
-        body = cbor2.loads(msg.payload) if msg.payload else {}
-        if isinstance(body, dict) and body.get("state") == "online" and pred(body):
-            box.update(body)
-            got.set()
-
-    cl = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    cl.on_message = on_message
-    cl.on_connect = lambda cl, u, f, rc, p: cl.subscribe(c.topics.node_status(node), 1)
-    cl.connect(host, int(port))
-    cl.loop_start()
-    try:
-        assert got.wait(20), f"status of {node} never satisfied the condition"
-    finally:
-        cl.disconnect()
-        cl.loop_stop()
-    return box
+    return wait_status(c.url, c.topics.node_status(node), "online", pred=pred)
 
 
 def restart(c: Cluster, state: str, *extra: str, sig: int = signal.SIGKILL, **kw: Any) -> None:
@@ -285,16 +265,21 @@ def repair_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _killed_after_adds(c: Cluster, oid: str, adds: int, **create: Any) -> tuple[str, Path]:
+    """A durable n1 creates a Counter ``oid``, runs ``adds`` calls of ``add(1)``
+    on it and is SIGKILLed: its state dir and the object's journal."""
+    state = start_durable(c)
+    with node_api(c) as n:
+        n.ctl("create", obj=oid, cls=COUNTER, **create)
+        assert [n.call(oid, "add", 1) for _ in range(adds)] == list(range(1, adds + 1))
+    c.stop("n1", signal.SIGKILL)
+    return state, Path(state) / "objects" / f"{oid}.journal"
+
+
 def test_torn_tail_is_cut_and_later_calls_survive_two_restarts(bare_cluster: Cluster) -> None:
     c = bare_cluster
-    state = str(c.tmp / "n1-state")
-    objects = Path(state) / "objects"
-    c.start_node("n1", "--state-dir", state)
-    with node_api(c) as n:
-        n.ctl("create", obj="t1", cls=COUNTER)
-        assert [n.call("t1", "add", 1) for _ in range(5)] == [1, 2, 3, 4, 5]
-    c.stop("n1", signal.SIGKILL)
-    journal = objects / "t1.journal"
+    state, journal = _killed_after_adds(c, "t1", 5)
+    objects = journal.parent
     good = journal.read_bytes()
     journal.write_bytes(good + b"\x00\x00\x00\x40\x12")  # a crash 5 bytes into an append
     c.start_node("n1", "--state-dir", state)
@@ -313,14 +298,8 @@ def test_torn_tail_is_cut_and_later_calls_survive_two_restarts(bare_cluster: Clu
 
 def test_corrupt_middle_entry_quarantines_until_released(bare_cluster: Cluster) -> None:
     c = bare_cluster
-    state = str(c.tmp / "n1-state")
-    objects = Path(state) / "objects"
-    c.start_node("n1", "--state-dir", state)
-    with node_api(c) as n:
-        n.ctl("create", obj="m1", cls=COUNTER, aliases=["middle"])
-        assert [n.call("m1", "add", 1) for _ in range(10)] == list(range(1, 11))
-    c.stop("n1", signal.SIGKILL)
-    journal = objects / "m1.journal"
+    state, journal = _killed_after_adds(c, "m1", 10, aliases=["middle"])
+    objects = journal.parent
     data = journal.read_bytes()
     journal.write_bytes(_flip(data, _frames(data)[4][0] + 3))  # one byte of entry 5
     c.start_node("n1", "--state-dir", state)
@@ -432,34 +411,9 @@ def test_aliases_are_kept_with_the_object(bare_cluster: Cluster) -> None:
 
 
 # -- a full filesystem --------------------------------------------------------------
-@contextlib.contextmanager
-def small_fs(path: Path, size: str = "2m") -> Iterator[Path]:
-    path.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr!r}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(path: Path) -> Path:
-    """Fill the filesystem of ``path`` to the last byte."""
-    filler = path / "filler"
-    with open(filler, "wb", buffering=0) as fh:
-        for chunk in (65536, 4096, 1):
-            with contextlib.suppress(OSError):
-                while True:
-                    fh.write(b"\0" * chunk)
-    return filler
-
-
 def test_full_disk_fails_mutations_cleanly_and_loses_nothing(bare_cluster: Cluster) -> None:
     c = bare_cluster
-    with small_fs(c.tmp / "n1-state") as fs:
+    with tmpfs(c.tmp / "n1-state") as fs:
         state = str(fs)
         try:
             c.start_node("n1", "--state-dir", state)
@@ -512,7 +466,7 @@ def test_full_disk_fails_mutations_cleanly_and_loses_nothing(bare_cluster: Clust
 def test_full_disk_holds_feed_samples_in_order(bare_cluster: Cluster) -> None:
     c = bare_cluster
     mods = ("examples.sink",)
-    with small_fs(c.tmp / "n1-state") as fs:
+    with tmpfs(c.tmp / "n1-state") as fs:
         state = str(fs)
         host, port = c.url.removeprefix("mqtt://").split(":")
         pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="dev-f", protocol=paho.MQTTv5)

@@ -14,7 +14,7 @@ from paho.mqtt.properties import Properties
 
 import continuum
 
-from ._cluster import REPO, Cluster
+from ._cluster import REPO, Cluster, start_durable
 
 COUNTER = "examples.counter.Counter"
 
@@ -63,17 +63,14 @@ def test_the_same_request_twice_executes_once(cluster: Cluster) -> None:
         assert c.get(obj._id).get() == 5
 
 
-def test_exactly_once_survives_a_node_restart(bare_cluster: Cluster) -> None:
-    c = bare_cluster
-    state = str(c.tmp / "state")
-    c.start_gateway()
-    c.start_node("n1", "--state-dir", state)
+def test_exactly_once_survives_a_node_restart(durable_cluster: Cluster) -> None:
+    c = durable_cluster
     with c.client() as client:
         obj = client.stub(COUNTER).create(start=0)
     body = {"id": "twice:restart", "obj": obj._id, "method": "add", "args": [7]}
     assert [r["value"] for r in publish_twice(c, body, 1)] == [7]
     c.stop("n1", signal.SIGKILL)
-    c.start_node("n1", "--state-dir", state)
+    start_durable(c)
     assert [r["value"] for r in publish_twice(c, body, 1)] == [7]
     with c.client() as client:
         assert client.get(obj._id).get() == 7

@@ -101,7 +101,7 @@ def test_an_mqtt_transport_is_built_without_connecting() -> None:
     assert not t.connected
     t.set_will("t/svc/status", b"x", retain=True)
     t.subscribe("t/a")
-    assert t.connection.subscriptions == {"t/a": 1}
+    assert t.subscriptions == {"t/a": 1}
     with pytest.raises(continuum.NotConnected):
         t.start(timeout=1)
 

@@ -1,17 +1,30 @@
-"""The real :class:`~continuum.service.Transport`: one MQTT 5 connection
-(:class:`continuum._mqtt.Connection`: TCP_NODELAY, subscriptions restored after
-a reconnect, a broker URL, optional persistent session)."""
+"""The real :class:`~continuum.service.Transport`: one MQTT 5 connection over
+paho-mqtt with a named background network thread, TCP_NODELAY, subscriptions
+restored after every reconnect, a broker URL and an optional persistent
+session."""
 
 from __future__ import annotations
 
+import logging
+import os
+import ssl
+import threading
 from collections.abc import Callable
+from typing import Any
 
 import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from .._mqtt import BrokerURL, Connection, publish_properties
+from .._errors import NotConnected
+from .._mqtt import BrokerURL, publish_properties, set_nodelay
 from ._transport import Message, MessageHandler
 
 __all__ = ["MqttTransport", "from_paho"]
+
+log = logging.getLogger("continuum.mqtt")
 
 
 def from_paho(msg: paho.MQTTMessage) -> Message:
@@ -59,8 +72,11 @@ class MqttTransport:
     subscriptions and queues QoS 1 messages while the service restarts.
     ``retain_as_published`` (MQTT 5, on every subscription): a message
     published with retain keeps the flag when delivered live, so that a
-    service can drop retained requests however they arrive; a client turns
-    it off to read the flag as "from the broker's store".
+    service can drop retained requests however they arrive (docs/protocol.md
+    §5); a client turns it off to read the flag as "from the broker's store".
+
+    ``subscriptions`` maps topic filters to QoS; they are (re)subscribed on
+    every connect. ``client`` is the paho client.
     """
 
     def __init__(
@@ -75,38 +91,53 @@ class MqttTransport:
         manual_ack: bool = False,
         retain_as_published: bool = True,
     ) -> None:
-        url = broker if isinstance(broker, BrokerURL) else BrokerURL.parse(broker)
+        self.url = broker if isinstance(broker, BrokerURL) else BrokerURL.parse(broker)
+        self._client_id = client_id
+        self.subscriptions: dict[str, int] = {}
         self._on_message: MessageHandler | None = None
         self._on_connected: Callable[[], None] | None = None
-        self.connection = Connection(
-            url,
-            client_id,
-            on_message=self._deliver,
-            on_connected=self._connected_cb,
-            keepalive=keepalive,
-            ca_file=ca_file,
-            max_inflight=max_inflight,
-            session_expiry=session_expiry,
+        self._keepalive = keepalive
+        self._session_expiry = session_expiry
+        self._retain_as_published = retain_as_published
+        self._connected = threading.Event()
+        self._connect_error: str | None = None
+        c = paho.Client(
+            callback_api_version=paho.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5,
             manual_ack=manual_ack,
-            retain_as_published=retain_as_published,
         )
+        c.max_inflight_messages_set(max_inflight)
+        c.max_queued_messages_set(0)
+        # paho doubles the delay from min to max; it takes float seconds.
+        c.reconnect_delay_set(min_delay=0.25, max_delay=15)  # type: ignore[arg-type]
+        if self.url.username:
+            c.username_pw_set(self.url.username, self.url.password)
+        if self.url.tls:
+            ctx = ssl.create_default_context(cafile=ca_file or os.environ.get("CONTINUUM_CA_FILE"))
+            c.tls_set_context(ctx)
+        c.on_socket_open = set_nodelay
+        c.on_connect = self._handle_connect
+        c.on_disconnect = self._handle_disconnect
+        c.on_message = self._handle_message
+        self.client = c
 
     # -- Transport -------------------------------------------------------------------
     @property
     def client_id(self) -> str:
-        return self.connection.client_id
+        return self._client_id
 
     @property
     def username(self) -> str | None:
-        return self.connection.broker.username
+        return self.url.username
 
     @property
     def broker(self) -> str:
-        return str(self.connection.broker)
+        return str(self.url)
 
     @property
     def connected(self) -> bool:
-        return self.connection.connected
+        return self._connected.is_set()
 
     def bind(
         self, on_message: MessageHandler, on_connected: Callable[[], None] | None = None
@@ -115,13 +146,18 @@ class MqttTransport:
         self._on_connected = on_connected
 
     def set_will(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        self.connection.client.will_set(topic, payload, qos=1, retain=retain)
+        self.client.will_set(topic, payload, qos=1, retain=retain)
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
-        self.connection.subscribe(topic, qos)
+        if self.connected:
+            # raises on a filter paho refuses
+            self.client.subscribe(topic, options=self._options(qos))
+        self.subscriptions[topic] = qos
 
     def unsubscribe(self, topic: str) -> None:
-        self.connection.unsubscribe(topic)
+        self.subscriptions.pop(topic, None)
+        if self.connected:
+            self.client.unsubscribe(topic)
 
     def publish(
         self,
@@ -141,27 +177,92 @@ class MqttTransport:
             content_type=content_type,
             expiry=expiry,
         )
-        return _Sent(self.connection.publish(topic, payload, qos, retain, props))
+        return _Sent(self.client.publish(topic, payload, qos=qos, retain=retain, properties=props))
 
     def ack(self, msg: Message) -> None:
         if msg.qos:
-            self.connection.client.ack(msg.mid, msg.qos)
+            self.client.ack(msg.mid, msg.qos)
 
     def start(self, timeout: float = 10.0) -> None:
-        self.connection.start(timeout)
+        try:
+            if self._session_expiry:
+                # A persistent session: the broker keeps our subscriptions and
+                # queues QoS 1 messages while we are away (a restart).
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = self._session_expiry
+                self.client.connect(
+                    self.url.host,
+                    self.url.port,
+                    keepalive=self._keepalive,
+                    clean_start=False,
+                    properties=props,
+                )
+            else:
+                self.client.connect(self.url.host, self.url.port, keepalive=self._keepalive)
+        except OSError as exc:
+            raise NotConnected(f"cannot reach broker {self.url}: {exc}") from exc
+        self.client.loop_start()
+        thread = getattr(self.client, "_thread", None)
+        if thread is not None:
+            thread.name = f"continuum-net-{self.client_id}"
+        if not self._connected.wait(timeout):
+            self.stop()
+            raise NotConnected(f"no CONNACK from {self.url} within {timeout} s")
+        if self._connect_error is not None:
+            err = self._connect_error
+            self.stop()
+            raise NotConnected(f"broker {self.url} refused the connection: {err}")
 
     def stop(self, *, with_will: bool = False) -> None:
-        self.connection.stop(with_will=with_will)
+        """Disconnect. ``with_will`` asks the broker to publish the last will
+        (MQTT 5 reason code 0x04), which a client does when it exits on an error."""
+        try:
+            if with_will:
+                self.client.disconnect(
+                    reasoncode=ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message")
+                )
+            else:
+                self.client.disconnect()
+        finally:
+            self.client.loop_stop()
 
-    # -- network thread ---------------------------------------------------------------
-    def _deliver(self, msg: paho.MQTTMessage) -> None:
-        handler = self._on_message
-        if handler is not None:
-            handler(from_paho(msg))
+    # -- paho callbacks (network thread) -----------------------------------------------
+    def _options(self, qos: int) -> SubscribeOptions:
+        return SubscribeOptions(qos=qos, retainAsPublished=self._retain_as_published)
 
-    def _connected_cb(self) -> None:
+    def _handle_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        if reason.is_failure:
+            self._connect_error = str(reason)
+            log.error("%s: broker %s refused the connection: %s", self.client_id, self.url, reason)
+            self._connected.set()
+            return
+        self._connect_error = None
+        if self.subscriptions:
+            client.subscribe([(t, self._options(q)) for t, q in self.subscriptions.items()])
+        log.debug("%s connected to %s", self.client_id, self.url)
         if self._on_connected is not None:
             self._on_connected()
+        self._connected.set()
+
+    def _handle_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        self._connected.clear()
+        if reason.value != 0:
+            log.warning("%s lost the broker connection (%s); reconnecting", self.client_id, reason)
+
+    def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        handler = self._on_message
+        if handler is None:
+            return
+        try:
+            handler(from_paho(msg))
+        except Exception:  # a message must never kill the network thread
+            log.exception(
+                "%s: unhandled error in message handler for %s", self.client_id, msg.topic
+            )
 
     def __repr__(self) -> str:
         return f"<MqttTransport {self.client_id} on {self.broker}>"

@@ -9,7 +9,8 @@ Edge-light: imports paho-mqtt (``--engine paho`` only) and cbor2, never
 torch or numpy.
 """
 
-from ._sources import DATASETS, Fleet, FleetSpec, device_ids, load_series
+from ._series import DATASETS, load_series
+from ._sources import Fleet, FleetSpec, device_ids
 
 __all__ = ["DATASETS", "Fleet", "FleetSpec", "device_ids", "load_series"]
 __version__ = "0.1.0"

@@ -39,9 +39,11 @@ def wait_status(
     want: str,
     timeout: float = 20.0,
     proc: subprocess.Popen[Any] | None = None,
+    pred: Callable[[dict[str, Any]], bool] | None = None,
 ) -> dict[str, Any]:
-    """Until the retained or live status on ``topic`` has state ``want``; returns
-    it. With ``proc``, fails at once (RuntimeError) if that process exits."""
+    """Until the retained or live status on ``topic`` has state ``want`` (and,
+    with ``pred``, satisfies it); returns it. With ``proc``, fails at once
+    (RuntimeError) if that process exits."""
     broker = BrokerURL.parse(url)
     got = threading.Event()
     box: dict[str, Any] = {}
@@ -51,7 +53,7 @@ def wait_status(
             body = cbor2.loads(msg.payload)
         except Exception:
             return
-        if isinstance(body, dict) and body.get("state") == want:
+        if isinstance(body, dict) and body.get("state") == want and (pred is None or pred(body)):
             box.update(body)
             got.set()
 
