@@ -18,7 +18,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-__all__ = ["BrokerURL", "new_client_id", "publish_properties", "set_nodelay"]
+__all__ = ["BrokerURL", "new_client_id", "publish_properties", "set_nodelay", "varint"]
 
 
 def new_client_id(prefix: str) -> str:
@@ -93,7 +93,8 @@ class _Prepacked(Properties):
         return f"[{', '.join(f'{k} : {v!r}' for k, v in self._fields.items())}]"
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """MQTT variable byte integer (MQTT 5, 1.5.5)."""
     out = bytearray()
     while True:
         n, digit = divmod(n, 128)
@@ -129,7 +130,7 @@ def publish_properties(
         fields["CorrelationData"] = correlation
     if not fields:
         return None
-    return _Prepacked(_varint(len(buf)) + bytes(buf), fields)
+    return _Prepacked(varint(len(buf)) + bytes(buf), fields)
 
 
 def set_nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .._errors import error_from_envelope
     from .._invoke import bind_arguments, describe_class, invoke, lookup_method, remote_error
     from .._model import class_path
-    from .._mqtt import BrokerURL, new_client_id
+    from .._mqtt import BrokerURL, new_client_id, varint
     from .._protocol import DEFAULT_ROOT, PROTOCOL_VERSION, Request, Topics
     from .._protocol import _check_level as check_level
     from .._service import (
@@ -80,6 +80,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     # the protocol
     "BrokerURL": (".._mqtt", "BrokerURL"),
     "new_client_id": (".._mqtt", "new_client_id"),
+    "varint": (".._mqtt", "varint"),
     "DEFAULT_ROOT": (".._protocol", "DEFAULT_ROOT"),
     "PROTOCOL_VERSION": (".._protocol", "PROTOCOL_VERSION"),
     "Request": (".._protocol", "Request"),
@@ -177,5 +178,6 @@ __all__ = [
     "serve",
     "setup_logging",
     "topic_matches",
+    "varint",
     "wait_for_signal",
 ]

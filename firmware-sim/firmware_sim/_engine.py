@@ -192,6 +192,10 @@ def run(
                 conn.on_readable()
             except MQTTError as exc:
                 lost(conn, exc)
+        flush()
+
+    def flush() -> None:
+        """Write what each socket takes of its connection's send buffer."""
         for conn in conns:
             if conn.out:
                 try:
@@ -307,12 +311,7 @@ def run(
                 if next_report < now:
                     next_report = now + cfg.progress_interval
             if wire:
-                for conn in conns:
-                    if conn.out:
-                        try:
-                            conn.flush()
-                        except MQTTError as exc:
-                            lost(conn, exc)
+                flush()
             if blocked and wire and not all(c.up for c in conns):
                 reconnect(now)
             if blocked or due <= sent_total:

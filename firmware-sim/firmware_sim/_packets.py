@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Protocol
+
+from continuum.service import varint
 
 __all__ = [
     "DISCONNECT",
@@ -17,13 +20,16 @@ __all__ = [
     "PINGREQ",
     "PUBACK_SUCCESS_MAX",
     "RL",
+    "Endpoint",
     "MQTTError",
     "PacketReader",
     "connect_packet",
     "handshake",
     "mqtt_string",
+    "open_session",
     "open_socket",
     "publish_prefix",
+    "read_varint",
     "u16",
     "varint",
 ]
@@ -38,14 +44,16 @@ class MQTTError(ConnectionError):
     """The broker refused us, or the connection broke."""
 
 
-def varint(n: int) -> bytes:
-    """MQTT variable byte integer."""
-    out = bytearray()
+def read_varint(buf: bytes | memoryview, i: int) -> tuple[int, int]:
+    """The MQTT variable byte integer at ``buf[i]``: ``(value, index after it)``."""
+    value, shift = 0, 0
     while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return value, i
 
 
 def u16(n: int) -> bytes:
@@ -160,17 +168,9 @@ def handshake(
             if reason >= 0x80:
                 raise MQTTError(f"broker refused the connection (reason code 0x{reason:02x})")
             props: dict[int, int] = {}
-            plen_end = 2
             # properties: varint length then (id, value) pairs; keep the integer ones we use
-            rl, shift = 0, 0
-            while True:
-                b = body[plen_end]
-                plen_end += 1
-                rl |= (b & 0x7F) << shift
-                shift += 7
-                if b < 0x80:
-                    break
-            i, end = plen_end, plen_end + rl
+            rl, i = read_varint(body, 2)
+            end = i + rl
             while i < end:
                 pid = body[i]
                 i += 1
@@ -187,3 +187,33 @@ def handshake(
                     break
             return props, reader
     raise MQTTError(f"no CONNACK within {timeout} s")
+
+
+class Endpoint(Protocol):
+    """Where and as whom a connection connects (a publisher or a subscriber)."""
+
+    host: str
+    port: int
+    client_id: str
+    keepalive: int
+    username: str | None
+    password: str | None
+
+
+def open_session(
+    endpoint: Endpoint, timeout: float
+) -> tuple[socket.socket, dict[int, int], PacketReader]:
+    """Open a socket to the broker and connect on it: the socket, a few CONNACK
+    properties (:func:`handshake`) and the reader holding what came after."""
+    e = endpoint
+    try:
+        sock = open_socket(e.host, e.port, timeout)
+    except OSError as exc:
+        raise MQTTError(f"cannot reach the broker at {e.host}:{e.port}: {exc}") from exc
+    packet = connect_packet(e.client_id, e.keepalive, username=e.username, password=e.password)
+    try:
+        props, reader = handshake(sock, packet, timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, props, reader

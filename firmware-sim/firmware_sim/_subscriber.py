@@ -14,10 +14,9 @@ from ._packets import (
     PINGREQ,
     MQTTError,
     PacketReader,
-    connect_packet,
-    handshake,
     mqtt_string,
-    open_socket,
+    open_session,
+    read_varint,
     u16,
     varint,
 )
@@ -50,17 +49,7 @@ class Subscriber:
         self.last_send = 0.0
 
     def connect(self, topic_filter: str, qos: int = 1, timeout: float = 5.0) -> None:
-        sock = open_socket(self.host, self.port, timeout)
-        _, reader = handshake(
-            sock,
-            connect_packet(
-                self.client_id,
-                self.keepalive,
-                username=self.username,
-                password=self.password,
-            ),
-            timeout,
-        )
+        sock, _, reader = open_session(self, timeout)
         body = u16(1) + b"\x00" + mqtt_string(topic_filter) + bytes([qos])
         sock.sendall(b"\x82" + varint(len(body)) + body)
         deadline = time.monotonic() + timeout
@@ -69,14 +58,7 @@ class Subscriber:
             # the SUBACK may come in the same read as the first messages
             suback = next((pkt for first, pkt in pending if first >> 4 == 9), None)
             if suback is not None:
-                plen, i, shift = 0, 2, 0
-                while True:
-                    b = suback[i]
-                    i += 1
-                    plen |= (b & 0x7F) << shift
-                    shift += 7
-                    if b < 0x80:
-                        break
+                plen, i = read_varint(suback, 2)
                 reason = suback[i + plen]
                 if reason >= 0x80:
                     raise MQTTError(f"subscription to {topic_filter!r} refused (0x{reason:02x})")
@@ -110,15 +92,7 @@ class Subscriber:
             if qos:
                 pid = body[i : i + 2]
                 i += 2
-            # properties
-            plen, shift = 0, 0
-            while True:
-                b = body[i]
-                i += 1
-                plen |= (b & 0x7F) << shift
-                shift += 7
-                if b < 0x80:
-                    break
+            plen, i = read_varint(body, i)  # properties
             on_message(topic, bytes(body[i + plen :]))
             self.received += 1
             if qos == 1:

@@ -30,7 +30,7 @@ from ._packets import (
     MQTTError,
     PacketReader,
     connect_packet,
-    handshake,
+    open_session,
     open_socket,
     publish_prefix,
     varint,
@@ -121,24 +121,7 @@ class Publisher:
 
     # -- connection --------------------------------------------------------------
     def connect(self, timeout: float = 5.0) -> None:
-        try:
-            sock = open_socket(self.host, self.port, timeout)
-        except OSError as exc:
-            raise MQTTError(f"cannot reach the broker at {self.host}:{self.port}: {exc}") from exc
-        try:
-            props, reader = handshake(
-                sock,
-                connect_packet(
-                    self.client_id,
-                    self.keepalive,
-                    username=self.username,
-                    password=self.password,
-                ),
-                timeout,
-            )
-        except BaseException:
-            sock.close()
-            raise
+        sock, props, reader = open_session(self, timeout)
         self.receive_maximum = props.get(0x21, 65535)
         sock.setblocking(False)
         self.sock = sock
