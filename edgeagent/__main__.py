@@ -90,7 +90,7 @@ def _load(path: str, *, required: bool) -> AgentConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from continuum._service import setup_logging
+    from continuum.service import setup_logging
 
     cfg = load(args.config)
     cfg.password()  # an unreadable password file stops us here, not later
@@ -188,7 +188,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _call(args: argparse.Namespace) -> int:
     import continuum
-    from continuum._mqtt import BrokerURL
+    from continuum.service import BrokerURL
 
     cfg = _load(args.config, required=False)
     try:

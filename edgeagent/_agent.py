@@ -23,9 +23,7 @@ import threading
 import time
 from typing import Any
 
-from continuum._codec import encode
-from continuum._protocol import Topics
-from continuum._service import sd_notify
+from continuum.service import Topics, encode, sd_notify
 
 from ._config import AgentConfig, ConfigError, load
 from ._link import Link

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from continuum._mqtt import BrokerURL
+from continuum.service import BrokerURL
 
 __all__ = [
     "RANGES",
@@ -235,7 +235,7 @@ def _validate(cfg: AgentConfig, src: str) -> None:
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"{src}: {key}: {why}")
 
-    from continuum._protocol import valid_topic_text
+    from continuum.service import valid_topic_text
 
     if not cfg.device or not valid_topic_text(cfg.device) or any(c in cfg.device for c in "/+#"):
         raise bad("device", f"{cfg.device!r} is not a valid device id (no / + # or control chars)")

@@ -24,7 +24,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
-from continuum._mqtt import BrokerURL, set_nodelay
+from continuum.service import BrokerURL, set_nodelay
 
 __all__ = ["Link", "backoff_delay"]
 

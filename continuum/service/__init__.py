@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from .._errors import error_from_envelope
     from .._invoke import bind_arguments, describe_class, invoke, lookup_method, remote_error
     from .._model import class_path
-    from .._mqtt import BrokerURL, new_client_id, varint
-    from .._protocol import DEFAULT_ROOT, PROTOCOL_VERSION, Request, Topics
+    from .._mqtt import BrokerURL, new_client_id, set_nodelay, varint
+    from .._protocol import DEFAULT_ROOT, PROTOCOL_VERSION, Request, Topics, valid_topic_text
     from .._protocol import _check_level as check_level
     from .._service import (
         ConfigError,
@@ -81,6 +81,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "BrokerURL": (".._mqtt", "BrokerURL"),
     "new_client_id": (".._mqtt", "new_client_id"),
     "varint": (".._mqtt", "varint"),
+    "set_nodelay": (".._mqtt", "set_nodelay"),
+    "valid_topic_text": (".._protocol", "valid_topic_text"),
     "DEFAULT_ROOT": (".._protocol", "DEFAULT_ROOT"),
     "PROTOCOL_VERSION": (".._protocol", "PROTOCOL_VERSION"),
     "Request": (".._protocol", "Request"),
@@ -176,8 +178,10 @@ __all__ = [
     "remote_error",
     "sd_notify",
     "serve",
+    "set_nodelay",
     "setup_logging",
     "topic_matches",
+    "valid_topic_text",
     "varint",
     "wait_for_signal",
 ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from continuum._protocol import DEFAULT_ROOT
+from continuum import DEFAULT_ROOT
 
 from ._series import DATASETS, SAMPLE_PERIOD, parse_time
 from ._sources import FleetSpec

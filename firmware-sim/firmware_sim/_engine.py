@@ -21,8 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from continuum._mqtt import BrokerURL
-from continuum._protocol import Topics
+from continuum.service import BrokerURL, Topics
 
 from ._jobs import Jobs
 from ._paho import PahoPublisher

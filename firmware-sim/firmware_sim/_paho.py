@@ -9,7 +9,7 @@ import socket
 import time
 from typing import Any
 
-from continuum._mqtt import BrokerURL
+from continuum.service import BrokerURL
 
 from ._packets import MQTTError
 
