@@ -143,24 +143,32 @@ class Calls:
             chan.error(not_started(req))
             return
         spec = lookup_method(type(res.instance), req.method)
-        outcome: Outcome
-        try:
-            outcome = (True, invoke(res.instance, req.method, req.args, req.kwargs, chan.progress))
-        except ContinuumError as exc:
-            outcome = (False, exc.to_envelope())
         if spec.readonly:
+            outcome = self._invoke(res, req, chan.progress)
             self._forget(res, req.id)
-        else:
-            try:
+            answer(chan, outcome)
+            return
+        try:
+            with res.state:  # run and commit as one change (see Resident.state)
+                outcome = self._invoke(res, req, chan.progress)
                 self.commit(res, req, outcome, spec.snapshot)
-            except (ObjectNotHere, StorageError) as exc:  # fenced, or not durable (undone)
-                chan.error(exc)
-                return
-            except Exception as exc:
-                log.exception("cannot persist %s after %s", res.id, req.method)
-                chan.error(remote_error(exc))
-                return
+        except (ObjectNotHere, StorageError) as exc:  # fenced, or not durable (undone)
+            self._forget(res, req.id)
+            chan.error(exc)
+            return
+        except Exception as exc:
+            log.exception("cannot persist %s after %s", res.id, req.method)
+            self._forget(res, req.id)
+            chan.error(remote_error(exc))
+            return
         answer(chan, outcome)
+
+    @staticmethod
+    def _invoke(res: Resident, req: Request, progress: Any = None) -> Outcome:
+        try:
+            return (True, invoke(res.instance, req.method, req.args, req.kwargs, progress))
+        except ContinuumError as exc:
+            return (False, exc.to_envelope())
 
     def _run_sample(self, res: Resident, job: FeedJob) -> None:
         """A device sample: run the bound method; acknowledge the message once
@@ -169,23 +177,27 @@ class Calls:
         if self.held.behind(res, job):
             return
         spec = lookup_method(type(res.instance), req.method)
-        outcome: Outcome
+        if spec.readonly:
+            self._sample_outcome(res, req)
+            job.done()
+            return
         try:
-            outcome = (True, invoke(res.instance, req.method, req.args, req.kwargs))
-        except ContinuumError as exc:
-            outcome = (False, exc.to_envelope())
-            log.warning("feed %s.%s on %s failed: %s", res.cls_path, req.method, res.id, exc)
-        if not spec.readonly:
-            try:
-                self.commit(res, req, outcome, spec.snapshot)
-            except StorageError as exc:  # undone, not acknowledged: held
-                log.error("%s: a feed sample waits for the disk: %s", res.id, exc)
-                self.held.hold(res, job)
-                return
-            except Exception:
-                log.exception("cannot persist %s after a feed sample; not acknowledged", res.id)
-                return
+            with res.state:  # run and commit as one change (see Resident.state)
+                self.commit(res, req, self._sample_outcome(res, req), spec.snapshot)
+        except StorageError as exc:  # undone, not acknowledged: held
+            log.error("%s: a feed sample waits for the disk: %s", res.id, exc)
+            self.held.hold(res, job)
+            return
+        except Exception:
+            log.exception("cannot persist %s after a feed sample; not acknowledged", res.id)
+            return
         job.done()
+
+    def _sample_outcome(self, res: Resident, req: Request) -> Outcome:
+        outcome = self._invoke(res, req)
+        if not outcome[0]:
+            log.warning("feed %s.%s on %s failed: %s", res.cls_path, req.method, res.id, outcome[1])
+        return outcome
 
     def commit(self, res: Resident, req: Request, outcome: Outcome, snapshot: bool) -> None:
         """Durable first (journal or checkpoint), then on the live replicas:
@@ -193,13 +205,17 @@ class Calls:
         entry = self.durability.commit(res, req, outcome, snapshot)
         if res.replicas:
             self.replication.replicate(res, None if snapshot else entry)
+        res.once.abandon(req.id)  # durable and replicated: a resend may be answered now
 
     def _gone(self, res: Resident, job: Job) -> None:
         """A job for an object no longer served here: a call is refused like a
         new one would be; a sample is acknowledged and dropped, as samples for
         an object that is not here are."""
         if isinstance(job, FeedJob):
-            job.done()
+            if self.residents.quarantine.get(res.id) is None:
+                job.done()
+            # else: not acknowledged: a quarantined object comes back at a
+            # restart, and the broker delivers the sample to it again then
             return
         self._forget(res, job.req.id)
         job.chan.error(self.residents.not_here(res.id))

@@ -145,9 +145,10 @@ class Control:
         if not isinstance(topic, str) or not self.topics.is_metrics(topic):
             raise BadRequest(f"only device metrics topics can feed objects, not {topic!r}")
         lookup_method(type(res.instance), _text("method", method))
-        with res.lock:
-            res.feeds[topic] = method
-        self.durability.persist_or_rollback(res)
+        with res.state:
+            with res.lock:
+                res.feeds[topic] = method
+            self.durability.persist_or_rollback(res)
         self.bindings.add(topic, res)
         log.info("feeding %s to %s.%s", topic, obj, method)
         return {"id": obj, "feeds": dict(res.feeds)}
@@ -155,11 +156,12 @@ class Control:
     @method
     def unbind(self, obj: str, topic: str) -> dict[str, Any]:
         res = self.residents.held(_text("obj", obj))
-        self.bindings.remove_all(res)
-        with res.lock:
-            res.feeds.pop(topic, None)
-        self.bindings.add_all(res)
-        self.durability.persist_or_rollback(res)
+        with res.state:
+            self.bindings.remove_all(res)
+            with res.lock:
+                res.feeds.pop(topic, None)
+            self.bindings.add_all(res)
+            self.durability.persist_or_rollback(res)
         return {"id": obj, "feeds": dict(res.feeds)}
 
     @method
@@ -172,11 +174,12 @@ class Control:
         that a directory can be rebuilt from the nodes)."""
         names = _alias_list(aliases)
         res = self.residents.held(_text("obj", obj), any_role=True)
-        with res.lock:
-            res.aliases = names
-        self.durability.persist_or_rollback(res)
-        if res.role == "primary" and res.replicas:
-            self.replication.replicate(res)
+        with res.state:
+            with res.lock:
+                res.aliases = names
+            self.durability.persist_or_rollback(res)
+            if res.role == "primary" and res.replicas:
+                self.replication.replicate(res)
         return {"id": obj, "aliases": names}
 
     @method(name="list")

@@ -63,7 +63,9 @@ class Durability:
         journal entry (what replicas apply). On any failure the call is undone
         (rolled back, its outcome not kept) and the error raised."""
         res.seq += 1
-        res.once.finish(req.id, outcome, method=req.method)
+        # stored (the checkpoint must hold it) but still in flight: a resend
+        # gets no reply until the call is durable and replicated (Calls.commit)
+        res.once.record(req.id, outcome, method=req.method)
         entry = {
             "seq": res.seq,
             "method": req.method,

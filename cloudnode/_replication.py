@@ -155,9 +155,10 @@ class Replication:
             have = None if res is None else res.seq
             raise ObjectNotHere(f"replica of {obj} on {self.node_id} is at {have}", resync=True)
         req = Request(entry["method"], entry["args"], entry["kwargs"], id=entry["rid"])
-        with contextlib.suppress(ContinuumError):
-            invoke(res.instance, req.method, req.args, req.kwargs)
-        self.durability.commit(res, req, (entry["ok"], entry["value"]), snapshot=False)
+        with res.state:
+            with contextlib.suppress(ContinuumError):
+                invoke(res.instance, req.method, req.args, req.kwargs)
+            self.durability.commit(res, req, (entry["ok"], entry["value"]), snapshot=False)
         return {"id": obj, "node": self.node_id, "seq": res.seq}
 
     def _refused(self, obj: str) -> ObjectNotHere:
@@ -168,12 +169,13 @@ class Replication:
         """Make our replica of ``obj`` the primary (the gateway does this when
         the primary's last will arrives), with ``replicas`` as its replicas."""
         res = self.residents.held(obj, any_role=True)
-        with res.lock:
-            res.role = "primary"
-            res.replicas = [r for r in replicas if r != self.node_id]
-        self.bindings.add_all(res)
-        self.durability.persist_or_rollback(res)
-        if res.replicas:
-            self.replicate(res)
+        with res.state:
+            with res.lock:
+                res.role = "primary"
+                res.replicas = [r for r in replicas if r != self.node_id]
+            self.bindings.add_all(res)
+            self.durability.persist_or_rollback(res)
+            if res.replicas:
+                self.replicate(res)
         log.info("promoted %s %s to primary", res.cls_path, obj)
         return {"id": obj, "node": self.node_id, "replicas": res.replicas}

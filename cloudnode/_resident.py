@@ -34,6 +34,7 @@ class Resident(Actor):
         "replicas",
         "role",
         "seq",
+        "state",
     )
 
     def __init__(
@@ -63,6 +64,12 @@ class Resident(Actor):
         # the record), and the ids queued or running
         self.outcomes = MemoryOutcomes(results)
         self.once = ExactlyOnce(self.outcomes)
+        # Held while the object's state changes and is made durable: a mutating
+        # call (run + commit), a control change (bind, unbind, aliases,
+        # promote) and a replica's apply. The mailbox runs one call at a time;
+        # this keeps control requests, which run beside it, from checkpointing
+        # a half-applied call or truncating a journal entry just acknowledged.
+        self.state = threading.RLock()
 
     def __repr__(self) -> str:
         return f"<{self.cls_path} {self.id} ({self.role})>"

@@ -6,6 +6,7 @@ real mosquitto."""
 from __future__ import annotations
 
 import errno
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -411,3 +412,70 @@ def test_other_messages_are_acked_on_receipt(n1: NodeUnderTest) -> None:
     n1.ctl("list")
     msg = n1.transport.inject(n1.topics.node_call("n1"), b"\x00junk", qos=1)
     assert len(n1.transport.acks) == before + 2 and n1.transport.acks[-1] is msg
+
+
+# -- races between a call's commit and what runs beside it ---------------------------
+
+
+def test_a_control_change_waits_for_the_call_that_is_changing_the_object(
+    tmp_path: Path,
+) -> None:
+    """A control request (here the gateway pushing aliases) runs beside the
+    object's mailbox; it must not checkpoint the object while a mutating call
+    is half done (a checkpoint taken then and the journal it truncates lost
+    acknowledged calls, or replayed one twice)."""
+    n = NodeUnderTest(state_dir=str(tmp_path), inline=False)
+    try:
+        n.create("o")
+        entered, release = gate("busy-commit")
+        call = n.call("o", "wait", "busy-commit")
+        assert entered.wait(5)
+        push = n.ctl("aliases", obj="o", aliases=["renamed"])
+        with pytest.raises(AssertionError):  # no reply while the call changes the object
+            n.reply(push, timeout=0.3)
+        release.set()
+        assert n.result(call) == 100
+        assert n.result(push) == {"id": "o", "aliases": ["renamed"]}
+        for i in range(20):
+            n.call("o", "add", 1, rid=f"after-{i}")
+        wait_until(lambda: all(n.replies(f"after-{i}") for i in range(20)))
+    finally:
+        n.close()
+    again = NodeUnderTest(state_dir=str(tmp_path))
+    try:
+        assert again.result(again.call("o", "get")) == 120  # every acknowledged call, once
+    finally:
+        again.close()
+
+
+def test_a_resend_during_the_journal_write_gets_no_reply_and_never_a_false_success(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outcome is stored before the journal write (the checkpoint needs
+    it) but the id stays in flight until the write (and the replicas) are
+    done: a resend meanwhile gets no reply, and when the write fails it gets
+    none that claims success."""
+    n = NodeUnderTest(state_dir=str(tmp_path), inline=False)
+    try:
+        n.create("o")
+        writing, fail_now = threading.Event(), threading.Event()
+        real = store_mod._write_all
+
+        def slow_then_full(fd: int, data: bytes) -> None:
+            writing.set()
+            fail_now.wait(5)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(store_mod, "_write_all", slow_then_full)
+        n.call("o", "add", 5, rid="r-slow")
+        assert writing.wait(5)
+        n.call("o", "add", 5, rid="r-slow")  # the resend, while the write is under way
+        fail_now.set()
+        assert n.reply("r-slow")["error"]["code"] == "storage"
+        monkeypatch.setattr(store_mod, "_write_all", real)
+        assert [r["kind"] for r in n.replies("r-slow")] == ["error"]  # no false success
+        n.call("o", "add", 5, rid="r-slow")  # later, the disk back: it runs, once
+        wait_until(lambda: len(n.replies("r-slow")) == 2)
+        assert n.replies("r-slow")[-1]["value"] == 5
+    finally:
+        n.close()

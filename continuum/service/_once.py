@@ -178,6 +178,14 @@ class ExactlyOnce:
             with self._lock:
                 self._inflight.discard(rid)
 
+    def record(self, rid: str | None, outcome: Outcome, *, method: str = "") -> None:
+        r"""Store the outcome of ``rid`` but keep it in flight: a resend gets no
+        reply until the caller :meth:`abandon`\ s it, once the outcome is
+        durable (and replicated) and may be answered. An outcome with error
+        code ``storage`` is not recorded."""
+        if rid is not None and not _undone(outcome):
+            self.store.put(rid, method, outcome)
+
     def abandon(self, rid: str | None) -> None:
         """Take ``rid`` out of flight without an outcome (it did not run, or it
         changes nothing: a resend runs it again)."""
