@@ -184,13 +184,14 @@ class _Fleet:
 
 def _check_target(db: str) -> None:
     """``db`` must not exist, be 0 bytes, or be a sound directory without objects."""
-    if not os.path.exists(db):
+    if not os.path.exists(db) or os.path.getsize(db) == 0:
+        # a WAL left beside a missing or empty file would be applied to the
+        # rebuilt one when SQLite next opens it
         if os.path.exists(f"{db}-wal"):
             raise RecoveryError(
-                f"{db}-wal exists without {db}: move it aside first (see {RECOVERY_DOC})"
+                f"{db}-wal exists beside a missing or empty {db}: move it aside first"
+                f" (see {RECOVERY_DOC})"
             )
-        return
-    if os.path.getsize(db) == 0:
         return
     try:
         check_directory(db)

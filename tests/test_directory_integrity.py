@@ -741,3 +741,18 @@ def test_a_full_disk_fails_a_create_cleanly_and_its_retry_runs_once(tmp_path: Pa
         assert chan.results and chan.results[0]["aliases"] == ["the-one"]
         assert sorted(o["aliases"][0] for o in gw.directory.objects()) == ["before", "the-one"]
         gw.directory.close()
+
+
+def test_rebuild_refuses_a_stale_wal_beside_a_missing_or_empty_directory(tmp_path: Path) -> None:
+    """SQLite would apply a WAL left there to the rebuilt file."""
+    from gateway._recovery import RecoveryError, _check_target
+
+    db = tmp_path / "directory.db"
+    (tmp_path / "directory.db-wal").write_bytes(b"\0" * 64)
+    with pytest.raises(RecoveryError, match="wal exists"):
+        _check_target(str(db))
+    db.write_bytes(b"")
+    with pytest.raises(RecoveryError, match="wal exists"):
+        _check_target(str(db))
+    (tmp_path / "directory.db-wal").unlink()
+    _check_target(str(db))  # an empty file alone is fine
