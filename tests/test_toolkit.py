@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -327,3 +328,22 @@ def test_public_names_resolve_and_load_lazily() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"  # what a client needs does not load the object model
+
+
+def test_a_call_routed_after_it_was_registered_carries_the_time_left() -> None:
+    """A call registered without publishing (re-routed before its first send,
+    its cached node known offline) is published later with the time left in
+    timeout_ms, not its full timeout (protocol.md section 9)."""
+    bus = FakeBus()
+    r = _client(bus)
+    try:
+        r.send("t/svc/call", Request("add", [1], {}, id="late"), 10.0, publish=False)
+        time.sleep(0.3)
+        p = r.pending("late")
+        assert p is not None
+        r.publish(p, "t/svc/call")
+        [sent] = [m for m in r.transport.published if m.topic == "t/svc/call"]  # type: ignore[union-attr]
+        timeout_ms = decode(sent.payload)["timeout_ms"]
+        assert 9000 < timeout_ms <= 9750, timeout_ms
+    finally:
+        r.stop()

@@ -70,7 +70,7 @@ class Pending:
         self.node: str | None = None  # the node it was sent to
         self.reroutes = 0
         self.req: Request | None = None
-        self.sent = False
+        self.sent = False  # published (or routed later): a publish then carries the time left
 
 
 class Requester:
@@ -190,6 +190,10 @@ class Requester:
                 self._cond.notify()
         if publish:
             self.publish(p, topic)
+        else:
+            # routed later (re-routed before its first send): that publish
+            # must carry the time left then, like a resend (protocol.md §9)
+            p.sent = True
         return fut
 
     def resend_all(self) -> None:
