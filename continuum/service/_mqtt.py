@@ -53,6 +53,11 @@ class _Sent:
     def __init__(self, info: paho.MQTTMessageInfo) -> None:
         self._info = info
 
+    @property
+    def mid(self) -> int:
+        """The packet id (what :meth:`MqttTransport.on_puback` reports)."""
+        return int(self._info.mid)
+
     def wait(self, timeout: float) -> bool:
         try:
             self._info.wait_for_publish(timeout)
@@ -101,6 +106,7 @@ class MqttTransport:
         self._retain_as_published = retain_as_published
         self._connected = threading.Event()
         self._connect_error: str | None = None
+        self._on_puback: Callable[[int, bool], None] | None = None
         c = paho.Client(
             callback_api_version=paho.CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -120,7 +126,25 @@ class MqttTransport:
         c.on_connect = self._handle_connect
         c.on_disconnect = self._handle_disconnect
         c.on_message = self._handle_message
+        c.on_publish = self._handle_publish
         self.client = c
+
+    def on_puback(self, handler: Callable[[int, bool], None]) -> None:
+        """An optional capability (the Requester uses it when a transport has
+        it): ``handler(mid, no_subscribers)`` runs in the network thread for
+        every PUBACK; ``no_subscribers`` is MQTT 5 reason 0x10 (the broker
+        took the message but no subscription matched it: it is gone)."""
+        self._on_puback = handler
+
+    def _handle_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
+    ) -> None:
+        handler = self._on_puback
+        if handler is not None:
+            try:
+                handler(mid, getattr(reason, "value", 0) == 0x10)
+            except Exception:  # never kill the network thread
+                log.exception("%s: PUBACK handler failed", self._client_id)
 
     # -- Transport -------------------------------------------------------------------
     @property

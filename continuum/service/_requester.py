@@ -49,6 +49,7 @@ class Pending:
         "rid",
         "sent",
         "topic",
+        "unrouted",
     )
 
     def __init__(
@@ -70,6 +71,7 @@ class Pending:
         self.node: str | None = None  # the node it was sent to
         self.reroutes = 0
         self.req: Request | None = None
+        self.unrouted = 0  # publishes that reached no subscriber (PUBACK 0x10)
         self.sent = False  # published (or routed later): a publish then carries the time left
 
 
@@ -105,6 +107,11 @@ class Requester:
         self._cond = threading.Condition()
         self._reaper: threading.Thread | None = None
         self._closing = False
+        # PUBACKs (from transports that report them): packet id -> request id,
+        # and the PUBACKs that arrived before publish() returned the packet id
+        self._by_mid: dict[int, str] = {}
+        self._early: dict[int, tuple[bool, float]] = {}
+        self._mid_lock = threading.Lock()
 
     @classmethod
     def over(cls, transport: Transport, topics: Topics, **options: Any) -> Requester:
@@ -116,6 +123,9 @@ class Requester:
         """Use ``transport`` and start the deadline thread."""
         self.transport = transport
         self._closing = False
+        hook = getattr(transport, "on_puback", None)  # optional capability
+        if hook is not None:
+            hook(self._on_puback)
         self._reaper = threading.Thread(
             target=self._reap, name=f"continuum-deadlines-{self.client_id}", daemon=True
         )
@@ -225,7 +235,7 @@ class Requester:
         if transport is None:
             self.fail(p.rid, NotConnected("client closed"))
             return
-        transport.publish(
+        sent = transport.publish(
             topic,
             p.payload,
             qos=self.qos,
@@ -233,6 +243,57 @@ class Requester:
             correlation=p.rid.encode(),
             expiry=left,
         )
+        mid = getattr(sent, "mid", 0)
+        if self.qos and mid:
+            with self._mid_lock:
+                early = self._early.pop(mid, None)
+                if early is None or time.monotonic() - early[1] > 1.0:
+                    # not seen yet (or a stale report for another message that
+                    # had the same packet id: the transport's replies have ids too)
+                    if len(self._by_mid) > 65535:  # PUBACKs lost with a connection
+                        self._by_mid.clear()
+                    self._by_mid[mid] = p.rid
+                    early = None
+            if early is not None and early[0]:
+                self._unrouted(p.rid)
+
+    # -- requests that reached no subscriber ---------------------------------------
+    _UNROUTED_FIRST = 0.1  # s before publishing again; doubles up to _UNROUTED_MAX
+    _UNROUTED_MAX = 2.0
+
+    def _on_puback(self, mid: int, no_subscribers: bool) -> None:
+        """(Network thread.) A PUBACK: with reason 0x10 no service was
+        subscribed (not started yet, or reconnecting after a broker restart):
+        the broker dropped the request, so publish it again shortly, with the
+        same id, until its deadline."""
+        with self._mid_lock:
+            rid = self._by_mid.pop(mid, None)
+            if rid is None:  # not ours, or before publish() returned its packet id
+                now = time.monotonic()
+                if len(self._early) > 1024:
+                    self._early = {m: e for m, e in self._early.items() if now - e[1] <= 1.0}
+                self._early[mid] = (no_subscribers, now)
+                return
+        if no_subscribers:
+            self._unrouted(rid)
+
+    def _unrouted(self, rid: str) -> None:
+        p = self._pending.get(rid)
+        if p is None or p.future.done():
+            return
+        left = p.deadline - time.monotonic()
+        if left < 0.05:
+            return  # the deadline answers it
+        delay = min(self._UNROUTED_FIRST * 2**p.unrouted, self._UNROUTED_MAX, left / 2)
+        p.unrouted += 1
+        timer = threading.Timer(delay, self._publish_again, (rid,))
+        timer.daemon = True
+        timer.start()
+
+    def _publish_again(self, rid: str) -> None:
+        p = self._pending.get(rid)
+        if p is not None and p.topic and not p.future.done():
+            self.publish(p, p.topic)
 
     def fail(self, rid: str, exc: BaseException) -> None:
         """Fail the call ``rid`` with ``exc`` (if it still waits)."""
