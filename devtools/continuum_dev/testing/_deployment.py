@@ -345,7 +345,8 @@ class Deployment:
     def wait_gateway(self, timeout: float = 30.0) -> None:
         """Until the gateway answers a request. After a broker crash its retained
         ``online`` status survives (no will was published), so a client does not
-        wait for it, and a request sent before the gateway reconnected is lost."""
+        wait for it: its requests are republished until the gateway is back
+        (PUBACK 0x10, protocol.md section 20), which this waits for."""
 
         def answers() -> bool:
             try:
