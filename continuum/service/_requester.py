@@ -111,6 +111,7 @@ class Requester:
         # and the PUBACKs that arrived before publish() returned the packet id
         self._by_mid: dict[int, str] = {}
         self._early: dict[int, tuple[bool, float]] = {}
+        self._timers = 0  # republish timers running
         self._mid_lock = threading.Lock()
 
     @classmethod
@@ -260,6 +261,8 @@ class Requester:
     # -- requests that reached no subscriber ---------------------------------------
     _UNROUTED_FIRST = 0.1  # s before publishing again; doubles up to _UNROUTED_MAX
     _UNROUTED_MAX = 2.0
+    _UNROUTED_TIMERS = 256  # republishes waiting at once, at most (the rest: deadline)
+    _EARLY_KEPT = 1024
 
     def _on_puback(self, mid: int, no_subscribers: bool) -> None:
         """(Network thread.) A PUBACK: with reason 0x10 no service was
@@ -269,10 +272,12 @@ class Requester:
         with self._mid_lock:
             rid = self._by_mid.pop(mid, None)
             if rid is None:  # not ours, or before publish() returned its packet id
-                now = time.monotonic()
-                if len(self._early) > 1024:
-                    self._early = {m: e for m, e in self._early.items() if now - e[1] <= 1.0}
-                self._early[mid] = (no_subscribers, now)
+                # (a service's transport reports the PUBACKs of its replies
+                # too: this runs for each, so it must stay O(1))
+                self._early.pop(mid, None)
+                if len(self._early) >= self._EARLY_KEPT:  # oldest first: insertion order
+                    del self._early[next(iter(self._early))]
+                self._early[mid] = (no_subscribers, time.monotonic())
                 return
         if no_subscribers:
             self._unrouted(rid)
@@ -284,13 +289,23 @@ class Requester:
         left = p.deadline - time.monotonic()
         if left < 0.05:
             return  # the deadline answers it
+        with self._mid_lock:
+            if self._timers >= self._UNROUTED_TIMERS:
+                return  # a comeback resends it (liveness), or its deadline answers it
+            self._timers += 1
         delay = min(self._UNROUTED_FIRST * 2**p.unrouted, self._UNROUTED_MAX, left / 2)
         p.unrouted += 1
         timer = threading.Timer(delay, self._publish_again, (rid,))
         timer.daemon = True
-        timer.start()
+        try:
+            timer.start()
+        except RuntimeError:  # no thread to be had: the deadline answers it
+            with self._mid_lock:
+                self._timers -= 1
 
     def _publish_again(self, rid: str) -> None:
+        with self._mid_lock:
+            self._timers -= 1
         p = self._pending.get(rid)
         if p is not None and p.topic and not p.future.done():
             self.publish(p, p.topic)
