@@ -36,17 +36,23 @@ def _responder(url: str, topics: Topics, topic: str, seen: list[str]) -> MqttTra
     return t
 
 
-def test_a_request_published_before_its_service_subscribed_is_published_again(
-    broker: LocalBroker,
-) -> None:
-    topics = Topics(f"t-{uuid.uuid4().hex[:8]}/continuum/v1")
-    topic = topics.gateway_call
-    client = MqttTransport(broker.url, f"cli-{uuid.uuid4().hex[:8]}")
+def _requester(url: str, topics: Topics) -> tuple[MqttTransport, Requester]:
+    """A client's transport and requester, connected."""
+    client = MqttTransport(url, f"cli-{uuid.uuid4().hex[:8]}")
     requester = Requester.over(client, topics)
     client.bind(requester.on_reply)
     client.subscribe(requester.reply_topic)
     requester.start(client)
     client.start()
+    return client, requester
+
+
+def test_a_request_published_before_its_service_subscribed_is_published_again(
+    broker: LocalBroker,
+) -> None:
+    topics = Topics(f"t-{uuid.uuid4().hex[:8]}/continuum/v1")
+    topic = topics.gateway_call
+    client, requester = _requester(broker.url, topics)
     seen: list[str] = []
     service: list[MqttTransport] = []
     try:
@@ -71,12 +77,7 @@ def test_a_request_that_reaches_its_service_is_published_once(broker: LocalBroke
     topic = topics.gateway_call
     seen: list[str] = []
     service = _responder(broker.url, topics, topic, seen)
-    client = MqttTransport(broker.url, f"cli-{uuid.uuid4().hex[:8]}")
-    requester = Requester.over(client, topics)
-    client.bind(requester.on_reply)
-    client.subscribe(requester.reply_topic)
-    requester.start(client)
-    client.start()
+    client, requester = _requester(broker.url, topics)
     try:
         results: list[Any] = [
             requester.send(topic, Request("nodes", [], {}), 5.0).result(5) for _ in range(50)
