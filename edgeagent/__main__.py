@@ -72,9 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON array of arguments or object of keyword arguments (default: [])",
     )
     call.add_argument(
-        "--broker", help="broker URL (default: the config's [broker] url, else mqtt://127.0.0.1)"
+        "--broker",
+        help="broker URL (default: the config's [broker] url, else mqtt://127.0.0.1:1883)",
     )
-    call.add_argument("--root", help="topic root (default: the config's, else continuum)")
+    call.add_argument("--root", help="topic root (default: the config's, else continuum/v1)")
     call.add_argument(
         "--timeout", type=float, default=30.0, help="deadline in seconds (default: %(default)s)"
     )
