@@ -65,8 +65,9 @@ class _Routing:
             # Calls in flight to a dead node: re-route each (a replica may be
             # promoted), or fail it with a clear error; never leave it hanging.
             for p in self._requester.pending_on(node):
-                if not self._reroute(p, Unavailable(f"node {node} went offline", node=node)):
-                    self._requester.fail(p.rid, Unavailable(f"node {node} went offline", node=node))
+                err = Unavailable(f"node {node} went offline", node=node)
+                if not self._reroute(p, err):
+                    self._requester.fail(p.rid, err)
 
     # -- calls -----------------------------------------------------------------
     def _call(

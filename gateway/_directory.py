@@ -206,8 +206,6 @@ class Directory:
         if row is not None and row["object"] != oid:
             raise AliasTaken(f"alias {alias!r} already names object {row['object']}", alias=alias)
 
-    _check_alias_free = check_alias_free  # the name before 0.3
-
     def find(self, oid: str) -> dict[str, Any] | None:
         try:
             return self.resolve(oid)

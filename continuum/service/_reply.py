@@ -102,8 +102,7 @@ class ReplyChannel:
         try:
             self._publish(error_reply(self.rid, exc.to_envelope()))
         except (UnencodableResult, PayloadTooLarge):
-            fallback = type(exc)(exc.message[:1000])  # extra data was the problem
-            self._publish(error_reply(self.rid, fallback.to_envelope()))
+            self._publish(error_reply(self.rid, exc.trimmed().to_envelope()))
 
     def expired(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
