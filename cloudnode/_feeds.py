@@ -188,7 +188,9 @@ class FeedRouter:
             self.feed(msg, sample)
             return
         with self._lock:
-            order = self._orders.setdefault(msg.topic, FeedOrder())
+            order = self._orders.get(msg.topic)
+            if order is None:
+                order = self._orders[msg.topic] = FeedOrder()
             ready = order.offer(seq, (msg, sample))
         for m, s in ready:
             self.feed(m, s)

@@ -47,15 +47,13 @@ from ._calls import Calls, run_pooled
 from ._classes import load_classes
 from ._control import Control
 from ._durability import Durability
-from ._feeds import FEED_HOLD, Bindings, FeedOrder, FeedRouter
+from ._feeds import FEED_HOLD, Bindings, FeedRouter
 from ._replication import Replication
 from ._resident import Residents
 from ._status import Status, offline
 from ._store import Store
 
 __all__ = ["Node", "load_classes"]
-
-_FeedOrder = FeedOrder  # the name tests/test_units.py imports
 
 log = logging.getLogger("continuum.node")
 

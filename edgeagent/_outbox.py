@@ -125,7 +125,7 @@ class Outbox(OutboxFile):
                 self.pending = None
                 return False
             cutoff = self.pending
-            if self.last_ack is not None and self.window > 0:
+            if self.last_ack is not None:
                 since = self.last_ack - self.window
                 cutoff = since if cutoff is None else min(cutoff, since)
             self.pending = cutoff if self._kept else None

@@ -219,13 +219,15 @@ class OutboxFile:
         db = self._db
         if self.window > 0 and not self.tight:
             rows = [(self._boot, up, seq) for seq, up in items]
-            db.executemany("UPDATE acked SET boot = ?, up = ? WHERE seq = ?", rows)
             cur = db.executemany(
                 "INSERT INTO acked(seq, payload, boot, up) "
                 "SELECT seq, payload, ?, ? FROM samples WHERE seq = ?",
                 rows,
             )
-            self._kept_delta += max(cur.rowcount, 0)
+            moved = max(cur.rowcount, 0)
+            self._kept_delta += moved
+            if moved < len(items):  # some were resent: already kept, their time renewed
+                db.executemany("UPDATE acked SET boot = ?, up = ? WHERE seq = ?", rows)
         elif self._kept:
             cur = db.executemany("DELETE FROM acked WHERE seq = ?", [(s,) for s, _ in items])
             self._kept_delta -= max(cur.rowcount, 0)

@@ -219,9 +219,9 @@ def test_reply_topics_are_confined_to_the_caller() -> None:
 def test_feed_order_puts_samples_back_in_sequence() -> None:
     import time as _time
 
-    from cloudnode._node import _FeedOrder
+    from cloudnode._feeds import FeedOrder
 
-    order = _FeedOrder()
+    order = FeedOrder()
     assert order.offer(5, "s5") == ["s5"]
     assert order.offer(7, "s7") == []  # 6 is missing: hold 7
     assert order.offer(6, "s6") == ["s6", "s7"]  # the gap filled: both, in order
@@ -234,9 +234,9 @@ def test_feed_order_puts_samples_back_in_sequence() -> None:
 
 
 def test_feed_order_never_drops_a_held_duplicate() -> None:
-    from cloudnode._node import _FeedOrder
+    from cloudnode._feeds import FeedOrder
 
-    order = _FeedOrder()
+    order = FeedOrder()
     assert order.offer(1, "a") == ["a"]
     assert order.offer(3, "b") == []
     assert order.offer(3, "b-again") == ["b-again"]  # passed on, not overwriting "b"
