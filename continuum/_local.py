@@ -26,7 +26,7 @@ from ._errors import (
 )
 from ._invoke import bind_arguments, describe_class, invoke, remote_error, roundtrip
 from ._model import ActiveObject
-from ._protocol import Request
+from ._protocol import Request, check_create
 from ._proxy import ObjectProxy, _Directory
 from .service._dispatch import Dispatcher, method
 from .service._requester import ProgressFn
@@ -118,10 +118,7 @@ class _LocalDirectory:
         alias: str | None = None,
         replicas: int = 0,
     ) -> dict[str, Any]:
-        if not isinstance(cls, str) or not cls:
-            raise BadRequest("create: 'cls' must be a class path")
-        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
-            raise BadRequest("create: 'replicas' must be a non-negative integer")
+        check_create(cls, replicas)
         klass = self.load(cls)
         args, kwargs = roundtrip(args or []), roundtrip(kwargs or {})
         if alias is not None:

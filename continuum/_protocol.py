@@ -36,6 +36,15 @@ def valid_topic_text(text: str) -> bool:
     return True
 
 
+def check_create(cls: Any, replicas: Any) -> None:
+    """The gateway method ``create``'s own argument checks (protocol.md section
+    16), shared by the gateway and local mode: BadRequest when wrong."""
+    if not isinstance(cls, str) or not cls:
+        raise BadRequest("create: 'cls' must be a class path")
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+        raise BadRequest("create: 'replicas' must be a non-negative integer")
+
+
 def _check_level(kind: str, value: str) -> str:
     if (
         not isinstance(value, str)

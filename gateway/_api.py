@@ -23,7 +23,7 @@ from continuum import (
     ObjectNotHere,
     UnknownClass,
 )
-from continuum.service import Topics, method
+from continuum.service import Topics, check_create, method
 
 from ._directory import Directory
 from ._fleet import keeps_aliases
@@ -75,10 +75,7 @@ class DirectoryApi:
         _deadline: float | None = None,
         _rid: str | None = None,
     ) -> dict[str, Any]:
-        if not isinstance(cls, str) or not cls:
-            raise BadRequest("create: 'cls' must be a class path")
-        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
-            raise BadRequest("create: 'replicas' must be a non-negative integer")
+        check_create(cls, replicas)
         work = self.directory.running(_rid) if _rid is not None else None
         if work is not None:  # resent after a gateway restart: finish that same object
             oid, holders = str(work["oid"]), [str(h) for h in work["holders"]]

@@ -23,7 +23,14 @@ if TYPE_CHECKING:
     from .._invoke import bind_arguments, describe_class, invoke, lookup_method, remote_error
     from .._model import class_path
     from .._mqtt import BrokerURL, new_client_id, set_nodelay, varint
-    from .._protocol import DEFAULT_ROOT, PROTOCOL_VERSION, Request, Topics, valid_topic_text
+    from .._protocol import (
+        DEFAULT_ROOT,
+        PROTOCOL_VERSION,
+        Request,
+        Topics,
+        check_create,
+        valid_topic_text,
+    )
     from .._protocol import _check_level as check_level
     from .._service import (
         ConfigError,
@@ -83,6 +90,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "varint": (".._mqtt", "varint"),
     "set_nodelay": (".._mqtt", "set_nodelay"),
     "valid_topic_text": (".._protocol", "valid_topic_text"),
+    "check_create": (".._protocol", "check_create"),
     "DEFAULT_ROOT": (".._protocol", "DEFAULT_ROOT"),
     "PROTOCOL_VERSION": (".._protocol", "PROTOCOL_VERSION"),
     "Request": (".._protocol", "Request"),
@@ -161,6 +169,7 @@ __all__ = [
     "add_common_arguments",
     "answer",
     "bind_arguments",
+    "check_create",
     "check_level",
     "class_path",
     "decode",
