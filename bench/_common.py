@@ -24,7 +24,7 @@ from typing import Any
 from continuum_dev.testing import Deployment, child_env, find_mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
-#: what the benchmarks' children import from the checkout (examples, firmware_sim)
+#: what the benchmarks' children import from the checkout (examples, continuum_sim)
 PYTHONPATH = [REPO, REPO / "firmware-sim"]
 
 __all__ = [

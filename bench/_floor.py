@@ -33,7 +33,7 @@ from continuum_dev.testing import Deployment, child_env
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from continuum.service import DEFAULT_ROOT
+from continuum_mqtt.service import DEFAULT_ROOT
 
 from ._common import REPO, deployment, log
 
@@ -219,9 +219,9 @@ CHILD_CONTINUUM = (
     _CHILD_PROLOGUE
     + """\
 url, alias = sys.argv[1], sys.argv[2]
-import continuum
+import continuum_mqtt
 _t1 = time.perf_counter()
-client = continuum.Client(url)
+client = continuum_mqtt.Client(url)
 client.connect()
 _t2 = time.perf_counter()
 obj = client.get(alias)

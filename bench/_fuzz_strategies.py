@@ -53,9 +53,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from continuum._codec import JSON, decode, is_json
-from continuum._errors import ContinuumError
-from continuum._protocol import Topics
+from continuum_mqtt._codec import JSON, decode, is_json
+from continuum_mqtt._errors import ContinuumError
+from continuum_mqtt._protocol import Topics
 
 __all__ = [
     "COUNTER",
@@ -80,7 +80,7 @@ SINK = "examples.sink.SampleSink"
 NODE_MAX_PAYLOAD = 65536  # the fuzz cluster's node runs with --max-payload 65536
 GATEWAY_MAX_PAYLOAD = 1024 * 1024  # the gateway's fixed limit
 
-# The stable wire codes of continuum._errors (method_error: RemoteError).
+# The stable wire codes of continuum_mqtt._errors (method_error: RemoteError).
 DOCUMENTED_CODES = frozenset(
     {
         "bad_request",
@@ -131,7 +131,7 @@ class Ctx:
     alias: str = ""  # the victim's alias
     sink: str = ""  # a SampleSink fed by ``device``
     device: str = ""
-    client_reply: str = ""  # the reply topic of a live continuum.Client
+    client_reply: str = ""  # the reply topic of a live continuum_mqtt.Client
 
     @property
     def topics(self) -> Topics:

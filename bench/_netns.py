@@ -53,8 +53,8 @@ from continuum_dev.testing import BROKER_SETTINGS, Agent, Deployment, find_mosqu
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-import continuum
-from continuum.service import Topics
+import continuum_mqtt
+from continuum_mqtt.service import Topics
 
 REPO = Path(__file__).resolve().parent.parent
 BRIDGE_TEMPLATES = REPO / "deploy" / "ansible" / "roles" / "broker" / "templates"
@@ -565,18 +565,18 @@ class Topology:
         so that their replies come under reply/<site>/)."""
         return f"mqtt://{self.site}@127.0.0.1:{LOCAL_PORT}"
 
-    def client(self, **kw: Any) -> continuum.Client:
+    def client(self, **kw: Any) -> continuum_mqtt.Client:
         """An edge client: connected to the site broker only, from inside EDGE.
         Connected on creation; close it (or use it with ``with``)."""
         kw.setdefault("timeout", 20.0)
-        c = continuum.Client(self.edge_url, root=self.root, **kw)
+        c = continuum_mqtt.Client(self.edge_url, root=self.root, **kw)
         with self.edge.entered():
             c.connect()
         self._settle(c)
         return c
 
     @staticmethod
-    def _settle(c: continuum.Client, timeout: float = 5.0) -> None:
+    def _settle(c: continuum_mqtt.Client, timeout: float = 5.0) -> None:
         """Wait until the client has seen the gateway's retained status.
 
         Work-around: the client resends every request in flight to the gateway
@@ -593,10 +593,10 @@ class Topology:
         while "" not in state and time.monotonic() < end:
             time.sleep(0.01)
 
-    def cloud_client(self, **kw: Any) -> continuum.Client:
+    def cloud_client(self, **kw: Any) -> continuum_mqtt.Client:
         """A client on the cloud broker, from inside CLOUD (no bridge, no WAN)."""
         kw.setdefault("timeout", 20.0)
-        c = continuum.Client(f"mqtt://127.0.0.1:{LOCAL_PORT}", root=self.root, **kw)
+        c = continuum_mqtt.Client(f"mqtt://127.0.0.1:{LOCAL_PORT}", root=self.root, **kw)
         with self.cloud.entered():
             c.connect()
         self._settle(c)
@@ -721,13 +721,13 @@ class TopicSpy:
 
 class SamplePublisher:
     """A stand-in for the edge agent: samples in the agent's wire format
-    (continuum/samples.py), QoS 1, on a persistent session (clean start off,
+    (continuum_mqtt/samples.py), QoS 1, on a persistent session (clean start off,
     session expiry one hour), TCP_NODELAY; seq from 1."""
 
     def __init__(
         self, host: str, port: int, topics: Topics, device: str, *, session_expiry: int = 3600
     ) -> None:
-        from continuum.samples import encode_sample
+        from continuum_mqtt.samples import encode_sample
 
         self._encode = encode_sample
         self.device = device

@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     with deployment(root=f"bench-{os.getpid()}/continuum") as dep:
-        log(f"broker {dep.url}; starting a gateway and a node (cloudnode.forecast)")
+        log(f"broker {dep.url}; starting a gateway and a node (continuum_node.forecast)")
         # the node imports torch before it announces itself
-        dep.start(["n1"], "--torch-threads", "1", modules=["cloudnode.forecast"])
+        dep.start(["n1"], "--torch-threads", "1", modules=["continuum_node.forecast"])
         agents = {
             "agent, metrics only": dep.start_agent("fp-plain"),
             "agent, + jobs": dep.start_agent("fp-jobs", settings=JOBS),

@@ -218,7 +218,7 @@ class Broker(LocalBroker):
 
 
 def run_sim(url: str, root: str, out: Path, *args: str) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "firmware_sim", "run", "--broker", url, "--root", root]
+    cmd = [sys.executable, "-m", "continuum_sim", "run", "--broker", url, "--root", root]
     cmd += ["--quiet", "--json", str(out), *args]
     proc = subprocess.run(cmd, cwd=common.REPO, env=common.env(), capture_output=True, timeout=600)
     if proc.returncode not in (0, 1) or not out.exists():

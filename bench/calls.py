@@ -98,13 +98,13 @@ def _echo_check(call: Any, data: bytes) -> Any:
 
 def measure_calls(svc: Services, args: argparse.Namespace) -> dict[str, Any]:
     """Floor, lite floor and continuum side by side, interleaved in blocks/trials."""
-    import continuum
+    import continuum_mqtt
 
     floor = RawRequester(svc.url, svc.raw_topic)
     lite = RawRequester(svc.url, svc.raw_topic, lite=True)
     out: dict[str, Any] = {"floor": {}, "floor_lite": {}, "continuum": {}}
     try:
-        with continuum.Client(svc.url) as client:
+        with continuum_mqtt.Client(svc.url) as client:
             obj = client.stub(CLASS).create(start=0, alias=ALIAS)
             add, echo = obj.add, obj.echo
             small = b"x" * 16

@@ -34,8 +34,8 @@ from typing import Any
 
 from continuum_dev.testing import LocalBroker
 
-import continuum
-from continuum.service import DEFAULT_ROOT
+import continuum_mqtt
+from continuum_mqtt.service import DEFAULT_ROOT
 
 from ._common import deployment, log, options, parser, write_json
 
@@ -95,7 +95,7 @@ class Rig:
 
     def gateway_cli(self, *args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "gateway", *args],
+            [sys.executable, "-m", "continuum_gateway", *args],
             cwd=self.dep.cwd, env=self.dep.env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         if done.returncode != 0:
@@ -120,7 +120,7 @@ def wait_until(pred: Any, timeout: float, step: float = 0.1) -> bool:
         try:
             if pred():
                 return True
-        except continuum.ContinuumError:
+        except continuum_mqtt.ContinuumError:
             pass
         time.sleep(step)
     return False
@@ -158,7 +158,7 @@ def run(rig: Rig, args: argparse.Namespace) -> int:
     rig.gateway()
     rig.node("n1")
     rig.node("n2")
-    admin = continuum.Client(rig.url, timeout=10).connect()
+    admin = continuum_mqtt.Client(rig.url, timeout=10).connect()
     wait_until(
         lambda: {n["id"] for n in admin.nodes() if n["state"] == "online"} == {"n1", "n2"}, 30
     )
@@ -188,7 +188,7 @@ def run(rig: Rig, args: argparse.Namespace) -> int:
     last_ok = [time.monotonic()]
 
     def caller() -> None:
-        with continuum.Client(rig.url, timeout=args.timeout) as c:
+        with continuum_mqtt.Client(rig.url, timeout=args.timeout) as c:
             o = c.get("chaos-counter")
             while not stop.is_set():
                 fut = o.add.future(1)
@@ -198,7 +198,7 @@ def run(rig: Rig, args: argparse.Namespace) -> int:
                         outcomes["succeeded"] += 1
                         acked[0] += 1
                         last_ok[0] = time.monotonic()
-                except continuum.ContinuumError as exc:
+                except continuum_mqtt.ContinuumError as exc:
                     with lock:
                         outcomes[f"failed: {exc.code}"] += 1
                     time.sleep(0.05)
@@ -312,7 +312,7 @@ def run(rig: Rig, args: argparse.Namespace) -> int:
     for ref in ["chaos-counter", "chaos-late", *(f"sink-{d}" for d in devices)]:
         try:
             admin.get(ref)
-        except continuum.ContinuumError as exc:
+        except continuum_mqtt.ContinuumError as exc:
             log(f"{ref} is gone: {exc}")
             objects_gone += 1
     if admin.get("chaos-late").get() != 5:

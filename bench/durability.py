@@ -20,7 +20,7 @@ from typing import Any
 
 from ._common import columns, deployment, format_table, log, options, parser, write_json
 
-MODULES = ["examples.counter", "cloudnode.forecast"]
+MODULES = ["examples.counter", "continuum_node.forecast"]
 KINDS = ("counter_add", "forecaster_ingest")
 COLUMNS = columns(
     "mode:node< | counter_add_p50_ms:Counter.add p50> | counter_add_p99_ms:p99> | "
@@ -55,7 +55,7 @@ def run(mode: str, calls: int) -> dict[str, Any]:
 def measure(dep: Any, mode: str, calls: int, replicas: int) -> dict[str, Any]:
     with dep.client(timeout=120) as c:
         counter = c.stub("examples.counter.Counter").create(replicas=replicas)
-        fc = c.stub("cloudnode.forecast.Forecaster").create(replicas=replicas)
+        fc = c.stub("continuum_node.forecast.Forecaster").create(replicas=replicas)
         fc.load_csv("node_3_utilisation.csv")
         fc.train(epochs=1)
         row = {

@@ -52,10 +52,10 @@ def consumer_main(broker: str, root: str) -> int:
     """Count every (device, seq) of ``<root>/dev/+/metrics``; protocol on stdin/stdout:
     prints ``ready``, a stats JSON line every 0.5 s, and after a ``finish PATH
     SIM_END SETTLE`` line the final JSON (then exits)."""
-    from firmware_sim._wire import Subscriber
+    from continuum_sim._wire import Subscriber
 
-    from continuum.samples import decode_sample
-    from continuum.service import BrokerURL
+    from continuum_mqtt.samples import decode_sample
+    from continuum_mqtt.service import BrokerURL
 
     url = BrokerURL.parse(broker)
     seen: dict[str, bytearray] = {}

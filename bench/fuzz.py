@@ -14,7 +14,7 @@ semantic tags, request envelopes with wrong-typed fields and private names,
 JSON, deep and huge payloads, bad topic levels), up to ``--window`` awaiting a
 reply, each with its own Correlation Data; after every ``--batch`` cases it
 checks that both services are alive, never reconnected (no status republished),
-answer a probe, and that a real ``continuum.Client`` can create and call an
+answer a probe, and that a real ``continuum_mqtt.Client`` can create and call an
 object. It counts outcomes (result, error code, no reply, BAD = unstructured),
 and samples the services' RSS before and after each handler's run.
 
@@ -48,7 +48,7 @@ from continuum_dev.testing import Deployment, LocalBroker
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 
-import continuum
+import continuum_mqtt
 
 from . import _fuzz_strategies as fz
 from ._common import (
@@ -101,7 +101,7 @@ class Rig:
         self.cluster: Deployment | None = None
         self.fuzzer: fz.Fuzzer | None = None
         self.ctx: fz.Ctx | None = None
-        self.admin: continuum.Client | None = None
+        self.admin: continuum_mqtt.Client | None = None
         self.ours: set[str] = set()
         self.sink_seq = 0
         self.starts = 0
@@ -189,7 +189,7 @@ class Rig:
                         out.append("Counter.add gave a wrong result")
                     client.delete(obj)
             except Exception as exc:
-                out.append(f"continuum.Client create+add failed: {exc!r:.200}")
+                out.append(f"continuum_mqtt.Client create+add failed: {exc!r:.200}")
         return out
 
     def sink_problems(self) -> list[str]:
@@ -223,7 +223,7 @@ class Rig:
                         return [f"sentinel sample {self.sink_seq} never arrived"]
                     time.sleep(0.05)
                 client.delete(sentinel)
-        except continuum.ContinuumError as exc:
+        except continuum_mqtt.ContinuumError as exc:
             return [f"sentinel sink: {exc!r:.200}"]
         return []
 
@@ -242,7 +242,7 @@ class Rig:
                 try:
                     admin.delete(obj["id"])
                     removed["directory_objects"] += 1
-                except continuum.ContinuumError:
+                except continuum_mqtt.ContinuumError:
                     pass
         listing = f.request(ctx.topics.node_ctl("n1"), {"method": "list"}, 30.0)
         for obj in (listing or {}).get("value") or []:
@@ -253,7 +253,7 @@ class Rig:
                 removed["node_objects"] += 1
         try:
             admin.delete(ctx.victim)
-        except continuum.ContinuumError:
+        except continuum_mqtt.ContinuumError:
             pass
         self.ours.discard(ctx.victim)
         self.fresh_victim()

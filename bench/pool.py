@@ -17,7 +17,7 @@ from collections import deque
 from concurrent.futures import Future
 from typing import Any
 
-import continuum
+import continuum_mqtt
 
 from ._common import deployment, format_table, log, options, parser, write_json
 
@@ -33,7 +33,7 @@ COLUMNS = [
 
 
 def measure(url: str, root: str, calls: int, window: int, rounds: int) -> dict[str, Any]:
-    with continuum.Client(url, root=root, timeout=60) as client:
+    with continuum_mqtt.Client(url, root=root, timeout=60) as client:
         pool = client.pool(HASHER)
         for _ in range(50):
             pool.digest(b"warm", rounds=rounds)

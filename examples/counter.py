@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from continuum import ActiveObject, active, progress
+from continuum_mqtt import ActiveObject, active, progress
 
 
 class Counter(ActiveObject):

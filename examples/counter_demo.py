@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import sys
 
-import continuum
+import continuum_mqtt
 
 
-def main(url: str, root: str = continuum.DEFAULT_ROOT) -> list[int]:
-    with continuum.connect(url, root=root) as client:
+def main(url: str, root: str = continuum_mqtt.DEFAULT_ROOT) -> list[int]:
+    with continuum_mqtt.connect(url, root=root) as client:
         Counter = client.stub("examples.counter.Counter")
         c = Counter.create(start=10)
         out = [c.add(5), c.add()]

@@ -3,7 +3,7 @@ cloudpickle that offloads the paper's LSTM workload to a cloud node.
 
     python -m examples.forecast_edge --broker mqtt://127.0.0.1:1883 --seeds 3
 
-It creates a ``cloudnode.forecast.Forecaster``, streams the dataset's rows into
+It creates a ``continuum_node.forecast.Forecaster``, streams the dataset's rows into
 it, trains it remotely for each seed with a live progress bar, evaluates it,
 and prints (and with ``--json``, writes) what it measured: client-observed
 times, the node's compute times, and its own peak RSS.
@@ -34,10 +34,14 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-import continuum  # noqa: E402
+import continuum_mqtt  # noqa: E402
 
 DATASET = (
-    Path(__file__).resolve().parent.parent / "cloudnode" / "datasets" / "node_3_utilisation.csv"
+    Path(__file__).resolve().parent.parent
+    / "cloudnode"
+    / "continuum_node"
+    / "datasets"
+    / "node_3_utilisation.csv"
 )
 
 
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         "--broker", default="mqtt://127.0.0.1:1883", help="broker URL (default: %(default)s)"
     )
     ap.add_argument(
-        "--root", default=continuum.DEFAULT_ROOT, help="topic root (default: %(default)s)"
+        "--root", default=continuum_mqtt.DEFAULT_ROOT, help="topic root (default: %(default)s)"
     )
     ap.add_argument(
         "--csv", default=str(DATASET), help="CSV with timestamp, CPU, MEM (default: node_3)"
@@ -93,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     rows = read_rows(Path(args.csv))
     out: dict[str, Any] = {"rows": len(rows), "epochs": args.epochs, "runs": []}
-    with continuum.Client(args.broker, root=args.root, timeout=600) as client:
-        Forecaster = client.stub("cloudnode.forecast.Forecaster")
+    with continuum_mqtt.Client(args.broker, root=args.root, timeout=600) as client:
+        Forecaster = client.stub("continuum_node.forecast.Forecaster")
         t = time.perf_counter()
         fc = Forecaster.create()
         for i in range(0, len(rows), 500):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from continuum import ActiveObject, active
+from continuum_mqtt import ActiveObject, active
 
 
 class Hasher(ActiveObject, stateless=True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from continuum import ActiveObject, active
+from continuum_mqtt import ActiveObject, active
 
 
 class SampleSink(ActiveObject):

@@ -3,12 +3,12 @@
 ``OutOfRange`` registers itself under the wire code ``thermostat.out_of_range``.
 A caller that has imported this module gets an ``OutOfRange`` back (with its
 ``target``, ``low`` and ``high`` fields); one that has not gets a
-``continuum.RemoteError`` whose ``code`` is ``thermostat.out_of_range``.
+``continuum_mqtt.RemoteError`` whose ``code`` is ``thermostat.out_of_range``.
 """
 
 from __future__ import annotations
 
-from continuum import ActiveObject, ApplicationError, active
+from continuum_mqtt import ActiveObject, ApplicationError, active
 
 
 class OutOfRange(ApplicationError):

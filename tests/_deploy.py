@@ -30,7 +30,7 @@ HASH_PASSWORD = ANSIBLE_DIR / "scripts" / "hash-password"
 _WHEEL_SOURCES = (
     "pyproject.toml",
     "README.md",
-    "continuum",
+    "continuum_mqtt",
     "gateway",
     "cloudnode",
     "edgeagent",

@@ -9,9 +9,18 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any
 
-from cloudnode import Node
-from continuum import ActiveObject, active
-from continuum.service import FakeBus, FakeTransport, Message, Topics, class_path, decode, encode
+from continuum_node import Node
+
+from continuum_mqtt import ActiveObject, active
+from continuum_mqtt.service import (
+    FakeBus,
+    FakeTransport,
+    Message,
+    Topics,
+    class_path,
+    decode,
+    encode,
+)
 
 ROOT = "continuum/v1"
 REPLY = f"{ROOT}/reply/tester"

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-import continuum
+import continuum_mqtt
 
 from ._cluster import REPO, Cluster
 
@@ -30,13 +30,13 @@ def test_create_alias_find_call_delete(cluster: Cluster) -> None:
         assert again == obj and again.get() == 8
         c.alias(obj, "second")
         assert sorted(c.get(obj._id)._aliases) == ["first", "second"]
-        with pytest.raises(continuum.AliasTaken):
+        with pytest.raises(continuum_mqtt.AliasTaken):
             Counter.create(alias="first")
         listed = c.objects()
         assert [o["id"] for o in listed] == [obj._id]
         assert listed[0]["aliases"] == ["first", "second"] and listed[0]["node"] == "n1"
         c.delete(obj)
-        with pytest.raises(continuum.UnknownObject):
+        with pytest.raises(continuum_mqtt.UnknownObject):
             c.get("first")
         assert c.objects() == []
 
@@ -46,8 +46,8 @@ def test_found_again_from_another_process(cluster: Cluster) -> None:
         c.stub(COUNTER).create(start=40, alias="shared")
     script = textwrap.dedent(
         f"""
-        import continuum
-        with continuum.Client({cluster.url!r}, root={cluster.root!r}) as c:
+        import continuum_mqtt
+        with continuum_mqtt.Client({cluster.url!r}, root={cluster.root!r}) as c:
             print(c.get("shared").add(2))
         """
     )
@@ -70,9 +70,9 @@ def test_gateway_places_on_a_live_node_hosting_the_class(cluster: Cluster) -> No
         nodes = {o["node"] for o in c.objects()}
         assert nodes == {"n1", "n2"}  # least loaded first
         assert a.add(1) == 1 and b.add(1) == 1
-        with pytest.raises(continuum.NoNodeAvailable):
+        with pytest.raises(continuum_mqtt.NoNodeAvailable):
             c.stub("examples.nowhere.Thing").create()
-        with pytest.raises(continuum.UnknownClass):
+        with pytest.raises(continuum_mqtt.UnknownClass):
             c.stub("examples.nowhere.Thing").create(node="n1")
 
 
@@ -190,7 +190,7 @@ def test_per_call_deadline(cluster: Cluster) -> None:
         obj = c.stub(COUNTER).create()
         blocker = obj.slow.future(1.5)
         t0 = time.monotonic()
-        with pytest.raises(continuum.DeadlineExpired) as info:
+        with pytest.raises(continuum_mqtt.DeadlineExpired) as info:
             obj.add.options(timeout=0.3)(100)
         assert 0.25 <= time.monotonic() - t0 < 1.0
         assert isinstance(info.value, TimeoutError)
@@ -233,13 +233,13 @@ def test_local_mode_gives_the_same_results(cluster: Cluster) -> None:
 
 @pytest.mark.parametrize("mode", ["mqtt", "local"])
 def test_unalias_keeps_the_object(cluster: Cluster, mode: str) -> None:
-    client = cluster.client() if mode == "mqtt" else continuum.connect("local:")
+    client = cluster.client() if mode == "mqtt" else continuum_mqtt.connect("local:")
     with client as c:
         obj = c.stub("examples.counter.Counter").create(start=3, alias="first")
         c.alias(obj, "second")
         c.unalias("first")
         c.unalias("never-was")  # no error
-        with pytest.raises(continuum.UnknownObject):
+        with pytest.raises(continuum_mqtt.UnknownObject):
             c.get("first")
         assert c.get("second").add(1) == 4
         c.delete(obj)

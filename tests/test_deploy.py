@@ -33,8 +33,8 @@ from typing import Any
 import pytest
 from continuum_dev.testing import find_mosquitto
 
-import continuum
-from continuum.samples import encode_sample
+import continuum_mqtt
+from continuum_mqtt.samples import encode_sample
 
 from ._deploy import (
     HASH_PASSWORD,
@@ -65,7 +65,7 @@ DEV_S = "dev-s"
 ROOT = "fleet/v1"
 NODE = "n1"
 DEV_A, DEV_B, DEV_C = "dev-a", "dev-b", "dev-c"
-FORECASTER = "cloudnode.forecast.Forecaster"
+FORECASTER = "continuum_node.forecast.Forecaster"
 COUNTER = "examples.counter.Counter"
 # bytes of the files of continuum-mqtt and its dependencies, and its top-level packages
 EDGE_SIZE = """
@@ -203,7 +203,7 @@ def _inventory(tmp: Path, ports: dict[str, int], wheel: Path, pw: dict[str, str]
         "cloudnode_user": "root",
         "cloudnode_group": "root",
         "cloudnode_id": NODE,
-        "cloudnode_modules": ["examples.counter", "cloudnode.forecast"],
+        "cloudnode_modules": ["examples.counter", "continuum_node.forecast"],
         # examples/ is not in the wheel: shipped beside it as an application folder (--path)
         "cloudnode_paths": [_application_folder(tmp)],
         "cloudnode_torch_threads": 1,
@@ -431,7 +431,7 @@ def test_node_venv_has_the_cpu_build_of_torch(deploy: Deployment) -> None:
     venv = deploy.path("cloudnode_venv")
     py = str(venv / "bin" / "python")
     out = subprocess.run(
-        [py, "-c", "import torch, cloudnode.forecast; print(torch.__version__)"],
+        [py, "-c", "import torch, continuum_node.forecast; print(torch.__version__)"],
         capture_output=True,
         text=True,
         check=True,
@@ -477,7 +477,7 @@ def test_rendered_files(deploy: Deployment) -> None:
     assert cfg["broker"]["url"] == f"mqtts://127.0.0.1:{d.port}"
     assert cfg["broker"]["password_file"] == str(secret)
     node = tomllib.loads((d.path("cloudnode_conf_dir") / "cloudnode.toml").read_text())
-    assert node["modules"] == ["examples.counter", "cloudnode.forecast"]
+    assert node["modules"] == ["examples.counter", "continuum_node.forecast"]
     assert node["state_dir"] == str(d.path("cloudnode_state_dir"))
     env = d.path("gateway_conf_dir") / "gateway.env"
     assert oct(env.stat().st_mode & 0o777) == "0o600"
@@ -523,7 +523,7 @@ def test_units(deploy: Deployment) -> None:
 
 def test_device_end_to_end(services: Deployment) -> None:
     d = services
-    with continuum.Client(d.url(DEV_A), root=ROOT, ca_file=d.ca_file, timeout=30) as client:
+    with continuum_mqtt.Client(d.url(DEV_A), root=ROOT, ca_file=d.ca_file, timeout=30) as client:
         counter = client.stub(COUNTER).create(start=1)
         assert counter.add(2) == 3
         fc = client.stub(FORECASTER).create(alias=f"forecaster-{DEV_A}")
@@ -591,7 +591,7 @@ def test_device_acl(services: Deployment) -> None:
         a.close()
         obs.close()
     # the node's retained status is still the node's own
-    with continuum.Client(d.url(DEV_B), root=ROOT, ca_file=d.ca_file, timeout=10) as client:
+    with continuum_mqtt.Client(d.url(DEV_B), root=ROOT, ca_file=d.ca_file, timeout=10) as client:
         assert any(n["id"] == NODE and n["state"] == "online" for n in client.nodes())
 
 
@@ -636,12 +636,12 @@ def test_edge_agent_daemon_from_its_unit(services: Deployment) -> None:
         pytest.skip("this edgeagent has no 'run' daemon yet")
     d.start("edgeagent", argv, env, cwd)
     alias = f"forecaster-{DEV_A}"
-    with continuum.Client(d.url(DEV_B), root=ROOT, ca_file=d.ca_file, timeout=10) as client:
+    with continuum_mqtt.Client(d.url(DEV_B), root=ROOT, ca_file=d.ca_file, timeout=10) as client:
 
         def fed() -> bool:
             try:
                 return bool(client.get(alias).info()["rows"] >= 5)
-            except (continuum.UnknownObject, continuum.RemoteError):  # not created yet
+            except (continuum_mqtt.UnknownObject, continuum_mqtt.RemoteError):  # not created yet
                 return False
 
         _wait(
@@ -680,7 +680,7 @@ def test_site_broker_bridges_to_the_cloud(services: Deployment) -> None:
     finally:
         dev.close()
     url = f"mqtts://{DEV_S}:{d.passwords[DEV_S]}@127.0.0.1:{port}"
-    with continuum.Client(url, root=ROOT, ca_file=d.ca_file, timeout=20) as client:
+    with continuum_mqtt.Client(url, root=ROOT, ca_file=d.ca_file, timeout=20) as client:
         counter = client.stub(COUNTER).create(start=40)
         assert counter.add(2) == 42
     assert f"bridge-{SITE}" in d.log("mosquitto")

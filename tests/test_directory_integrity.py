@@ -23,14 +23,14 @@ from typing import Any
 import cbor2
 import paho.mqtt.client as paho
 import pytest
+from continuum_gateway import _records as rec
+from continuum_gateway._directory import Directory
+from continuum_gateway._integrity import DirectoryRefused, check_directory, verify_wal
+from continuum_gateway._reconcile import Held, Reconciler, parse_list, plan
 
-import continuum
-from continuum._mqtt import BrokerURL
-from continuum._protocol import Request
-from gateway import _records as rec
-from gateway._directory import Directory
-from gateway._integrity import DirectoryRefused, check_directory, verify_wal
-from gateway._reconcile import Held, Reconciler, parse_list, plan
+import continuum_mqtt
+from continuum_mqtt._mqtt import BrokerURL
+from continuum_mqtt._protocol import Request
 
 from ._cluster import Cluster, start_durable, wait_for
 from ._tmpfs import fill, tmpfs
@@ -382,7 +382,7 @@ class Chan:
 
 
 def _gateway(db: Path, nodes: FakeNodes) -> Any:
-    from gateway._gateway import Gateway
+    from continuum_gateway._gateway import Gateway
 
     gw = Gateway(BrokerURL.parse("mqtt://127.0.0.1:1"), str(db))
     gw.directory.node_status("n1", {"state": "online", "objects": 0, "classes": {COUNTER: {}}})
@@ -454,7 +454,7 @@ def test_a_create_interrupted_and_not_resent_is_taken_back(tmp_path: Path) -> No
 
 
 # -- real processes ---------------------------------------------------------------------------
-def _held(c: Cluster, client: continuum.Client, node: str) -> list[dict[str, Any]]:
+def _held(c: Cluster, client: continuum_mqtt.Client, node: str) -> list[dict[str, Any]]:
     listed: list[dict[str, Any]] = client._requester.send(
         c.topics.node_ctl(node), Request("list", [], {}), 10.0
     ).result()
@@ -463,7 +463,9 @@ def _held(c: Cluster, client: continuum.Client, node: str) -> list[dict[str, Any
 
 def _start_refused_gateway(c: Cluster) -> tuple[int, str]:
     """Start a gateway that must refuse: its exit code and its log."""
-    proc = c.python("gateway", "-m", "gateway", "--broker", c.url, "--db", c.db, "--root", c.root)
+    proc = c.python(
+        "gateway", "-m", "continuum_gateway", "--broker", c.url, "--db", c.db, "--root", c.root
+    )
     try:
         code = proc.wait(60)
     finally:
@@ -473,7 +475,7 @@ def _start_refused_gateway(c: Cluster) -> tuple[int, str]:
 
 def _gateway_cli(c: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
+        [sys.executable, "-m", "continuum_gateway", *args],
         cwd=c.cwd,
         env=c.env,
         capture_output=True,
@@ -553,7 +555,7 @@ def test_rebuild_from_the_nodes_recreates_objects_and_aliases(durable_cluster: C
                 assert after[oid][k] == o[k], k
         assert client.get("plain").add(1) == 12
         assert client.get("second").add(1) == 3
-        with pytest.raises(continuum.UnknownObject):
+        with pytest.raises(continuum_mqtt.UnknownObject):
             client.get("first")
     # rebuild never overwrites a directory that lists objects, nor runs beside a gateway
     again = _gateway_cli(c, "rebuild", "--db", c.db, "--broker", c.url, "--root", c.root)
@@ -705,13 +707,13 @@ def test_a_quarantined_object_is_unavailable_in_the_directory(durable_cluster: C
         assert info["reason"].startswith("quarantined on node n1: ")
         assert [o["state"] for o in client.objects()] == ["unavailable"]
         assert [o["id"] for o in _held(c, client, "n1")] == [obj._id]  # kept, not deleted
-        with pytest.raises(continuum.Unavailable):
+        with pytest.raises(continuum_mqtt.Unavailable):
             client.get("fragile").get()
     assert f"object {obj._id} is unavailable: quarantined on node n1" in c.log("gateway")
 
 
 def test_held_counts_reads_only_online_integer_counts() -> None:
-    from gateway._fleet import held_counts
+    from continuum_gateway._fleet import held_counts
 
     statuses = {
         "n1": {"state": "online", "objects": 3},
@@ -734,7 +736,7 @@ def test_a_full_disk_fails_a_create_cleanly_and_its_retry_runs_once(tmp_path: Pa
         filler = fill(mnt)
         chan = _create(gw, "rid-full")
         [err] = chan.errors
-        assert isinstance(err, continuum.ContinuumError) and err.code == "storage"
+        assert isinstance(err, continuum_mqtt.ContinuumError) and err.code == "storage"
         assert gw.directory.outcome("rid-full") is None  # not stored: a retry runs again
         filler.unlink()
         chan = _create(gw, "rid-full")
@@ -745,7 +747,7 @@ def test_a_full_disk_fails_a_create_cleanly_and_its_retry_runs_once(tmp_path: Pa
 
 def test_rebuild_refuses_a_stale_wal_beside_a_missing_or_empty_directory(tmp_path: Path) -> None:
     """SQLite would apply a WAL left there to the rebuilt file."""
-    from gateway._recovery import RecoveryError, _check_target
+    from continuum_gateway._recovery import RecoveryError, _check_target
 
     db = tmp_path / "directory.db"
     (tmp_path / "directory.db-wal").write_bytes(b"\0" * 64)

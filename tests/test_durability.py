@@ -31,7 +31,7 @@ def test_acknowledged_mutations_survive_sigkill(durable_cluster: Cluster) -> Non
         assert (
             client._requester.send(
                 c.topics.node_ctl("n1"),
-                __import__("continuum")._protocol.Request("list", [], {}),
+                __import__("continuum_mqtt")._protocol.Request("list", [], {}),
                 5.0,
             ).result()
             == []
@@ -96,7 +96,7 @@ def test_journal_and_checkpoints_replay_after_sigkill(bare_cluster: Cluster) -> 
 def test_store_journal_unit(tmp_path: object) -> None:
     from pathlib import Path
 
-    from cloudnode._store import Store
+    from continuum_node._store import Store
 
     store = Store(Path(str(tmp_path)))
     store.checkpoint("o1", {"id": "o1", "seq": 2, "instance": {"v": 2}})

@@ -27,8 +27,8 @@ def run(script: str) -> str:
 def test_edge_client_end_to_end_stays_light(cluster: Cluster) -> None:
     out = run(
         f"""
-        import continuum, edgeagent, edgeagent.__main__
-        with continuum.Client({cluster.url!r}, root={cluster.root!r}) as c:
+        import continuum_mqtt, edgeagent, continuum_edgeagent.__main__
+        with continuum_mqtt.Client({cluster.url!r}, root={cluster.root!r}) as c:
             Counter = c.stub("examples.counter.Counter")
             obj = Counter.create(start=1, alias="edge")
             assert c.get("edge").add(2) == 3
@@ -49,14 +49,14 @@ def test_edgeagent_call_cli(cluster: Cluster) -> None:
     with cluster.client() as c:
         c.stub("examples.counter.Counter").create(start=1, alias="cli")
     out = subprocess.run(
-        [sys.executable, "-m", "edgeagent", "call", "--broker", cluster.url, "--root", cluster.root,
+        [sys.executable, "-m", "continuum_edgeagent", "call", "--broker", cluster.url, "--root", cluster.root,
          "cli", "add", "[41]"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "42"
     bad = subprocess.run(
-        [sys.executable, "-m", "edgeagent", "call", "--broker", cluster.url, "--root", cluster.root,
+        [sys.executable, "-m", "continuum_edgeagent", "call", "--broker", cluster.url, "--root", cluster.root,
          "cli", "reset"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
@@ -66,9 +66,9 @@ def test_edgeagent_call_cli(cluster: Cluster) -> None:
 def test_importing_the_edge_side_is_light() -> None:
     out = run(
         f"""
-        import continuum, continuum._client, continuum._local, edgeagent, edgeagent.__main__
-        import edgeagent._agent, edgeagent._jobs, edgeagent._link, edgeagent._metrics
-        import edgeagent._outbox, edgeagent._config
+        import continuum_mqtt, continuum_mqtt._client, continuum_mqtt._local, edgeagent, continuum_edgeagent.__main__
+        import continuum_edgeagent._agent, continuum_edgeagent._jobs, continuum_edgeagent._link, continuum_edgeagent._metrics
+        import continuum_edgeagent._outbox, continuum_edgeagent._config
         print([m for m in {HEAVY!r} if m in sys.modules])
         """
     )

@@ -78,7 +78,7 @@ def forecasting_agent(c: Cluster, tmp_path: Path, device: str, jobs: str) -> Age
 def run_agent(cfg: Path) -> subprocess.CompletedProcess[str]:
     """``edgeagent run -c cfg`` in the foreground, to its exit."""
     return subprocess.run(
-        [sys.executable, "-m", "edgeagent", "run", "-c", str(cfg)],
+        [sys.executable, "-m", "continuum_edgeagent", "run", "-c", str(cfg)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -95,7 +95,7 @@ class Agent:
     def start(self) -> Agent:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edgeagent", "run", "-c", str(self.config)],
+                [sys.executable, "-m", "continuum_edgeagent", "run", "-c", str(self.config)],
                 cwd=REPO,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -105,7 +105,15 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         out = subprocess.run(
-            [sys.executable, "-m", "edgeagent", "status", "--json", "-c", str(self.config)],
+            [
+                sys.executable,
+                "-m",
+                "continuum_edgeagent",
+                "status",
+                "--json",
+                "-c",
+                str(self.config),
+            ],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -388,7 +396,7 @@ def test_a_broker_refusing_samples_loses_none_of_them(tmp_path: Path) -> None:
 def test_forecast_job_trains_remotely_and_publishes(bare_cluster: Cluster, tmp_path: Path) -> None:
     c = bare_cluster
     c.start_gateway()
-    c.start_node("n1", "--torch-threads", "1", modules=("cloudnode.forecast",))
+    c.start_node("n1", "--torch-threads", "1", modules=("continuum_node.forecast",))
     port = int(c.url.rsplit(":", 1)[1])
     got: dict[str, list[dict[str, Any]]] = {"forecast": [], "alert": []}
     sub = paho.Client(callback_api_version=paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
@@ -424,7 +432,7 @@ def test_forecast_job_trains_remotely_and_publishes(bare_cluster: Cluster, tmp_p
         sub.loop_stop()
         assert agent.stop() == 0
     human = subprocess.run(
-        [sys.executable, "-m", "edgeagent", "status", "-c", str(agent.config)],
+        [sys.executable, "-m", "continuum_edgeagent", "status", "-c", str(agent.config)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -508,14 +516,14 @@ def test_agent_feed_reaches_its_forecaster_across_a_node_sigkill(
     state = str(tmp_path / "n1-state")
     node_args = ("n1", "--torch-threads", "1", "--state-dir", state)
     c.start_gateway()
-    c.start_node(*node_args, modules=("cloudnode.forecast",))
+    c.start_node(*node_args, modules=("continuum_node.forecast",))
     agent = forecasting_agent(c, tmp_path, "dev-n", "train_after = 0\nforecast_every = 0")
     try:
         wait_for(lambda: (agent.status().get("forecaster") or {}).get("state") == "ready")
         wait_for(lambda: agent.status()["acked"] >= 30)
         c.stop("n1", signal.SIGKILL)
         wait_for(lambda: agent.status()["acked"] >= 60)  # the broker keeps them for n1
-        c.start_node(*node_args, modules=("cloudnode.forecast",))
+        c.start_node(*node_args, modules=("continuum_node.forecast",))
         time.sleep(1.0)
     finally:
         assert agent.stop() == 0
@@ -530,7 +538,7 @@ def test_agent_feed_reaches_its_forecaster_across_a_node_sigkill(
 def test_backoff_is_exponential_with_full_jitter() -> None:
     import random
 
-    from edgeagent._link import backoff_delay
+    from continuum_edgeagent._link import backoff_delay
 
     rng = random.Random(1)
     for attempt, cap in ((0, 0.5), (1, 1.0), (3, 4.0), (7, 60.0), (40, 60.0)):
@@ -543,8 +551,8 @@ def test_backoff_is_exponential_with_full_jitter() -> None:
 def test_outbox_bounds_counters_and_seq_survive_reopening(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import edgeagent._outbox as outbox_mod
-    from edgeagent._outbox import Outbox
+    import continuum_edgeagent._outbox as outbox_mod
+    from continuum_edgeagent._outbox import Outbox
 
     uptime = [0.0]
     monkeypatch.setattr(outbox_mod, "_uptime", lambda: uptime[0])
@@ -575,9 +583,9 @@ def test_outbox_ages_by_uptime_so_a_wall_clock_jump_drops_nothing(
     """A board without a battery-backed clock samples with a wrong wall clock
     until it syncs: those samples are as old as the uptime says, not the wall
     clock. Samples from an earlier boot can only be aged by the wall clock."""
-    import edgeagent._outbox as outbox_mod
-    from edgeagent._outbox import Outbox
-    from edgeagent._outboxfile import _boot_id
+    import continuum_edgeagent._outbox as outbox_mod
+    from continuum_edgeagent._outbox import Outbox
+    from continuum_edgeagent._outboxfile import _boot_id
 
     monkeypatch.setattr(outbox_mod, "_uptime", lambda: 100.0)
     ob = Outbox(str(tmp_path / "o.sqlite"))
@@ -595,7 +603,7 @@ def test_agent_credentials_file_over_environment_url_over_both(
 ) -> None:
     """BrokerURL.parse falls back to $CONTINUUM_USERNAME/$CONTINUUM_PASSWORD;
     for the agent, [broker] password_file and the device id come first."""
-    from edgeagent._config import parse
+    from continuum_edgeagent._config import parse
 
     monkeypatch.setenv("CONTINUUM_USERNAME", "env-user")
     monkeypatch.setenv("CONTINUUM_PASSWORD", "env-pw")

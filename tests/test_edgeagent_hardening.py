@@ -27,7 +27,7 @@ from .test_edgeagent import Agent, Collector, agent_config, final_seq, run_agent
 
 
 def _numeric_keys() -> list[tuple[str, Any]]:
-    from edgeagent._config import _SECTIONS, AgentConfig
+    from continuum_edgeagent._config import _SECTIONS, AgentConfig
 
     out: list[tuple[str, Any]] = []
     for section, cls in [("", AgentConfig), *_SECTIONS.items()]:
@@ -46,7 +46,7 @@ def _as_data(key: str, value: Any) -> dict[str, Any]:
 
 
 def test_every_number_in_the_config_has_a_range_holding_its_default() -> None:
-    from edgeagent._config import RANGES
+    from continuum_edgeagent._config import RANGES
 
     keys = _numeric_keys()
     assert {k for k, _ in keys} == set(RANGES)
@@ -57,7 +57,7 @@ def test_every_number_in_the_config_has_a_range_holding_its_default() -> None:
 
 @pytest.mark.parametrize("key", [k for k, _ in _numeric_keys()])
 def test_inf_nan_negative_and_absurd_numbers_are_refused(key: str) -> None:
-    from edgeagent._config import ConfigError, parse
+    from continuum_edgeagent._config import ConfigError, parse
 
     default = dict(_numeric_keys())[key]
     huge = 2**62 if isinstance(default, int) else 1e300
@@ -94,7 +94,7 @@ def _other_sqlite(path: Path) -> None:
 
 
 def _damaged_outbox(path: Path) -> None:
-    from edgeagent._outbox import Outbox
+    from continuum_edgeagent._outbox import Outbox
 
     ob = Outbox(str(path))
     for seq in range(1, 2001):
@@ -203,7 +203,7 @@ def test_reload_to_an_unusable_state_dir_is_refused_and_the_agent_goes_on(
 
 
 def test_outbox_on_a_full_file_system_counts_failures_and_uses_no_seq(tmp_path: Path) -> None:
-    from edgeagent._outbox import WAL_LIMIT, Outbox
+    from continuum_edgeagent._outbox import WAL_LIMIT, Outbox
 
     with tmpfs(tmp_path / "fs", "1m") as fs:
         path = fs / "outbox.sqlite"
@@ -233,7 +233,7 @@ def test_outbox_on_a_full_file_system_counts_failures_and_uses_no_seq(tmp_path: 
 
 
 def test_the_wal_stays_small(tmp_path: Path) -> None:
-    from edgeagent._outbox import WAL_LIMIT, Outbox
+    from continuum_edgeagent._outbox import WAL_LIMIT, Outbox
 
     ob = Outbox(str(tmp_path / "o.sqlite"))
     for seq in range(1, 3001):
@@ -379,11 +379,11 @@ def test_a_refused_login_says_not_authorised_and_backs_off(tmp_path: Path, who: 
 
 
 def test_refusal_text_names_the_login() -> None:
+    from continuum_edgeagent._link import refusal_text
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.reasoncodes import ReasonCode
 
-    from continuum._mqtt import BrokerURL
-    from edgeagent._link import refusal_text
+    from continuum_mqtt._mqtt import BrokerURL
 
     url = BrokerURL.parse("mqtt://dev-1:pw@b:1883")
     for code in (0x86, 0x87):

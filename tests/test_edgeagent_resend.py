@@ -34,7 +34,7 @@ DEVICE = "dev-r"
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The outbox's uptime clock, set by the test."""
-    import edgeagent._outbox as outbox_mod
+    import continuum_edgeagent._outbox as outbox_mod
 
     now = [0.0]
     monkeypatch.setattr(outbox_mod, "_uptime", lambda: now[0])
@@ -48,7 +48,7 @@ def _seqs(rows: list[tuple[int, bytes]]) -> list[int]:
 def test_outbox_keeps_acknowledged_samples_for_the_window(
     tmp_path: Path, clock: list[float]
 ) -> None:
-    from edgeagent._outbox import Outbox
+    from continuum_edgeagent._outbox import Outbox
 
     path = str(tmp_path / "o.sqlite")
     ob = Outbox(path)
@@ -106,8 +106,8 @@ def test_outbox_keeps_acknowledged_samples_for_the_window(
 def test_outbox_without_window_or_space_keeps_nothing(
     tmp_path: Path, clock: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import edgeagent._outbox as outbox_mod
-    from edgeagent._outbox import Outbox
+    import continuum_edgeagent._outbox as outbox_mod
+    from continuum_edgeagent._outbox import Outbox
 
     ob = Outbox(str(tmp_path / "o.sqlite"))
     for seq in range(1, 21):
@@ -140,7 +140,7 @@ def test_outbox_without_window_or_space_keeps_nothing(
 
 
 def test_resend_window_is_in_the_config_with_its_range() -> None:
-    from edgeagent._config import SAMPLE, ConfigError, parse
+    from continuum_edgeagent._config import SAMPLE, ConfigError, parse
 
     assert parse({}, "t").outbox.resend_window == 5.0
     assert parse({"outbox": {"resend_window": 0}}, "t").outbox.resend_window == 0.0
@@ -171,7 +171,7 @@ def _acked_upto(db: Path) -> int:
 
 def _agent_status(config: Path) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-m", "edgeagent", "status", "--json", "-c", str(config)],
+        [sys.executable, "-m", "continuum_edgeagent", "status", "--json", "-c", str(config)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -237,7 +237,7 @@ def test_broker_sigkill_right_after_the_last_puback_loses_no_sample(tmp_path: Pa
 
             with open(tmp_path / "agent.log", "ab") as out:
                 agent = subprocess.Popen(
-                    [sys.executable, "-m", "edgeagent", "run", "-c", str(config)],
+                    [sys.executable, "-m", "continuum_edgeagent", "run", "-c", str(config)],
                     cwd=REPO,
                     stdout=out,
                     stderr=subprocess.STDOUT,

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-import continuum
-from continuum._errors import (
+import continuum_mqtt
+from continuum_mqtt._errors import (
     _REGISTRY,
     ApplicationError,
     ContinuumError,
@@ -21,8 +21,8 @@ from continuum._errors import (
     error_class,
     error_from_envelope,
 )
-from continuum._invoke import remote_error
-from continuum.samples import SERIES_TOO_SHORT
+from continuum_mqtt._invoke import remote_error
+from continuum_mqtt.samples import SERIES_TOO_SHORT
 
 from ._cluster import REPO
 
@@ -61,7 +61,7 @@ def test_protocol_codes_are_registered_by_their_classes() -> None:
     assert protocol == PROTOCOL
     for code, name in PROTOCOL.items():
         cls = error_class(code)
-        assert cls is getattr(continuum, name) and cls.code == code
+        assert cls is getattr(continuum_mqtt, name) and cls.code == code
         env = cls("m", node="n1").to_envelope()
         assert env == {"code": code, "type": name, "message": "m", "node": "n1"}
         again = error_from_envelope(env)
@@ -78,7 +78,7 @@ def test_application_error_registers_and_round_trips(registry: None) -> None:
     assert error_class("oven.too_hot") is TooHot
     err = TooHot("240 > 230", temp=240, limits=[0, 230], where={"zone": "a"})
     assert err.temp == 240 and err.data["where"] == {"zone": "a"}
-    assert err.code == "oven.too_hot" and isinstance(err, continuum.ContinuumError)
+    assert err.code == "oven.too_hot" and isinstance(err, continuum_mqtt.ContinuumError)
     env = err.to_envelope()
     assert env == {
         "code": "oven.too_hot",
@@ -147,7 +147,7 @@ def test_a_code_taken_twice_is_refused(registry: None) -> None:
         type("Second", (ApplicationError,), {"code": "dup.code"})
     with pytest.raises(TypeError, match="already taken"):
         type("Again", (ContinuumError,), {"code": "busy"})
-    assert error_class("busy") is continuum.Busy
+    assert error_class("busy") is continuum_mqtt.Busy
 
 
 def test_the_same_class_defined_again_replaces_itself(registry: None) -> None:
@@ -175,7 +175,7 @@ def test_remote_error_keeps_codes_and_wraps_the_rest(registry: None) -> None:
 
     coded = Coded("m", n=1)
     assert remote_error(coded) is coded
-    busy = continuum.Busy("later")
+    busy = continuum_mqtt.Busy("later")
     assert remote_error(busy) is busy
     nested = RemoteError("deep", remote_type="KeyError", traceback="tb")
     assert remote_error(nested) is nested  # a remote call's failure passes through
@@ -189,7 +189,7 @@ def test_remote_error_keeps_codes_and_wraps_the_rest(registry: None) -> None:
 
 def test_series_too_short_is_registered_by_the_forecaster() -> None:
     pytest.importorskip("torch")
-    from cloudnode.forecast import SeriesTooShort
+    from continuum_node.forecast import SeriesTooShort
 
     assert error_class(SERIES_TOO_SHORT) is SeriesTooShort
     assert issubclass(SeriesTooShort, ValueError)  # in-process callers catch ValueError
@@ -227,8 +227,8 @@ SHORT_BY_TEXT_ONLY = RemoteError("series too short", remote_type="ValueError")
 
 
 def test_edge_agent_retries_training_on_the_code_not_the_text() -> None:
-    from edgeagent._config import parse
-    from edgeagent._jobs import Jobs
+    from continuum_edgeagent._config import parse
+    from continuum_edgeagent._jobs import Jobs
 
     cfg = parse({"device": "d1", "state_dir": "/nonexistent", "jobs": {"train_after": 8}})
     jobs = Jobs(cfg, lambda *a: None)
@@ -242,7 +242,7 @@ def test_edge_agent_retries_training_on_the_code_not_the_text() -> None:
 def test_firmware_sim_retries_training_on_the_code_not_the_text() -> None:
     if str(REPO / "firmware-sim") not in sys.path:
         sys.path.insert(0, str(REPO / "firmware-sim"))
-    from firmware_sim._jobs import JobConfig, Jobs, _Dev
+    from continuum_sim._jobs import JobConfig, Jobs, _Dev
 
     jobs = Jobs.__new__(Jobs)  # no client: only the training decision is under test
     jobs.cfg = JobConfig()
@@ -280,8 +280,8 @@ def test_trimmed_keeps_class_code_and_type_and_drops_the_fields(registry: None) 
         1000,
     )
     assert "k" not in env
-    busy = continuum.Busy("later", node="n1").trimmed()
-    assert type(busy) is continuum.Busy and busy.to_envelope() == {
+    busy = continuum_mqtt.Busy("later", node="n1").trimmed()
+    assert type(busy) is continuum_mqtt.Busy and busy.to_envelope() == {
         "code": "busy",
         "type": "Busy",
         "message": "later",

@@ -14,7 +14,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-import continuum
+import continuum_mqtt
 
 from ._cluster import Cluster
 
@@ -110,7 +110,7 @@ def test_unknown_object(cluster: Cluster, raw: Raw) -> None:
     body = cbor2.dumps({"id": "1", "obj": "nope", "method": "add"})
     err = error_of(raw.request(cluster.topics.node_call("n1"), body))
     assert err["code"] == "object_not_here" and err["node"] == "n1"
-    with cluster.client() as c, pytest.raises(continuum.UnknownObject) as info:
+    with cluster.client() as c, pytest.raises(continuum_mqtt.UnknownObject) as info:
         c.get("nope").add(1)
     assert info.value.code == "unknown_object"
     still_serving(cluster)
@@ -119,20 +119,20 @@ def test_unknown_object(cluster: Cluster, raw: Raw) -> None:
 def test_unknown_method_private_and_not_active(cluster: Cluster) -> None:
     with cluster.client() as c:
         obj = c.stub(COUNTER).create()
-        with pytest.raises(continuum.UnknownMethod):
+        with pytest.raises(continuum_mqtt.UnknownMethod):
             obj.no_such_method()
-        with pytest.raises(continuum.MethodNotActive):
+        with pytest.raises(continuum_mqtt.MethodNotActive):
             obj.reset()  # a public method not marked active
         with pytest.raises(AttributeError):
             obj._secret  # noqa: B018 - the stub refuses private names
         # and the node refuses them even when a client sends them anyway; a
         # private name that is no attribute at all is unknown, not "not active"
         for name, refused in [
-            ("_secret", continuum.MethodNotActive),
-            ("__init__", continuum.MethodNotActive),
-            ("_no_such_thing", continuum.UnknownMethod),
+            ("_secret", continuum_mqtt.MethodNotActive),
+            ("__init__", continuum_mqtt.MethodNotActive),
+            ("_no_such_thing", continuum_mqtt.UnknownMethod),
         ]:
-            req = continuum._protocol.Request(name, [], {}, obj=obj._id)
+            req = continuum_mqtt._protocol.Request(name, [], {}, obj=obj._id)
             with pytest.raises(refused):
                 c._requester.send(cluster.topics.node_call("n1"), req, 5.0).result()
         assert obj.get() == 0
@@ -142,11 +142,11 @@ def test_unknown_method_private_and_not_active(cluster: Cluster) -> None:
 def test_wrong_arguments(cluster: Cluster) -> None:
     with cluster.client() as c:
         obj = c.stub(COUNTER).create()
-        with pytest.raises(continuum.BadArguments, match="too many positional"):
+        with pytest.raises(continuum_mqtt.BadArguments, match="too many positional"):
             obj.add(1, 2, 3)
-        with pytest.raises(continuum.BadArguments, match="unexpected keyword"):
+        with pytest.raises(continuum_mqtt.BadArguments, match="unexpected keyword"):
             obj.add(m=1)
-        with pytest.raises(continuum.BadArguments):
+        with pytest.raises(continuum_mqtt.BadArguments):
             c.stub(COUNTER).create(1, 2, 3)
         assert obj.get() == 0
     still_serving(cluster)
@@ -155,7 +155,7 @@ def test_wrong_arguments(cluster: Cluster) -> None:
 def test_exception_inside_the_method(cluster: Cluster) -> None:
     with cluster.client() as c:
         obj = c.stub(COUNTER).create()
-        with pytest.raises(continuum.RemoteError) as info:
+        with pytest.raises(continuum_mqtt.RemoteError) as info:
             obj.fail("it broke")
         err = info.value
         assert err.remote_type == "ValueError" and err.message == "it broke"
@@ -167,7 +167,7 @@ def test_exception_inside_the_method(cluster: Cluster) -> None:
 def test_unencodable_result(cluster: Cluster) -> None:
     with cluster.client() as c:
         obj = c.stub(COUNTER).create()
-        with pytest.raises(continuum.UnencodableResult, match="object"):
+        with pytest.raises(continuum_mqtt.UnencodableResult, match="object"):
             obj.unencodable()
     still_serving(cluster)
 
@@ -199,14 +199,14 @@ def test_payload_over_the_limit(bare_cluster: Cluster, raw: Raw | None = None) -
     cluster.start_node("n1", "--max-payload", "65536")
     with cluster.client() as c:
         obj = c.stub(COUNTER).create()
-        with pytest.raises(continuum.PayloadTooLarge) as info:
+        with pytest.raises(continuum_mqtt.PayloadTooLarge) as info:
             obj.echo(b"x" * 100_000)
         assert info.value.data["limit"] == 65536
         assert obj.echo(b"x" * 60_000) == b"x" * 60_000
     # the client checks before publishing
     with (
         cluster.client(max_payload=1000) as c,
-        pytest.raises(continuum.PayloadTooLarge, match="client limit"),
+        pytest.raises(continuum_mqtt.PayloadTooLarge, match="client limit"),
     ):
         c.get(obj._id).echo(b"x" * 2000)
     still_serving(cluster)
@@ -262,18 +262,20 @@ def test_reply_topic_outside_the_reply_tree_is_never_used(cluster: Cluster, raw:
 
 
 def test_remote_error_for_unknown_codes() -> None:
-    err = continuum._errors.error_from_envelope(
+    err = continuum_mqtt._errors.error_from_envelope(
         {"code": "weird", "type": "X", "message": "m", "traceback": "tb"}
     )
-    assert isinstance(err, continuum.RemoteError)
+    assert isinstance(err, continuum_mqtt.RemoteError)
     assert (err.remote_code, err.remote_type, err.message, err.traceback) == (
         "weird",
         "X",
         "m",
         "tb",
     )
-    known = continuum._errors.error_from_envelope({"code": "busy", "message": "later", "queue": 3})
-    assert isinstance(known, continuum.Busy) and known.data == {"queue": 3}
+    known = continuum_mqtt._errors.error_from_envelope(
+        {"code": "busy", "message": "later", "queue": 3}
+    )
+    assert isinstance(known, continuum_mqtt.Busy) and known.data == {"queue": 3}
 
 
 # -- typed application errors ------------------------------------------------------------
@@ -335,13 +337,13 @@ def test_application_error_typed_when_registered_remote_error_otherwise(
         with pytest.raises(OutOfRange) as typed:
             obj.set(-40)
         err = typed.value
-        assert isinstance(err, continuum.ApplicationError) and err.code == OUT_OF_RANGE
+        assert isinstance(err, continuum_mqtt.ApplicationError) and err.code == OUT_OF_RANGE
         assert err.message == "-40 is outside [5.0, 30.0]"
         assert err.data == {"target": -40, "low": 5.0, "high": 30.0} and err.target == -40
 
         # a client without the class: RemoteError carrying the code and the fields
-        monkeypatch.delitem(continuum._errors._REGISTRY, OUT_OF_RANGE)
-        with pytest.raises(continuum.RemoteError) as untyped:
+        monkeypatch.delitem(continuum_mqtt._errors._REGISTRY, OUT_OF_RANGE)
+        with pytest.raises(continuum_mqtt.RemoteError) as untyped:
             obj.set(99)
         rerr = untyped.value
         assert rerr.code == rerr.remote_code == OUT_OF_RANGE
@@ -354,7 +356,7 @@ def test_application_error_typed_when_registered_remote_error_otherwise(
 def test_application_error_in_local_mode() -> None:
     from examples.thermostat import OutOfRange
 
-    with continuum.connect("local:") as c:
+    with continuum_mqtt.connect("local:") as c:
         obj = c.stub(THERMOSTAT).create(high=25)
         with pytest.raises(OutOfRange) as info:
             obj.set(26)
@@ -365,13 +367,15 @@ def test_application_error_in_local_mode() -> None:
 def test_forecaster_series_too_short_has_its_code(bare_cluster: Cluster) -> None:
     """The code the edge agent and firmware-sim retry on, whether or not this
     process has imported the forecaster."""
-    from continuum.samples import SERIES_TOO_SHORT
+    from continuum_mqtt.samples import SERIES_TOO_SHORT
 
     bare_cluster.start_gateway()
-    bare_cluster.start_node("n1", "--torch-threads", "1", modules=("cloudnode.forecast",))
+    bare_cluster.start_node("n1", "--torch-threads", "1", modules=("continuum_node.forecast",))
     with bare_cluster.client(timeout=30) as c:
-        fc = c.stub("cloudnode.forecast.Forecaster").create(device="cpu", rows=[[1.0, 2.0]] * 5)
-        with pytest.raises(continuum.ContinuumError) as info:
+        fc = c.stub("continuum_node.forecast.Forecaster").create(
+            device="cpu", rows=[[1.0, 2.0]] * 5
+        )
+        with pytest.raises(continuum_mqtt.ContinuumError) as info:
             fc.train(epochs=1)
         err = info.value
         assert err.code == SERIES_TOO_SHORT, err
@@ -398,7 +402,7 @@ def test_a_retained_request_is_never_run(cluster: Cluster, raw: Raw) -> None:
         assert raw.replies == []
         with cluster.client() as c:
             assert c.get(obj._id).get() == 1
-            with pytest.raises(continuum.UnknownObject):
+            with pytest.raises(continuum_mqtt.UnknownObject):
                 c.get("retained")
         # nor when the broker hands it over with a new subscription
         cluster.stop("n1")
@@ -416,8 +420,8 @@ def test_bind_and_unbind_refuse_a_bad_device_id(cluster: Cluster) -> None:
     with cluster.client() as c:
         obj = c.stub(COUNTER).create()
         for bad in ("a/b", "+", "#", ""):
-            with pytest.raises(continuum.BadRequest):
+            with pytest.raises(continuum_mqtt.BadRequest):
                 c.bind_metrics(obj, bad, "add")
-            with pytest.raises(continuum.BadRequest):
+            with pytest.raises(continuum_mqtt.BadRequest):
                 c.unbind_metrics(obj, bad)
     still_serving(cluster)

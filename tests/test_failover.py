@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-import continuum
+import continuum_mqtt
 
 from ._cluster import Cluster, start_durable, wait_for
 
@@ -38,7 +38,7 @@ def test_replicated_counter_survives_its_primary(bare_cluster: Cluster) -> None:
                 try:
                     o.add(1)
                     acked[i] += 1
-                except continuum.ContinuumError as exc:
+                except continuum_mqtt.ContinuumError as exc:
                     errors.append(exc)
 
     threads = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
@@ -71,7 +71,7 @@ def test_unreplicated_object_is_unavailable_until_its_node_returns(
         c.stop("n1", signal.SIGKILL)
         wait_for(lambda: client._node_state.get("n1") == "offline", timeout=10)
         t0 = time.monotonic()
-        with pytest.raises(continuum.Unavailable, match="offline"):
+        with pytest.raises(continuum_mqtt.Unavailable, match="offline"):
             obj.add(1)
         assert time.monotonic() - t0 < 2  # a clear error at once, not a timeout
         start_durable(c)
@@ -93,7 +93,7 @@ def test_a_returning_primary_drops_its_stale_copy(bare_cluster: Cluster) -> None
 
         def n1_dropped_it() -> bool:
             listed = client._requester.send(
-                c.topics.node_ctl("n1"), continuum._protocol.Request("list", [], {}), 5.0
+                c.topics.node_ctl("n1"), continuum_mqtt._protocol.Request("list", [], {}), 5.0
             ).result()
             return listed == []
 

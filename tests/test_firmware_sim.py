@@ -23,8 +23,8 @@ import paho.mqtt.client as paho
 import pytest
 from continuum_dev.testing import LocalBroker
 
-from continuum._protocol import Topics
-from continuum.samples import OPTIONAL_FIELDS, REQUIRED_FIELDS, decode_sample, encode_sample
+from continuum_mqtt._protocol import Topics
+from continuum_mqtt.samples import OPTIONAL_FIELDS, REQUIRED_FIELDS, decode_sample, encode_sample
 
 from ._cluster import REPO, Cluster, wait_for
 
@@ -32,9 +32,9 @@ SIM_PATH = REPO / "firmware-sim"
 if str(SIM_PATH) not in sys.path:
     sys.path.insert(0, str(SIM_PATH))
 
-from firmware_sim._series import load_series, parse_time  # noqa: E402
-from firmware_sim._sources import Fleet, FleetSpec  # noqa: E402
-from firmware_sim._wire import PacketReader  # noqa: E402
+from continuum_sim._series import load_series, parse_time  # noqa: E402
+from continuum_sim._sources import Fleet, FleetSpec  # noqa: E402
+from continuum_sim._wire import PacketReader  # noqa: E402
 
 ENV = {
     **os.environ,
@@ -57,7 +57,7 @@ TYPES = {
 
 def sim(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "firmware_sim", *args],
+        [sys.executable, "-m", "continuum_sim", *args],
         cwd=REPO,
         env=ENV,
         capture_output=True,
@@ -298,7 +298,7 @@ def test_synthetic_boards_behave_like_boards() -> None:
 def test_jobs_train_and_forecast_against_a_real_cluster(bare_cluster: Cluster) -> None:
     c = bare_cluster
     c.start_gateway()
-    c.start_node("n1", modules=("cloudnode.forecast",))
+    c.start_node("n1", modules=("continuum_node.forecast",))
     out = c.tmp / "jobs.json"
     r = sim(
         "run", "--broker", c.url, "--root", c.root, "--devices", "6", "--rate", "45",
@@ -333,7 +333,7 @@ def test_sigterm_stops_cleanly_with_everything_acknowledged(
     out = tmp_path / "s.json"
     p = subprocess.Popen(
         [
-            sys.executable, "-m", "firmware_sim", "run", "--broker", broker.url,
+            sys.executable, "-m", "continuum_sim", "run", "--broker", broker.url,
             "--root", f"fsim-{uuid.uuid4().hex[:6]}/continuum/v1", "--devices", "500",
             "--rate", "2000", "--progress-interval", "0.3", "--json", str(out),
         ],
@@ -357,7 +357,7 @@ def test_reconnects_and_resends_when_the_broker_restarts(tmp_path: Path) -> None
         port = b.port
         p = subprocess.Popen(
             [
-                sys.executable, "-m", "firmware_sim", "run", "--broker", b.url, "--devices",
+                sys.executable, "-m", "continuum_sim", "run", "--broker", b.url, "--devices",
                 "200", "--rate", "1000", "--duration", "4", "--connections", "2", "--json",
                 str(out), "--progress-interval", "0.3",
             ],

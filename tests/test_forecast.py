@@ -1,4 +1,4 @@
-"""The node-side LSTM forecaster (cloudnode.forecast): pure local tests, no broker."""
+"""The node-side LSTM forecaster (continuum_node.forecast): pure local tests, no broker."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cloudnode.forecast import (  # noqa: E402
+from continuum_node.forecast import (  # noqa: E402
     BUNDLED_DIR,
     Forecaster,
     TrainParams,
@@ -26,15 +26,16 @@ from cloudnode.forecast import (  # noqa: E402
     state_hash,
     train_local,
 )
-from cloudnode.forecast._data import (  # noqa: E402
+from continuum_node.forecast._data import (  # noqa: E402
     make_windows,
     metrics_per_variable,
     persistence_predictions,
     read_series_csv,
     smape,
 )
-from continuum._invoke import invoke  # noqa: E402
-from continuum._model import class_path  # noqa: E402
+
+from continuum_mqtt._invoke import invoke  # noqa: E402
+from continuum_mqtt._model import class_path  # noqa: E402
 
 NODE3 = "node_3_utilisation.csv"
 REPO = Path(__file__).resolve().parent.parent
@@ -216,7 +217,7 @@ def test_train_local_matches_the_active_method(
 
 def test_same_weights_in_a_fresh_process(trained: Forecaster) -> None:
     code = (
-        "from cloudnode.forecast import Forecaster\n"
+        "from continuum_node.forecast import Forecaster\n"
         "f = Forecaster(device='cpu'); f.load_csv('node_3_utilisation.csv')\n"
         "print(f.train(epochs=2, seed=0)['state_hash'])\n"
     )
@@ -392,7 +393,7 @@ def test_trained_object_snapshot_stays_small(trained: Forecaster) -> None:
 
 
 def test_class_path_and_readonly_marks() -> None:
-    assert class_path(Forecaster) == "cloudnode.forecast.Forecaster"
+    assert class_path(Forecaster) == "continuum_node.forecast.Forecaster"
     specs = Forecaster.__active_methods__
     readonly = {name for name, spec in specs.items() if spec.readonly}
     assert {"append", "load_csv", "train", "clear"} <= set(specs) - readonly

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from cloudnode.forecast import BUNDLED_DIR, train_local
+from continuum_node.forecast import BUNDLED_DIR, train_local
 
 from ._cluster import REPO, Cluster
 
-FORECASTER = "cloudnode.forecast.Forecaster"
+FORECASTER = "continuum_node.forecast.Forecaster"
 
 
 @pytest.fixture
@@ -36,7 +35,7 @@ def rows() -> list[list[float]]:
 def test_offloaded_training_equals_local_training(bare_cluster: Cluster, one_thread: None) -> None:
     c = bare_cluster
     c.start_gateway()
-    c.start_node("n1", "--torch-threads", "1", modules=("cloudnode.forecast",))
+    c.start_node("n1", "--torch-threads", "1", modules=("continuum_node.forecast",))
     series = rows()
     with c.client(timeout=300) as client:
         fed = client.stub(FORECASTER).create()

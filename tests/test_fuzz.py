@@ -40,7 +40,7 @@ import pytest
 from continuum_dev.testing import LocalBroker, find_mosquitto
 from hypothesis import HealthCheck, Phase, given, settings
 
-import continuum
+import continuum_mqtt
 from bench._fuzz_strategies import (
     COUNTER,
     KNOWN_BUGS_ON,
@@ -286,7 +286,7 @@ def test_bug1_reply_to_with_control_character(rig: Rig, service: str) -> None:
     and paho resends the same QoS 1 publish after every reconnect, so the service
     flaps offline every second for good; its last will fires each time (the
     gateway fails objects over, clients fail calls with Unavailable).
-    continuum/_server.py ``_reply_topic`` checks only the prefix and + #."""
+    continuum_mqtt/_server.py ``_reply_topic`` checks only the prefix and + #."""
     topic = rig.ctx.topics.node_call("n1") if service == "n1" else rig.ctx.topics.gateway_call
     body = cbor2.dumps({"method": "get", "obj": "x", "reply_to": f"{rig.ctx.reply_prefix}/x\x01"})
     rig.fuzzer.client.publish(topic, body, qos=1)  # no Response Topic: the body's reply_to counts
@@ -299,7 +299,7 @@ def test_bug2_bind_device_with_control_character(rig: Rig) -> None:
     ``<root>/dev/dev\\x01/metrics``, mosquitto drops it, and the node re-subscribes
     on every reconnect: it flaps offline for good (the same through node control
     ``bind`` with such a topic: ``Topics.is_metrics`` accepts it)."""
-    with rig.cluster.client(timeout=1.5) as c, pytest.raises(continuum.BadRequest):
+    with rig.cluster.client(timeout=1.5) as c, pytest.raises(continuum_mqtt.BadRequest):
         c.bind_metrics(rig.ctx.victim, "dev\x01", "add")
     _no_flap(rig, "n1")
 
@@ -403,8 +403,8 @@ def test_bug9_malformed_error_envelope(env: dict[Any, Any]) -> None:
     arguments: a non-text key, or ``remote_type``/``remote_code`` next to an
     unknown code, raises TypeError inside ``Requester.on_reply``, so the call is
     neither failed nor completed and waits for its deadline."""
-    err = continuum._errors.error_from_envelope(env)
-    assert isinstance(err, continuum.ContinuumError)
+    err = continuum_mqtt._errors.error_from_envelope(env)
+    assert isinstance(err, continuum_mqtt.ContinuumError)
 
 
 def test_bug10_unhashable_replica_poisons_object(rig: Rig) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import sqlite3
 
-import continuum
+import continuum_mqtt
 
 from ._cluster import Cluster, wait_for
 
@@ -50,7 +50,7 @@ def test_node_marked_offline_when_its_last_will_arrives(cluster: Cluster) -> Non
         assert info["node_state"] == "offline"
         try:
             c.stub(COUNTER).create()
-        except continuum.NoNodeAvailable:
+        except continuum_mqtt.NoNodeAvailable:
             pass
         else:  # pragma: no cover
             raise AssertionError("placed an object on a dead node")
@@ -72,14 +72,14 @@ def test_object_moved_reresolves_transparently(cluster: Cluster) -> None:
         # move would; the client's cached location (n1) is now stale.
         c._requester.send(
             cluster.topics.node_ctl("n2"),
-            continuum._protocol.Request(
+            continuum_mqtt._protocol.Request(
                 "create", [], {"obj": obj._id, "cls": COUNTER, "kwargs": {"start": 100}}
             ),
             5.0,
         ).result()
         c._requester.send(
             cluster.topics.node_ctl("n1"),
-            continuum._protocol.Request("delete", [], {"obj": obj._id}),
+            continuum_mqtt._protocol.Request("delete", [], {"obj": obj._id}),
             5.0,
         ).result()
         db = sqlite3.connect(cluster.db)

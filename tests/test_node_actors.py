@@ -1,4 +1,4 @@
-"""cloudnode._actors: mailboxes drained by a pool, in order, bounded, never wedged."""
+"""continuum_node._actors: mailboxes drained by a pool, in order, bounded, never wedged."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
-from cloudnode._actors import Actor, Scheduler
+from continuum_node._actors import Actor, Scheduler
 
 
 class Manual:

@@ -1,4 +1,4 @@
-"""cloudnode._control: the control methods through the toolkit's Dispatcher
+"""continuum_node._control: the control methods through the toolkit's Dispatcher
 (whose fault an error is), without a node around them."""
 
 from __future__ import annotations
@@ -6,15 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from continuum_node._control import Control
+from continuum_node._durability import Durability
+from continuum_node._feeds import Bindings
+from continuum_node._quarantine import Quarantined
+from continuum_node._replication import Replication
+from continuum_node._resident import Residents
 
-from cloudnode._control import Control
-from cloudnode._durability import Durability
-from cloudnode._feeds import Bindings
-from cloudnode._quarantine import Quarantined
-from cloudnode._replication import Replication
-from cloudnode._resident import Residents
-from continuum import ContinuumError
-from continuum.service import Request, Topics
+from continuum_mqtt import ContinuumError
+from continuum_mqtt.service import Request, Topics
 
 from ._nodekit import TALLY, Tally
 

@@ -1,4 +1,4 @@
-"""cloudnode._durability and cloudnode._resident: commit, rollback, restore
+"""continuum_node._durability and continuum_node._resident: commit, rollback, restore
 and delete over a Store in a temporary folder; the table of residents."""
 
 from __future__ import annotations
@@ -7,16 +7,16 @@ import errno
 from collections.abc import Iterator
 from pathlib import Path
 
+import continuum_node._store as store_mod
 import pytest
+from continuum_node._durability import Durability
+from continuum_node._feeds import Bindings
+from continuum_node._quarantine import Quarantined
+from continuum_node._resident import Resident, Residents
+from continuum_node._store import Store
 
-import cloudnode._store as store_mod
-from cloudnode._durability import Durability
-from cloudnode._feeds import Bindings
-from cloudnode._quarantine import Quarantined
-from cloudnode._resident import Resident, Residents
-from cloudnode._store import Store
-from continuum import ObjectNotHere, StorageError, Unavailable
-from continuum.service import Request
+from continuum_mqtt import ObjectNotHere, StorageError, Unavailable
+from continuum_mqtt.service import Request
 
 from ._nodekit import TALLY, Tally
 

@@ -1,12 +1,13 @@
-"""cloudnode._feeds: bindings and subscriptions, the reorder buffer, acks."""
+"""continuum_node._feeds: bindings and subscriptions, the reorder buffer, acks."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from cloudnode._feeds import Ack, Bindings, FeedJob, FeedOrder, FeedRouter
-from cloudnode._resident import Resident
-from continuum.service import Message, encode
+from continuum_node._feeds import Ack, Bindings, FeedJob, FeedOrder, FeedRouter
+from continuum_node._resident import Resident
+
+from continuum_mqtt.service import Message, encode
 
 TOPIC = "continuum/v1/dev/d1/metrics"
 

@@ -20,13 +20,13 @@ from typing import Any
 import cbor2
 import paho.mqtt.client as paho
 import pytest
+from continuum_node import _checkpoint, _journal
+from continuum_node._repair import RepairError, drop, release
+from continuum_node._store import StateDirInUse, Store
 
-import continuum
-from cloudnode import _checkpoint, _journal
-from cloudnode._repair import RepairError, drop, release
-from cloudnode._store import StateDirInUse, Store
-from continuum._errors import StorageError, Unavailable
-from continuum._protocol import Request
+import continuum_mqtt
+from continuum_mqtt._errors import StorageError, Unavailable
+from continuum_mqtt._protocol import Request
 
 from ._cluster import REPO, Cluster, start_durable, wait_for, wait_status
 from ._tmpfs import fill, tmpfs
@@ -190,7 +190,7 @@ def test_store_quarantines_damaged_files_and_never_drops_them(tmp_path: Path) ->
 def test_store_failed_append_leaves_the_journal_as_before(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import cloudnode._store as store_mod
+    import continuum_node._store as store_mod
 
     store = _store_with(tmp_path, (1, 2))
     journal = tmp_path / "objects" / "o1.journal"
@@ -226,7 +226,7 @@ def test_store_failed_append_leaves_the_journal_as_before(
 class NodeAPI:
     """Control and calls straight to one node."""
 
-    def __init__(self, cluster: Cluster, client: continuum.Client, node: str = "n1") -> None:
+    def __init__(self, cluster: Cluster, client: continuum_mqtt.Client, node: str = "n1") -> None:
         self.c, self.client, self.node = cluster, client, node
 
     def ctl(self, method: str, /, **kw: Any) -> Any:
@@ -257,7 +257,7 @@ def restart(c: Cluster, state: str, *extra: str, sig: int = signal.SIGKILL, **kw
 
 def repair_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cloudnode", "quarantine", *args],
+        [sys.executable, "-m", "continuum_node", "quarantine", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -396,9 +396,9 @@ def test_aliases_are_kept_with_the_object(bare_cluster: Cluster) -> None:
             "id": "a1",
             "aliases": ["x", "y"],
         }
-        with pytest.raises(continuum.BadRequest):
+        with pytest.raises(continuum_mqtt.BadRequest):
             n1.ctl("aliases", obj="a1", aliases="x")
-        with pytest.raises(continuum.BadRequest):
+        with pytest.raises(continuum_mqtt.BadRequest):
             n1.ctl("create", obj="a2", cls=COUNTER, aliases=[1])
         [on_replica] = n2.ctl("list")
         assert on_replica["role"] == "replica" and on_replica["aliases"] == ["x", "y"]

@@ -19,18 +19,18 @@ GUARD = import_guard(FORECAST_ONLY, "the node imported")
 IMPORT_ALL = textwrap.dedent(
     """
     import importlib, pkgutil
-    import cloudnode, cloudnode.__main__
+    import continuum_node, continuum_node.__main__
     def walk(path, prefix):
         for info in pkgutil.iter_modules(path, prefix):
-            if info.name == "cloudnode.forecast" or info.name.startswith("cloudnode.forecast."):
+            if info.name == "continuum_node.forecast" or info.name.startswith("continuum_node.forecast."):
                 continue
             mod = importlib.import_module(info.name)
             if info.ispkg:
                 walk(mod.__path__, info.name + ".")
-    walk(cloudnode.__path__, "cloudnode.")
-    import continuum._invoke, continuum._model, continuum._local, continuum.samples
+    walk(continuum_node.__path__, "continuum_node.")
+    import continuum_mqtt._invoke, continuum_mqtt._model, continuum_mqtt._local, continuum_mqtt.samples
     import examples.counter
-    print(sorted(m for m in sys.modules if m.startswith("cloudnode")))
+    print(sorted(m for m in sys.modules if m.startswith("continuum_node")))
     """
 )
 
@@ -42,8 +42,8 @@ def test_importing_the_node_needs_no_forecast_dependencies() -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     loaded = eval(out.stdout)
-    assert "cloudnode._node" in loaded or len(loaded) > 3, loaded
-    assert not any(m.startswith("cloudnode.forecast") for m in loaded)
+    assert "continuum_node._node" in loaded or len(loaded) > 3, loaded
+    assert not any(m.startswith("continuum_node.forecast") for m in loaded)
 
 
 def test_a_node_hosting_only_counter_runs_without_torch(bare_cluster: Cluster) -> None:
@@ -53,8 +53,8 @@ def test_a_node_hosting_only_counter_runs_without_torch(bare_cluster: Cluster) -
     script.write_text(
         GUARD
         + "import runpy\n"
-        + "sys.argv[0] = 'cloudnode'\n"
-        + "runpy.run_module('cloudnode', run_name='__main__', alter_sys=True)\n"
+        + "sys.argv[0] = 'continuum-node'\n"
+        + "runpy.run_module('continuum_node', run_name='__main__', alter_sys=True)\n"
     )
     args = ["--broker", c.url, "--id", "light", "--root", c.root, "--module", "examples.counter"]
     c.python("light", str(script), *args)

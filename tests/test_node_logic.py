@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import continuum_node._store as store_mod
 import pytest
+from continuum_node._store import dumps_state
 
-import cloudnode._store as store_mod
-from cloudnode._store import dumps_state
-from continuum.service import FakeBus, decode
+from continuum_mqtt.service import FakeBus, decode
 
 from ._nodekit import TALLY, NodeUnderTest, gate, wait_until
 

@@ -1,4 +1,4 @@
-"""cloudnode._replication: what a primary ships, how a replica takes it, and
+"""continuum_node._replication: what a primary ships, how a replica takes it, and
 fencing; with the node-to-node requests replaced by a function."""
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from continuum_node._durability import Durability
+from continuum_node._feeds import Bindings
+from continuum_node._replication import Replication
+from continuum_node._resident import Resident, Residents
+from continuum_node._store import dumps_state
 
-from cloudnode._durability import Durability
-from cloudnode._feeds import Bindings
-from cloudnode._replication import Replication
-from cloudnode._resident import Resident, Residents
-from cloudnode._store import dumps_state
-from continuum import BadRequest, ObjectNotHere, StorageError, UnknownClass
-from continuum.service import Request, Topics
+from continuum_mqtt import BadRequest, ObjectNotHere, StorageError, UnknownClass
+from continuum_mqtt.service import Request, Topics
 
 from ._nodekit import TALLY, Tally
 
@@ -143,8 +143,8 @@ def test_a_promoted_replica_refuses_syncs() -> None:
 def test_a_state_that_cannot_be_persisted_leaves_the_old_copy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cloudnode import _store
-    from cloudnode._store import Store
+    from continuum_node import _store
+    from continuum_node._store import Store
 
     store = Store(tmp_path)
     rep, _, residents = _replication(set(), store=store, node="n2")

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-import continuum
+import continuum_mqtt
 
 from ._cluster import Cluster
 
@@ -27,7 +27,7 @@ def test_pool_calls_spread_over_the_nodes_hosting_the_class(bare_cluster: Cluste
         for _ in range(3):
             expected = hashlib.sha256(expected).digest()
         assert pool.digest(b"x", rounds=3) == expected.hex()
-        with pytest.raises(continuum.BadArguments):
+        with pytest.raises(continuum_mqtt.BadArguments):
             pool.digest()
         # a node leaving the pool: the other serves everything
         c.stop("n2")
@@ -35,7 +35,7 @@ def test_pool_calls_spread_over_the_nodes_hosting_the_class(bare_cluster: Cluste
 
 
 def test_pool_in_local_mode() -> None:
-    with continuum.connect("local:") as client:
+    with continuum_mqtt.connect("local:") as client:
         assert client.pool(HASHER).digest(b"x", rounds=1) == hashlib.sha256(b"x").hexdigest()
-        with pytest.raises(continuum.UnknownClass):
+        with pytest.raises(continuum_mqtt.UnknownClass):
             client.pool("examples.counter.Counter").get()

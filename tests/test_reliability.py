@@ -12,7 +12,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-import continuum
+import continuum_mqtt
 
 from ._cluster import REPO, Cluster, start_durable
 
@@ -88,7 +88,7 @@ def test_a_full_queue_answers_busy(bare_cluster: Cluster) -> None:
         for f in futures:
             try:
                 outcomes.append(f.result())
-            except continuum.Busy as exc:
+            except continuum_mqtt.Busy as exc:
                 outcomes.append(exc.code)
         blocker.result()
         done = [o for o in outcomes if o != "busy"]
@@ -121,10 +121,10 @@ def test_calls_in_flight_survive_a_broker_restart(tmp_path: Path) -> None:
                     try:
                         obj.add(1)
                         acked[0] += 1
-                    except continuum.Unavailable:
+                    except continuum_mqtt.Unavailable:
                         unavailable[0] += 1
                         time.sleep(0.05)
-                    except continuum.ContinuumError as exc:  # pragma: no cover - reported
+                    except continuum_mqtt.ContinuumError as exc:  # pragma: no cover - reported
                         errors.append(exc)
 
             t = threading.Thread(target=hammer)
@@ -150,11 +150,11 @@ def test_calls_in_flight_survive_a_broker_restart(tmp_path: Path) -> None:
 def test_gateway_requests_are_exactly_once(cluster: Cluster) -> None:
     """A create resent with the same request id creates one object."""
     with cluster.client() as client:
-        req = continuum._protocol.Request(
+        req = continuum_mqtt._protocol.Request(
             "create", [], {"cls": COUNTER, "alias": "once"}, id="twice:create"
         )
         first = client._requester.send(cluster.topics.gateway_call, req, 10.0).result()
-        again = continuum._protocol.Request(
+        again = continuum_mqtt._protocol.Request(
             "create", [], {"cls": COUNTER, "alias": "once"}, id="twice:create"
         )
         second = client._requester.send(cluster.topics.gateway_call, again, 10.0).result()

@@ -10,14 +10,7 @@ from typing import Any
 
 from continuum_dev.testing import LocalBroker
 
-from continuum.service import (
-    Message,
-    MqttTransport,
-    Request,
-    Requester,
-    Topics,
-    accept,
-)
+from continuum_mqtt.service import Message, MqttTransport, Request, Requester, Topics, accept
 
 
 def _responder(url: str, topics: Topics, topic: str, seen: list[str]) -> MqttTransport:

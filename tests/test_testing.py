@@ -104,7 +104,8 @@ def test_bench_and_devtools_never_import_tests() -> None:
 
 
 def test_the_edge_package_carries_no_dev_tooling() -> None:
-    continuum = REPO / "continuum"
+    continuum = REPO / "continuum_mqtt"
+    assert (continuum / "__init__.py").exists()
     assert not [p.name for p in continuum.glob("*.py") if "demo" in p.name or "dev" in p.name]
     assert not (continuum / "__main__.py").exists()
     for f in continuum.rglob("*.py"):

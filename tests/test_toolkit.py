@@ -1,4 +1,4 @@
-"""The service toolkit (continuum.service) on its own, in-process."""
+"""The service toolkit (continuum_mqtt.service) on its own, in-process."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-import continuum
-from continuum.service import (
+import continuum_mqtt
+from continuum_mqtt.service import (
     GATEWAY,
     Dispatcher,
     ExactlyOnce,
@@ -92,7 +92,7 @@ def test_a_fake_records_acks_injects_and_queues_while_away() -> None:
     assert t.publish("x", b"now").wait(1) and t.published_on("x")[-1].payload == b"now"
     t.refuse = True
     t.drop()
-    with pytest.raises(continuum.NotConnected):
+    with pytest.raises(continuum_mqtt.NotConnected):
         t.start()
 
 
@@ -103,7 +103,7 @@ def test_an_mqtt_transport_is_built_without_connecting() -> None:
     t.set_will("t/svc/status", b"x", retain=True)
     t.subscribe("t/a")
     assert t.subscriptions == {"t/a": 1}
-    with pytest.raises(continuum.NotConnected):
+    with pytest.raises(continuum_mqtt.NotConnected):
         t.start(timeout=1)
 
 
@@ -125,7 +125,7 @@ class Counter:
 
     @method
     def refuse(self) -> None:
-        raise continuum.Busy("later", node="x")
+        raise continuum_mqtt.Busy("later", node="x")
 
     def not_registered(self) -> None: ...
 
@@ -170,18 +170,18 @@ def test_dispatch_binds_first_and_blames_the_right_party() -> None:
         assert call("add", 2, rid="r1") == 2  # exactly once: the first outcome
         assert c.seen == [("r1", True)]
         for args, kw, error in [
-            ((), {}, continuum.BadArguments),
-            ((1, 2), {}, continuum.BadArguments),
-            ((), {"_rid": "x"}, continuum.BadRequest),
+            ((), {}, continuum_mqtt.BadArguments),
+            ((1, 2), {}, continuum_mqtt.BadArguments),
+            ((), {"_rid": "x"}, continuum_mqtt.BadRequest),
         ]:
             with pytest.raises(error):
                 call("add", *args, **kw)
-        with pytest.raises(continuum.RemoteError) as err:
+        with pytest.raises(continuum_mqtt.RemoteError) as err:
             call("fail")
         assert err.value.remote_type == "TypeError" and err.value.code == "method_error"
-        with pytest.raises(continuum.Busy):
+        with pytest.raises(continuum_mqtt.Busy):
             call("refuse")
-        with pytest.raises(continuum.UnknownMethod):
+        with pytest.raises(continuum_mqtt.UnknownMethod):
             call("not_registered")
     finally:
         r.stop()
@@ -189,14 +189,14 @@ def test_dispatch_binds_first_and_blames_the_right_party() -> None:
 
 def test_node_control_style_dispatch() -> None:
     c = Counter()
-    d = Dispatcher("node control", bad_arguments=continuum.BadRequest, positional=False)
+    d = Dispatcher("node control", bad_arguments=continuum_mqtt.BadRequest, positional=False)
     d.register(c)
-    with pytest.raises(continuum.BadRequest):
+    with pytest.raises(continuum_mqtt.BadRequest):
         d.dispatch(Request("add", [5], {}))  # positional args are ignored: k missing
     assert d.dispatch(Request("add", [], {"k": 5})) == 5
     d.add(lambda: "hi", name="hello")
     assert d.outcome(Request("hello", [], {})) == (True, "hi")
-    translated = Dispatcher("x", translate=lambda e: continuum.StorageError(str(e)))
+    translated = Dispatcher("x", translate=lambda e: continuum_mqtt.StorageError(str(e)))
     translated.add(lambda: 1 / 0, name="div")
     ok, env = translated.outcome(Request("div", [], {}))
     assert not ok and env["code"] == "storage"
@@ -216,7 +216,7 @@ def test_accept_checks_and_answers() -> None:
     assert req is not None and req.id == "j1" and chan.json
     chan.result("x" * 400)  # too large for the reply limit: an error instead
     assert decode(t.published[-1].payload, True)["error"]["code"] == "payload_too_large"
-    answer(chan, (False, continuum.AliasTaken("taken", alias="a").to_envelope()))
+    answer(chan, (False, continuum_mqtt.AliasTaken("taken", alias="a").to_envelope()))
     assert decode(t.published[-1].payload, True)["error"]["alias"] == "a"
     elsewhere = Message("t/svc/call", encode({"method": "m"}), response_topic="t/node/n/ctl")
     t.clear()
@@ -231,7 +231,7 @@ def test_exactly_once_claims_and_the_storage_rule() -> None:
     claim = once.begin("a")
     assert claim.done and claim.outcome == (True, 1)
     assert once.begin("s").new
-    once.finish("s", (False, continuum.StorageError("disk full").to_envelope()))
+    once.finish("s", (False, continuum_mqtt.StorageError("disk full").to_envelope()))
     assert once.begin("s").new  # not stored: a retry runs again
     once.abandon("s")
     once.finish(None, (True, 0))  # no id: nothing to do
@@ -301,15 +301,15 @@ def test_liveness_tracks_transitions_and_ignores_junk() -> None:
 
 def test_parse_status_limits() -> None:
     assert parse_status(encode({"state": "online"})) == {"state": "online"}
-    with pytest.raises(continuum.BadRequest, match="classes"):
+    with pytest.raises(continuum_mqtt.BadRequest, match="classes"):
         parse_status(encode({"classes": {"a": 1}}))
-    with pytest.raises(continuum.BadRequest, match="limit"):
+    with pytest.raises(continuum_mqtt.BadRequest, match="limit"):
         parse_status(encode({"state": "online"}), limit=5)
 
 
 # -- the package -----------------------------------------------------------------------
 def test_public_names_resolve_and_load_lazily() -> None:
-    import continuum.service as svc
+    import continuum_mqtt.service as svc
 
     for name in svc.__all__:
         assert getattr(svc, name) is not None, name
@@ -317,8 +317,8 @@ def test_public_names_resolve_and_load_lazily() -> None:
         [
             sys.executable,
             "-c",
-            "import sys, continuum.service as s; s.Requester; s.Liveness; s.MqttTransport;"
-            "print(sorted(m for m in ('continuum._invoke', 'continuum._model')"
+            "import sys, continuum_mqtt.service as s; s.Requester; s.Liveness; s.MqttTransport;"
+            "print(sorted(m for m in ('continuum_mqtt._invoke', 'continuum_mqtt._model')"
             " if m in sys.modules))",
         ],
         cwd=REPO,

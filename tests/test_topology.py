@@ -33,7 +33,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
-import continuum
+import continuum_mqtt
 from bench._netns import (
     BRIDGE_TEMPLATES,
     LOCAL_PORT,
@@ -43,7 +43,7 @@ from bench._netns import (
     render_template,
     unavailable_reason,
 )
-from continuum import DeadlineExpired, RemoteError, Unavailable
+from continuum_mqtt import DeadlineExpired, RemoteError, Unavailable
 
 _REASON = unavailable_reason()
 needs_netns = pytest.mark.skipif(_REASON is not None, reason=f"namespace topology: {_REASON}")
@@ -210,7 +210,7 @@ def test_liveness_crosses_the_bridge(topo: Topology) -> None:
     def on_message(cl: Any, u: Any, msg: Any) -> None:
         node = topo.topics.node_of_status(msg.topic)
         if node and msg.retain:
-            seen[node] = continuum._codec.decode(msg.payload).get("state")
+            seen[node] = continuum_mqtt._codec.decode(msg.payload).get("state")
             if {"n1", "n2"} <= set(seen):
                 got.set()
 

@@ -8,20 +8,20 @@ from typing import Any
 import cbor2
 import pytest
 
-import continuum
-from continuum._codec import decode, encode, is_json
-from continuum._model import active_methods
-from continuum._mqtt import BrokerURL, publish_properties
-from continuum._protocol import Request, Topics
+import continuum_mqtt
+from continuum_mqtt._codec import decode, encode, is_json
+from continuum_mqtt._model import active_methods
+from continuum_mqtt._mqtt import BrokerURL, publish_properties
+from continuum_mqtt._protocol import Request, Topics
 
 
 def test_active_bare_and_with_arguments() -> None:
-    class A(continuum.ActiveObject):
-        @continuum.active
+    class A(continuum_mqtt.ActiveObject):
+        @continuum_mqtt.active
         def a(self) -> int:
             return 1
 
-        @continuum.active(readonly=True)
+        @continuum_mqtt.active(readonly=True)
         def b(self) -> int:
             return 2
 
@@ -29,11 +29,11 @@ def test_active_bare_and_with_arguments() -> None:
             return 3
 
     assert set(A.__active_methods__) == {"a", "b"}
-    assert A.__active_methods__["b"] == continuum.ActiveSpec(readonly=True)
+    assert A.__active_methods__["b"] == continuum_mqtt.ActiveSpec(readonly=True)
     assert A().a() == 1 and A().b() == 2  # plain methods locally
 
     class B(A):
-        @continuum.active
+        @continuum_mqtt.active
         def d(self) -> None: ...
 
     assert set(active_methods(B)) == {"a", "b", "d"}
@@ -42,25 +42,25 @@ def test_active_bare_and_with_arguments() -> None:
 def test_active_refuses_private_names() -> None:
     with pytest.raises(TypeError):
 
-        class Bad(continuum.ActiveObject):
-            @continuum.active
+        class Bad(continuum_mqtt.ActiveObject):
+            @continuum_mqtt.active
             def _hidden(self) -> None: ...
 
 
 def test_progress_is_a_noop_outside_a_call() -> None:
-    continuum.progress({"step": 1})
+    continuum_mqtt.progress({"step": 1})
 
 
 def test_codec_rejects_and_never_compiles_regex() -> None:
     tagged = cbor2.dumps(cbor2.CBORTag(35, "(a+)+$"))
     assert decode(tagged) == cbor2.CBORTag(35, "(a+)+$")
-    with pytest.raises(continuum.BadRequest):
+    with pytest.raises(continuum_mqtt.BadRequest):
         decode(b"\x81" * 1000 + b"\x00")
-    with pytest.raises(continuum.BadRequest):
+    with pytest.raises(continuum_mqtt.BadRequest):
         decode(b"\xff")
-    with pytest.raises(continuum.UnencodableResult):
+    with pytest.raises(continuum_mqtt.UnencodableResult):
         encode(object())
-    with pytest.raises(continuum.UnencodableResult):
+    with pytest.raises(continuum_mqtt.UnencodableResult):
         encode(b"bytes", json_payload=True)
 
 
@@ -68,7 +68,7 @@ def test_codec_rejects_and_never_compiles_regex() -> None:
 def test_json_never_writes_nan_or_infinity(value: Any) -> None:
     """Strict JSON (docs/protocol.md §10): a non-finite float is unencodable in
     JSON, like bytes; CBOR carries it."""
-    with pytest.raises(continuum.UnencodableResult, match="as JSON"):
+    with pytest.raises(continuum_mqtt.UnencodableResult, match="as JSON"):
         encode(value, json_payload=True)
     assert repr(decode(encode(value))) == repr(value)
     assert encode({"x": 1.5}, json_payload=True) == b'{"x":1.5}'
@@ -77,11 +77,11 @@ def test_json_never_writes_nan_or_infinity(value: Any) -> None:
 def test_manifest_says_how_to_construct_and_call() -> None:
     """describe_class (docs/protocol.md §15): constructor parameters, required
     names, plain defaults only, and whole first paragraphs of docstrings."""
-    from continuum._invoke import describe_class
+    from continuum_mqtt._invoke import describe_class
 
     marker = object()
 
-    class Thing(continuum.ActiveObject):
+    class Thing(continuum_mqtt.ActiveObject):
         """First line of the class doc,
         still the first paragraph.
 
@@ -91,7 +91,7 @@ def test_manifest_says_how_to_construct_and_call() -> None:
             """Make a thing of ``size``
             (and a name)."""
 
-        @continuum.active
+        @continuum_mqtt.active
         def go(
             self, a: int, b: tuple[int, int] = (1, 2), c: float = float("nan"), **kw: int
         ) -> None:
@@ -109,7 +109,7 @@ def test_manifest_says_how_to_construct_and_call() -> None:
     assert (go["params"], go["required"]) == (["a", "b", "c", "kw"], ["a"])
     assert go["defaults"] == {"b": [1, 2]} and go["doc"] == "Go."
     assert encode(d, json_payload=True)  # a JSON client can read every manifest
-    plain = describe_class(type("Plain", (continuum.ActiveObject,), {}))
+    plain = describe_class(type("Plain", (continuum_mqtt.ActiveObject,), {}))
     assert plain["init"] == {"params": [], "required": [], "defaults": {}, "doc": ""}
 
 
@@ -169,18 +169,18 @@ def test_request_roundtrip() -> None:
 
 
 def test_local_mode_validates_like_a_node() -> None:
-    with continuum.connect("local:") as c:
+    with continuum_mqtt.connect("local:") as c:
         obj = c.stub("examples.counter.Counter").create(start=1, alias="l")
         assert c.get("l").add(1) == 2
-        with pytest.raises(continuum.MethodNotActive):
+        with pytest.raises(continuum_mqtt.MethodNotActive):
             obj.reset()
-        with pytest.raises(continuum.BadArguments):
+        with pytest.raises(continuum_mqtt.BadArguments):
             obj.add(1, 2)
-        with pytest.raises(continuum.RemoteError):
+        with pytest.raises(continuum_mqtt.RemoteError):
             obj.fail()
-        with pytest.raises(continuum.UnencodableResult):
+        with pytest.raises(continuum_mqtt.UnencodableResult):
             obj.unencodable()
-        with pytest.raises(continuum.UnknownClass):
+        with pytest.raises(continuum_mqtt.UnknownClass):
             c.stub("os.system").create()
         assert obj.echo(b"\x00") == b"\x00"
 
@@ -200,7 +200,13 @@ def test_cli_help_texts() -> None:
     import subprocess
     import sys
 
-    for mod in ("continuum_dev", "gateway", "cloudnode", "edgeagent"):
+    for mod in (
+        "continuum_dev",
+        "continuum_gateway",
+        "continuum_node",
+        "continuum_edgeagent",
+        "continuum_sim",
+    ):
         out = subprocess.run(
             [sys.executable, "-m", mod, "--help"], capture_output=True, text=True, timeout=60
         )
@@ -212,14 +218,14 @@ def test_reply_topics_are_confined_to_the_caller() -> None:
     assert t.reply("client-1") == "continuum/v1/reply/client-1"
     # an authenticated client's replies live under its username (ACL %u)
     assert t.reply("client-1", "dev-a") == "continuum/v1/reply/dev-a/client-1"
-    c = continuum.Client("mqtt://dev-a:pw@127.0.0.1:1", client_id="c9")
+    c = continuum_mqtt.Client("mqtt://dev-a:pw@127.0.0.1:1", client_id="c9")
     assert c._requester.reply_topic == "continuum/v1/reply/dev-a/c9"
 
 
 def test_feed_order_puts_samples_back_in_sequence() -> None:
     import time as _time
 
-    from cloudnode._feeds import FeedOrder
+    from continuum_node._feeds import FeedOrder
 
     order = FeedOrder()
     assert order.offer(5, "s5") == ["s5"]
@@ -234,7 +240,7 @@ def test_feed_order_puts_samples_back_in_sequence() -> None:
 
 
 def test_feed_order_never_drops_a_held_duplicate() -> None:
-    from cloudnode._feeds import FeedOrder
+    from continuum_node._feeds import FeedOrder
 
     order = FeedOrder()
     assert order.offer(1, "a") == ["a"]
@@ -252,22 +258,23 @@ def test_codec_leaves_amplifying_tags_raw() -> None:
 
 def test_json_nesting_is_bounded_like_cbor() -> None:
     deep = b"[" * 100 + b"]" * 100
-    with pytest.raises(continuum.BadRequest):
+    with pytest.raises(continuum_mqtt.BadRequest):
         decode(b'{"method": "echo", "args": ' + deep + b"}", json_payload=True)
     assert decode(b'{"a": [[1]]}', json_payload=True) == {"a": [[1]]}
 
 
 def test_service_config_keys_are_the_long_option_names(tmp_path: Path) -> None:
-    from cloudnode.__main__ import build_parser
-    from continuum._service import parse_args
+    from continuum_node.__main__ import build_parser
+
+    from continuum_mqtt._service import parse_args
 
     cfg = tmp_path / "node.toml"
     cfg.write_text(
-        'id = "n7"\nmodule = ["examples.counter", "cloudnode.forecast"]\n'
+        'id = "n7"\nmodule = ["examples.counter", "continuum_node.forecast"]\n'
         'state-dir = "/var/lib/n7"\nmax_queue = 5\n'
     )
     args = parse_args(build_parser(), ["--config", str(cfg), "--max-queue", "9"])
-    assert args.node_id == "n7" and args.modules == ["examples.counter", "cloudnode.forecast"]
+    assert args.node_id == "n7" and args.modules == ["examples.counter", "continuum_node.forecast"]
     assert args.state_dir == "/var/lib/n7" and args.max_queue == 9  # the command line wins
     cfg.write_text("node_id = 'n8'\n")  # the dest works too
     assert parse_args(build_parser(), ["--config", str(cfg)]).node_id == "n8"
@@ -279,7 +286,7 @@ def test_service_config_keys_are_the_long_option_names(tmp_path: Path) -> None:
 def test_a_resent_request_carries_the_time_left() -> None:
     import time
 
-    from continuum._client import Requester
+    from continuum_mqtt._client import Requester
 
     sent: list[tuple[str, bytes]] = []
 
@@ -301,7 +308,7 @@ def test_a_resent_request_carries_the_time_left() -> None:
 
 
 def test_gateway_does_not_start_an_expired_request(tmp_path: Path) -> None:
-    from gateway._gateway import Gateway
+    from continuum_gateway._gateway import Gateway
 
     class Chan:
         errors: list[BaseException] = []
@@ -323,7 +330,7 @@ def test_gateway_does_not_start_an_expired_request(tmp_path: Path) -> None:
 def test_gateway_takes_back_an_object_whose_create_did_not_complete(
     tmp_path: Path, failure: str
 ) -> None:
-    from gateway._gateway import Gateway
+    from continuum_gateway._gateway import Gateway
 
     gw = Gateway(BrokerURL.parse("mqtt://127.0.0.1:1"), str(tmp_path / "d.db"))
     for n in ("n1", "n2"):
@@ -336,11 +343,11 @@ def test_gateway_takes_back_an_object_whose_create_did_not_complete(
         calls.append((node, method, kwargs["obj"]))
         if method == "create":
             if failure == "timeout":
-                raise continuum.DeadlineExpired("no reply from the node")
+                raise continuum_mqtt.DeadlineExpired("no reply from the node")
             gw.directory.add_object("other", "examples.counter.Counter", "n2", "a", [])
 
     gw._node_call = node_call  # type: ignore[method-assign]
-    with pytest.raises((continuum.DeadlineExpired, continuum.AliasTaken)):
+    with pytest.raises((continuum_mqtt.DeadlineExpired, continuum_mqtt.AliasTaken)):
         gw.create("examples.counter.Counter", alias="a", replicas=1)
     gw._pool.shutdown(wait=True)
     (primary, create, oid), *deletes = calls

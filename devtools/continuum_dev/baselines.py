@@ -35,7 +35,7 @@ def _peak_rss_mb() -> float:
 def _series(path: str | None) -> list[list[float]]:
     """The CPU and MEM columns of the CSV (default: the forecaster's bundled one)."""
     if path is None:
-        from cloudnode.forecast import BUNDLED_DIR
+        from continuum_node.forecast import BUNDLED_DIR
 
         path = str(Path(BUNDLED_DIR) / DATASET)
     with open(path, newline="", encoding="utf-8") as fh:
@@ -43,7 +43,7 @@ def _series(path: str | None) -> list[list[float]]:
 
 
 def local(args: argparse.Namespace) -> dict[str, Any]:
-    from cloudnode.forecast import configure_torch_threads, train_local
+    from continuum_node.forecast import configure_torch_threads, train_local
 
     t0 = time.perf_counter()
     configure_torch_threads(args.threads)

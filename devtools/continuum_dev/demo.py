@@ -2,7 +2,7 @@
 local deployment for development.
 
 The demo runs on one machine: a local deployment (mosquitto, a gateway, one
-node hosting ``cloudnode.forecast``), the one-process baselines
+node hosting ``continuum_node.forecast``), the one-process baselines
 (:mod:`continuum_dev.baselines`), the edge client process (no torch;
 ``examples.forecast_edge``, found in the folder ``--project``, default the
 current directory), a fresh-versus-after-burst training comparison and the
@@ -23,15 +23,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import continuum
-from continuum.service import DEFAULT_ROOT, setup_logging, wait_for_signal
+import continuum_mqtt
+from continuum_mqtt.service import DEFAULT_ROOT, setup_logging, wait_for_signal
 
 from . import report
 from .testing import Deployment, rss_mb
 
 __all__ = ["add_demo_arguments", "add_up_arguments", "fresh_vs_burst", "run_demo", "run_up"]
 
-DEFAULT_MODULES = ["examples.counter", "cloudnode.forecast"]
+DEFAULT_MODULES = ["examples.counter", "continuum_node.forecast"]
 DATASET = "node_3_utilisation.csv"
 
 
@@ -54,7 +54,7 @@ def add_up_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=None,
         help="module of application classes (repeatable; default: examples.counter and "
-        "cloudnode.forecast; found in the current directory or installed)",
+        "continuum_node.forecast; found in the current directory or installed)",
     )
     p.add_argument(
         "--state-dir",
@@ -133,8 +133,8 @@ def fresh_vs_burst(
     url: str, root: str, epochs: int, burst_epochs: int, calls: int
 ) -> dict[str, Any]:
     """Train on a fresh node, serve calls from 4 threads, train again."""
-    with continuum.Client(url, root=root, timeout=600) as c:
-        F = c.stub("cloudnode.forecast.Forecaster")
+    with continuum_mqtt.Client(url, root=root, timeout=600) as c:
+        F = c.stub("continuum_node.forecast.Forecaster")
         f = F.create()
         f.load_csv(DATASET)
         fresh = f.train(epochs=epochs, seed=0)["train_seconds"]
@@ -173,7 +173,7 @@ def run_demo(args: argparse.Namespace) -> int:
         dep = Deployment(args.broker, tmp, root=DEFAULT_ROOT, cwd=project, logs=Path(tmp) / "logs")
         with dep:
             dep.start(
-                ["node1"], "--torch-threads", str(threads), modules=["cloudnode.forecast"],
+                ["node1"], "--torch-threads", str(threads), modules=["continuum_node.forecast"],
                 timeout=120,
             )  # fmt: skip
             say(

@@ -115,9 +115,12 @@ def _own_size(packages: list[str]) -> int:
 def footprint() -> dict[str, Any]:
     edge = _closure(["paho-mqtt", "cbor2", "psutil"])
     node = _closure(["paho-mqtt", "cbor2", "psutil", "cloudpickle", "torch", "numpy", "pandas"])
-    edge_mb = (sum(_dist_size(d) for d in edge) + _own_size(["continuum", "edgeagent"])) / 1e6
+    edge_mb = (
+        sum(_dist_size(d) for d in edge) + _own_size(["continuum_mqtt", "continuum_edgeagent"])
+    ) / 1e6
     node_mb = (
-        sum(_dist_size(d) for d in node) + _own_size(["continuum", "cloudnode", "gateway"])
+        sum(_dist_size(d) for d in node)
+        + _own_size(["continuum_mqtt", "continuum_node", "continuum_gateway"])
     ) / 1e6
     return {
         "edge_mb": edge_mb,

@@ -21,7 +21,7 @@ docs/testing.md is the guide.
 
 from __future__ import annotations
 
-from continuum.service import FakeBus, FakeTransport
+from continuum_mqtt.service import FakeBus, FakeTransport
 
 from ._agent import Agent, toml_text
 from ._broker import BROKER_SETTINGS, PERSISTENCE_SETTINGS, LocalBroker, find_mosquitto, free_port

@@ -19,8 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-import continuum
-from continuum.service import Topics
+import continuum_mqtt
+from continuum_mqtt.service import Topics
 
 from ._agent import Agent, toml_text
 from ._broker import LocalBroker
@@ -177,10 +177,10 @@ class Deployment:
         wait: bool = True,
         timeout: float = 30.0,
     ) -> subprocess.Popen[Any]:
-        """``python -m gateway`` on ``db`` (default: ``tmp/directory.db``); with
+        """``python -m continuum_gateway`` on ``db`` (default: ``tmp/directory.db``); with
         ``wait``, returns once its status is online."""
         self.open()
-        args = ["-m", "gateway", *self._common(), "--db", str(db or self.db), *extra]
+        args = ["-m", "continuum_gateway", *self._common(), "--db", str(db or self.db), *extra]
         proc = self.python(name, *args, prefix=prefix)
         self._services[name] = "gateway"
         if wait:
@@ -198,12 +198,12 @@ class Deployment:
         wait: bool = True,
         timeout: float = 30.0,
     ) -> subprocess.Popen[Any]:
-        """``python -m cloudnode --id node_id`` hosting ``modules`` (durable with
+        """``python -m continuum_node --id node_id`` hosting ``modules`` (durable with
         ``state_dir``), ``extra`` arguments last; with ``wait``, returns once it is
         online and, if a gateway runs, the gateway lists it online."""
         self.open()
         name = name or node_id
-        args = ["-m", "cloudnode", *self._common(), "--id", node_id]
+        args = ["-m", "continuum_node", *self._common(), "--id", node_id]
         for m in modules:
             args += ["--module", m]
         if state_dir is not None:
@@ -225,7 +225,7 @@ class Deployment:
         name: str | None = None,
         prefix: Sequence[str] | None = None,
     ) -> Agent:
-        """``python -m edgeagent run`` for ``device``, sampling every ``interval``
+        """``python -m continuum_edgeagent run`` for ``device``, sampling every ``interval``
         s, forecaster off; ``settings`` (top-level keys and sections) go over that
         configuration. State in ``tmp/<name>``, config ``tmp/<name>.toml``."""
         self.open()
@@ -246,7 +246,7 @@ class Deployment:
                 config[key] = value
         path = self.tmp / f"{name}.toml"
         path.write_text(toml_text(config))
-        proc = self.python(name, "-m", "edgeagent", "run", "-c", str(path), prefix=prefix)
+        proc = self.python(name, "-m", "continuum_edgeagent", "run", "-c", str(path), prefix=prefix)
         return Agent(proc, state / "status.json")
 
     def start_firmware_sim(
@@ -255,9 +255,9 @@ class Deployment:
         name: str = "firmware-sim",
         prefix: Sequence[str] | None = None,
     ) -> subprocess.Popen[Any]:
-        """``python -m firmware_sim run`` against this broker and root, ``args`` last."""
+        """``python -m continuum_sim run`` against this broker and root, ``args`` last."""
         self.open()
-        argv = ["-m", "firmware_sim", "run", "--broker", self.url, "--root", self.root]
+        argv = ["-m", "continuum_sim", "run", "--broker", self.url, "--root", self.root]
         return self.python(name, *argv, *args, prefix=prefix)
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
@@ -285,10 +285,10 @@ class Deployment:
         return "\n".join(self.log(name).splitlines()[-lines:])
 
     # -- probes ------------------------------------------------------------------------------
-    def client(self, **kw: Any) -> continuum.Client:
+    def client(self, **kw: Any) -> continuum_mqtt.Client:
         """A client of this deployment (not connected yet: use it with ``with``)."""
         kw.setdefault("timeout", 10.0)
-        return continuum.Client(self.url, root=self.root, **kw)
+        return continuum_mqtt.Client(self.url, root=self.root, **kw)
 
     def check_services(self, node_ids: Iterable[str] | None = None) -> None:
         """RuntimeError (with its log's tail) if a gateway, or a node of
@@ -313,7 +313,7 @@ class Deployment:
         timeout: float = 30.0,
         *,
         classes: Iterable[str] = (),
-        client: continuum.Client | None = None,
+        client: continuum_mqtt.Client | None = None,
     ) -> None:
         """Until the gateway lists every node of ``node_ids`` online (hosting
         ``classes``), asked through ``client`` (default: a client of its own);
@@ -353,7 +353,7 @@ class Deployment:
                 with self.client(timeout=2.0) as client:
                     client.nodes()
                 return True
-            except continuum.DeadlineExpired:
+            except continuum_mqtt.DeadlineExpired:
                 return False
 
         wait_for(answers, timeout, 0.1, "the gateway did not answer")

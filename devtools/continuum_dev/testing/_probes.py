@@ -13,7 +13,7 @@ from typing import IO, Any
 import cbor2
 import paho.mqtt.client as paho
 
-from continuum.service import BrokerURL
+from continuum_mqtt.service import BrokerURL
 
 __all__ = ["import_guard", "rss_mb", "wait_for", "wait_line", "wait_status"]
 

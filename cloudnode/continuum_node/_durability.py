@@ -1,0 +1,170 @@
+"""Durability: an object's life on the node's disk, over :class:`Store`.
+
+A mutating call is *committed* before its caller hears of it: its outcome is
+kept for exactly-once and, on a durable node (``--state-dir``), journaled
+(or the whole object checkpointed). A change that cannot be made durable is
+*rolled back*: the object is reloaded from its files, which undoes the change
+and its stored outcome (or quarantines the object when they cannot be read);
+reloading costs nothing until a write fails, where copying the object before
+every call would cost on every call. At start the node *restores* its objects
+from their checkpoints and journals. Without a store, only the in-memory
+bookkeeping is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from continuum_mqtt import ContinuumError, ObjectNotHere, StorageError, UnencodableResult
+from continuum_mqtt.service import Outcome, Request, canonical_class_path, invoke
+
+from ._feeds import Bindings
+from ._quarantine import Quarantined
+from ._resident import Resident, Residents
+from ._store import Store, Unloadable
+
+__all__ = ["Durability"]
+
+log = logging.getLogger("continuum.node")
+
+
+@dataclass(eq=False, repr=False)
+class Durability:
+    """Over ``store`` (None: a node without ``--state-dir``); a full checkpoint
+    after ``checkpoint_every`` journaled calls."""
+
+    store: Store | None
+    residents: Residents
+    bindings: Bindings
+    checkpoint_every: int = 1000
+
+    def persist(self, res: Resident) -> None:
+        """Checkpoint the whole object (durable node only)."""
+        if self.store is not None:
+            self.store.checkpoint(res.id, res.record())
+            res.journaled = 0
+
+    def persist_or_rollback(self, res: Resident) -> None:
+        """Checkpoint a changed object; on StorageError it is rolled back first."""
+        try:
+            self.persist(res)
+        except StorageError:
+            self.rollback(res)
+            raise
+
+    def commit(
+        self, res: Resident, req: Request, outcome: Outcome, snapshot: bool
+    ) -> dict[str, Any]:
+        """Make a mutating call durable (journal entry, or a checkpoint for a
+        ``snapshot`` method or every ``checkpoint_every`` calls); returns its
+        journal entry (what replicas apply). On any failure the call is undone
+        (rolled back, its outcome not kept) and the error raised."""
+        res.seq += 1
+        # stored (the checkpoint must hold it) but still in flight: a resend
+        # gets no reply until the call is durable and replicated (Calls.commit)
+        res.once.record(req.id, outcome, method=req.method)
+        entry = {
+            "seq": res.seq,
+            "method": req.method,
+            "args": req.args,
+            "kwargs": req.kwargs,
+            "rid": req.id,
+            "ok": outcome[0],
+            "value": outcome[1],
+        }
+        if self.store is not None:
+            try:
+                if snapshot or res.journaled >= self.checkpoint_every:
+                    self.persist(res)
+                else:
+                    try:
+                        self.store.append(res.id, entry)
+                        res.journaled += 1
+                    except UnencodableResult:  # the outcome cannot be journaled: checkpoint
+                        self.persist(res)
+            except Exception:  # not durable: not acknowledged, not remembered, undone
+                self.rollback(res)
+                raise
+        return entry
+
+    def rollback(self, res: Resident) -> None:
+        """Put ``res`` back as its files hold it, or quarantine it when they
+        cannot be read."""
+        assert self.store is not None
+        fed = res.fed_topics
+        try:
+            fresh = self.revive(*self.store.reload(res.id))
+        except Unloadable as exc:
+            with self.residents.lock:
+                self.residents.pop(res.id)
+            self.bindings.refeed(res, fed, set())
+            self.residents.quarantine.add(exc.quarantined)
+            return
+        res.take_state_of(fresh)
+        self.bindings.refeed(res, fed, res.fed_topics)
+        log.warning("%s rolled back to its last durable state (seq %d)", res.id, res.seq)
+
+    @staticmethod
+    def revive(rec: dict[str, Any], journal: list[dict[str, Any]]) -> Resident:
+        """An object from its checkpoint record and the journal entries after it."""
+        res = Resident.from_record(rec)
+        for entry in journal:  # the calls made after the checkpoint, in order
+            with contextlib.suppress(ContinuumError):
+                invoke(res.instance, entry["method"], entry["args"], entry["kwargs"])
+            res.seq = entry["seq"]
+            if entry.get("rid") is not None:
+                res.once.finish(entry["rid"], (entry["ok"], entry["value"]), method=entry["method"])
+        res.journaled = len(journal)
+        return res
+
+    def restore(self, classes: dict[str, type]) -> None:
+        """At start: every object in the store, loaded (primaries fed again) or
+        quarantined."""
+        if self.store is None:
+            return
+        quarantine = self.residents.quarantine
+        found = self.store.inventory()
+        for q in found.quarantined:
+            quarantine.add(q)
+        for rec, journal in found.objects:
+            rec["class"] = canonical_class_path(rec.get("class", ""))
+            if rec["class"] not in classes:
+                why = f"class {rec.get('class')} is not hosted by this node (see --module)"
+                quarantine.add(Quarantined.from_record(rec, why, "class"))
+                continue
+            res = self.revive(rec, journal)
+            self.residents.put(res)
+            self.bindings.refeed(res, set(), res.fed_topics)
+        if len(self.residents) or len(quarantine):
+            log.info(
+                "restored %d object(s) from %s, %d quarantined",
+                len(self.residents),
+                self.store.dir,
+                len(quarantine),
+            )
+
+    def delete(self, obj: str) -> dict[str, Any]:
+        """The object leaves the node: table, feeds and files (a quarantined
+        one's moved-aside files are archived, never erased)."""
+        with self.residents.lock:
+            res = self.residents.pop(obj)
+        if res is None and (q := self.residents.quarantine.pop(obj)) is not None:
+            if self.store is not None:
+                self.store.discard_quarantined(q)
+            log.warning("deleted quarantined object %s (%s)", obj, q.reason)
+            return {"id": obj, "deleted": True}
+        if res is None:
+            node = self.residents.node_id
+            raise ObjectNotHere(f"object {obj} is not on node {node}", node=node)
+        self.bindings.remove_all(res)
+        if self.store is not None:
+            self.store.delete(obj)
+        log.info("deleted %s %s", res.cls_path, obj)
+        return {"id": obj, "deleted": True}
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()

@@ -1,0 +1,63 @@
+"""The node-side LSTM forecaster of the reference paper, as an active class.
+
+``continuum_node.forecast.Forecaster`` holds one device's CPU/MEM utilisation series
+and the model trained on it, so training runs next to the data (the paper's
+offloaded workload). :func:`train_local` runs the very same training code in one
+process, for a local baseline that is bit-identical for a seed on CPU.
+
+Model and data (paper, Sections 4.1.1-4.1.2): ``LSTM(2 -> 64)`` + ``Linear(64 -> 2)``
+on the last step; look-back 6, batch 64, Adam lr 1e-3, MSE, 100 epochs;
+chronological 80/20 split, min-max scaling fitted on the training part, windows
+built on each part separately (1,585 / 392 windows on ``node_3_utilisation.csv``).
+
+Threads
+-------
+Importing this package changes no global setting. A node calls
+:func:`configure_torch_threads` once at start-up. Measured on the 2-core
+development box (torch 2.13 CPU build, OpenMP backend, node_3, 100 epochs,
+seed 0; the weights are bit-identical with 1 and 2 threads):
+
+* idle box: 1 thread 3.1-3.5 s, 2 threads 2.6-2.8 s (about 15% faster);
+* another process busy on one core: 1 thread 3.5 s, 2 threads 41-84 s
+  (OpenMP's two threads meet at a barrier in every tiny 64x256 matrix product,
+  and one of them is always waiting for the core);
+* two Forecasters training at once in two server threads: 4.4 s wall with
+  1 thread each, 5.6 s with 2 threads each.
+
+So a node should call ``configure_torch_threads(1)``: at most 15% slower on an
+idle box, never the 10-25x collapse under contention, and concurrent objects
+then use the cores in parallel.
+"""
+
+from __future__ import annotations
+
+from ._data import BUNDLED_DIR, MinMaxScaler, Prepared, prepare
+from ._errors import SeriesTooShort
+from ._forecaster import Forecaster
+from ._model import (
+    LSTMNet,
+    TrainParams,
+    configure_torch_threads,
+    model_size_mb,
+    state_hash,
+    train_local,
+)
+
+# The public class path is ``continuum_node.forecast.Forecaster`` (what a node loads
+# with ``--module continuum_node.forecast`` and what an edge stub names).
+Forecaster.__module__ = __name__
+
+__all__ = [
+    "BUNDLED_DIR",
+    "Forecaster",
+    "LSTMNet",
+    "MinMaxScaler",
+    "Prepared",
+    "SeriesTooShort",
+    "TrainParams",
+    "configure_torch_threads",
+    "model_size_mb",
+    "prepare",
+    "state_hash",
+    "train_local",
+]

@@ -1,0 +1,312 @@
+"""``Forecaster``: a device's utilisation series and the LSTM trained on it, as one
+active object living on a cloud node (the paper's offloaded workload)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from continuum_mqtt import ActiveObject, active, progress
+
+from ._data import (
+    BUNDLED_DIR,
+    parse_rows,
+    persistence_predictions,
+    prepare,
+    read_series_csv,
+    resolve_data_path,
+)
+from ._model import (
+    LSTMNet,
+    Trained,
+    TrainParams,
+    baseline_metrics,
+    evaluate_model,
+    fit,
+    predict_next,
+    resolve_device,
+    test_predictions,
+    train_summary,
+    warm_up_torch,
+)
+from ._model import model_size_mb as _size_mb
+from ._model import state_hash as _hash
+
+__all__ = ["Forecaster"]
+
+
+class Forecaster(ActiveObject):
+    """CPU/MEM utilisation series of one device and the paper's LSTM forecaster
+    (5-minute-ahead), trained where the series lives.
+
+    ``device``: ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda"``
+    (falls back to CPU when CUDA is not available). ``data_dir``: a folder on the
+    node whose CSVs ``load_csv`` may read, besides the bundled
+    ``cloudnode/continuum_node/datasets/``. ``rows``: initial rows, as for :meth:`append`.
+    Every result is a plain Python value (CBOR-encodable).
+    """
+
+    def __init__(
+        self,
+        device: str = "auto",
+        data_dir: str | None = None,
+        rows: list[Any] | None = None,
+    ) -> None:
+        self.requested_device = device
+        self._device = resolve_device(device)
+        if data_dir is not None and not isinstance(data_dir, str | os.PathLike):
+            raise TypeError("data_dir must be a path")
+        self.data_dir = None if data_dir is None else str(Path(data_dir).resolve())
+        self._values: list[list[float]] = []
+        self._stamps: list[str | float | None] = []
+        self._trained: Trained | None = None
+        self._trained_rows = 0
+        self._test_stamps: list[str | float | None] = []
+        self._last_seq: dict[str, int] = {}
+        self.source: str | None = None
+        if rows:
+            self.append(rows)
+
+    @classmethod
+    def __continuum_warm_up__(cls) -> None:
+        """torch builds its first Adam optimizer lazily (about 1 s here): do it
+        at node start, not in a caller's first ``train``."""
+        warm_up_torch()
+
+    # -- series ------------------------------------------------------------------
+
+    @active
+    def append(self, rows: list[Any]) -> int:
+        """Append rows streamed from a device: ``[cpu, mem]``, ``[cpu, mem, ts]`` or
+        ``{"cpu": .., "mem": ..[, "ts": ..]}``. All-or-nothing; returns the new length."""
+        values, stamps = parse_rows(rows)
+        self._values.extend(values)
+        self._stamps.extend(stamps)
+        return len(self._values)
+
+    @active
+    def ingest(self, sample: dict[str, Any]) -> int:
+        """One metrics sample of a device feed (``Client.bind_metrics(obj, device,
+        "ingest")``): a map with ``cpu``, ``mem`` and optionally ``ts``, ``dev``,
+        ``seq`` (other fields ignored). A sample whose ``seq`` is not above the last
+        one seen from its ``dev`` is a redelivery and is dropped. Returns the length."""
+        if not isinstance(sample, dict):
+            raise TypeError("a sample is a map with 'cpu' and 'mem'")
+        seq = sample.get("seq")
+        dev = str(sample.get("dev", ""))
+        if seq is not None:
+            if isinstance(seq, bool) or not isinstance(seq, int):
+                raise TypeError("seq must be an int")
+            last = self._last_seq.get(dev)
+            if last is not None and seq <= last:
+                return len(self._values)
+        row = {"cpu": sample.get("cpu"), "mem": sample.get("mem"), "ts": sample.get("ts")}
+        if row["cpu"] is None or row["mem"] is None:
+            raise ValueError("a sample needs 'cpu' and 'mem'")
+        values, stamps = parse_rows([row])
+        self._values.extend(values)
+        self._stamps.extend(stamps)
+        if seq is not None:
+            self._last_seq[dev] = seq
+        return len(self._values)
+
+    @active(snapshot=True)
+    def load_csv(self, name: str, replace: bool = True) -> int:
+        """Load a CSV that lives on the node (columns CPU/MEM or input_1/input_2, an
+        optional timestamp/time column). A bare name is looked up in ``data_dir``, then
+        in the bundled datasets; paths escaping those folders are refused. Replaces the
+        series (``replace=False``: appends to it); returns the new length."""
+        values, stamps = read_series_csv(resolve_data_path(name, self._roots()))
+        if replace:
+            self._values, self._stamps = [], []
+        self._values.extend(values)
+        self._stamps.extend(stamps)
+        self.source = name
+        return len(self._values)
+
+    @active
+    def clear(self) -> int:
+        """Drop the series (a trained model is kept); returns 0."""
+        self._values, self._stamps = [], []
+        self.source = None
+        return 0
+
+    @active(readonly=True)
+    def tail(self, n: int = 12) -> list[list[float]]:
+        """The last ``n`` rows ``[cpu, mem]``."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError("n must be a non-negative int")
+        return [list(r) for r in self._values[-n:]] if n else []
+
+    # -- model -------------------------------------------------------------------
+
+    @active(snapshot=True)
+    def train(
+        self,
+        epochs: int = 100,
+        seed: int = 0,
+        lr: float = 1e-3,
+        batch_size: int = 64,
+        lookback: int = 6,
+        hidden: int = 64,
+        num_layers: int = 1,
+        train_frac: float = 0.8,
+        shuffle: bool = True,
+    ) -> dict[str, Any]:
+        """Train a fresh model on the current series (the paper's settings by
+        default), seeded and deterministic. Sends ``{"epoch", "epochs", "loss"}``
+        progress after every epoch. Returns ``train_seconds, final_loss, losses,
+        epochs, n_train, n_test, state_hash, device, threads, params``."""
+        params = TrainParams.from_kwargs(
+            epochs=epochs,
+            seed=seed,
+            lr=lr,
+            batch_size=batch_size,
+            lookback=lookback,
+            hidden=hidden,
+            num_layers=num_layers,
+            train_frac=train_frac,
+            shuffle=shuffle,
+        )
+        prepared = prepare(np.asarray(self._values, dtype=np.float64), lookback, train_frac)
+
+        def report(epoch: int, total: int, loss: float) -> None:
+            progress({"epoch": epoch, "epochs": total, "loss": loss})
+
+        trained = fit(prepared, params, self._device, report)
+        trained.prepared = prepared.without_training_windows()
+        self._trained = trained
+        self._trained_rows = len(self._values)
+        # timestamps of the test targets, kept for forecast_series whatever the series becomes
+        first = len(self._values) - len(prepared.test_raw) + lookback
+        self._test_stamps = self._stamps[first:] if prepared.n_test else []
+        return train_summary(trained)
+
+    @active(readonly=True)
+    def evaluate(self) -> dict[str, Any]:
+        """``{"cpu": {mse, mae, smape, rmse}, "mem": {...}, "eval_seconds", "n_test"}``
+        of the de-normalised test predictions of the trained model."""
+        return evaluate_model(self._need_model())
+
+    @active(readonly=True)
+    def baseline(self) -> dict[str, Any]:
+        """The same metrics for the persistence baseline ``x(t) = x(t-1)`` on the same
+        test targets (those of the last training; the current series if untrained)."""
+        if self._trained is not None:
+            return baseline_metrics(self._trained.prepared)
+        return baseline_metrics(prepare(np.asarray(self._values, dtype=np.float64)))
+
+    @active(readonly=True)
+    def predict(self, window: list[Any] | None = None) -> list[float]:
+        """The next 5-minute step ``[cpu, mem]`` after the latest ``lookback`` rows of
+        the series (or of ``window``, rows as for :meth:`append`), de-normalised."""
+        trained = self._need_model()
+        if window is None:
+            rows = self._values[-trained.prepared.lookback :]
+        else:
+            rows, _ = parse_rows(window)
+        return predict_next(trained, np.asarray(rows, dtype=np.float64))
+
+    @active(readonly=True)
+    def forecast_series(self) -> dict[str, Any]:
+        """Test-set curves for plotting: ``{"timestamps", "cpu": {"predicted",
+        "actual", "persistence"}, "mem": {...}}`` (lists of floats, de-normalised;
+        ``timestamps`` of the targets, or None when the rows had none)."""
+        trained = self._need_model()
+        pred, true = test_predictions(trained)
+        prep = trained.prepared
+        naive, _ = persistence_predictions(prep.test_raw, prep.lookback)
+        stamps = self._test_stamps
+        has_stamps = len(stamps) == len(true) and any(s is not None for s in stamps)
+        out: dict[str, Any] = {"timestamps": stamps if has_stamps else None}
+        for j, var in enumerate(("cpu", "mem")):
+            out[var] = {
+                "predicted": [float(v) for v in pred[:, j]],
+                "actual": [float(v) for v in true[:, j]],
+                "persistence": [float(v) for v in naive[:, j]],
+            }
+        return out
+
+    @active(readonly=True)
+    def model_size_mb(self) -> float:
+        """Size of the saved state dict in MB (the paper: 0.0707 MB)."""
+        return _size_mb(self._need_model().model)
+
+    @active(readonly=True)
+    def state_hash(self) -> str:
+        """SHA-256 hex of the model's weights (equal for bit-identical weights)."""
+        return _hash(self._need_model().model)
+
+    @active(readonly=True)
+    def info(self) -> dict[str, Any]:
+        """Series length, source, device, and whether (and on what) the model is trained."""
+        trained = self._trained
+        out: dict[str, Any] = {
+            "rows": len(self._values),
+            "source": self.source,
+            "has_timestamps": any(s is not None for s in self._stamps),
+            "device": str(self._device),
+            "requested_device": self.requested_device,
+            "cuda_available": bool(torch.cuda.is_available()),
+            "threads": int(torch.get_num_threads()),
+            "trained": trained is not None,
+            "trained_rows": self._trained_rows if trained else 0,
+            "stale": trained is not None and self._trained_rows != len(self._values),
+        }
+        if trained is not None:
+            out.update(
+                {
+                    "n_train": trained.prepared.n_train,
+                    "n_test": trained.prepared.n_test,
+                    "params": trained.params.to_dict(),
+                    "final_loss": float(trained.final_loss),
+                    "train_seconds": float(trained.train_seconds),
+                    "scaler": trained.prepared.scaler.to_dict(),
+                    "model_size_mb": _size_mb(trained.model),
+                    "state_hash": _hash(trained.model),
+                }
+            )
+        return out
+
+    # -- internals ---------------------------------------------------------------
+
+    def _roots(self) -> list[Path]:
+        roots = [Path(self.data_dir)] if self.data_dir else []
+        return [*roots, BUNDLED_DIR]
+
+    def _need_model(self) -> Trained:
+        if self._trained is None:
+            raise RuntimeError("no trained model: call train() first")
+        return self._trained
+
+    # Snapshots: keep the weights on the CPU so a snapshot restores on any node;
+    # the device is resolved again where the object is restored.
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_device", None)
+        trained = state.get("_trained")
+        if trained is not None and trained.device != "cpu":
+            cpu_model = LSTMNet(2, trained.params.hidden, 2, trained.params.num_layers)
+            cpu_model.load_state_dict({k: v.cpu() for k, v in trained.model.state_dict().items()})
+            state["_trained"] = Trained(
+                cpu_model,
+                trained.prepared,
+                trained.params,
+                "cpu",
+                trained.train_seconds,
+                trained.losses,
+            )
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_last_seq", {})
+        self.__dict__.setdefault("_test_stamps", [])
+        self._device = resolve_device(self.requested_device)
+        if self._trained is not None and self._trained.device != str(self._device):
+            self._trained.model.to(self._device)
+            self._trained.device = str(self._device)

@@ -1,0 +1,284 @@
+"""The device's forecaster on a cloud node, and the jobs that use it.
+
+Only a stub of the class, addressed by name: the board never holds model
+code. Setup (find or create the object by alias, feed it the device's
+metrics) runs in its own thread and retries until the deployment answers, so
+a board that boots offline samples from its first second. Calls are futures:
+sampling never waits for the cloud.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import continuum_mqtt
+from continuum_mqtt.samples import SERIES_TOO_SHORT
+
+from ._config import AgentConfig, ConfigError
+from ._link import backoff_delay
+
+__all__ = ["Jobs"]
+
+log = logging.getLogger("edgeagent")
+
+WINDOW = 32  # rows sent with each forecast request (the model uses its lookback of them)
+
+
+class Jobs:
+    """Forecast, train and alert jobs for one device."""
+
+    def __init__(
+        self, cfg: AgentConfig, publish: Callable[[str, dict[str, Any], bool], None]
+    ) -> None:
+        self.cfg = cfg
+        self.publish = publish
+        self.client: continuum_mqtt.Client | None = None
+        self.proxy: Any = None
+        self.state = "starting"  # starting, ready, error text
+        self.trained = False
+        self._training = False
+        self._forecasting = False
+        self._next_train = cfg.jobs.train_after
+        self._last_train_n = 0
+        self._last_train_t = time.monotonic()
+        self._n = 0  # samples seen since start
+        self._window: deque[list[float]] = deque(maxlen=WINDOW)
+        self._pending: dict[str, Any] | None = None  # forecast for the next sample
+        self.last_forecast: dict[str, Any] | None = None
+        self.last_alert: dict[str, Any] | None = None
+        self.counts = {"forecasts": 0, "trains": 0, "alerts": 0, "errors": 0}
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    # -- setup ---------------------------------------------------------------------
+    def start(self) -> None:
+        threading.Thread(target=self._setup, name="edgeagent-forecaster-setup", daemon=True).start()
+
+    def _lost(self, exc: BaseException) -> bool:
+        """The object is gone (deleted by an operator): find or create it again."""
+        if not isinstance(exc, continuum_mqtt.UnknownObject) or self._stop.is_set():
+            return False
+        with self._lock:
+            if self.proxy is None:
+                return True  # already being set up again
+            self.proxy = None
+            self.state = "lost; setting it up again"
+        log.warning("forecaster %s is gone: setting it up again", self.cfg.alias)
+        self.trained = False
+        self._next_train = self._n + self.cfg.jobs.train_after
+        self.start()
+        return True
+
+    def _setup(self) -> None:
+        f = self.cfg.forecaster
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                client = self.client or self._connect()
+                try:
+                    proxy = client.get(self.cfg.alias)
+                    log.info("forecaster %s found (%s)", self.cfg.alias, proxy._id)
+                except continuum_mqtt.UnknownObject:
+                    kwargs: dict[str, Any] = dict(f.args)
+                    if f.node:
+                        kwargs["node"] = f.node
+                    if f.replicas:
+                        kwargs["replicas"] = f.replicas
+                    proxy = client.stub(f.class_).create(alias=self.cfg.alias, **kwargs)
+                    log.info("forecaster %s created (%s)", self.cfg.alias, proxy._id)
+                client.bind_metrics(proxy, self.cfg.device, "ingest")
+                try:
+                    info = proxy.info()
+                    self.trained = bool(info.get("trained"))
+                except continuum_mqtt.ContinuumError:
+                    pass
+                with self._lock:
+                    self.proxy = proxy
+                    self.state = "ready"
+                log.info(
+                    "device %s feeds %s.ingest%s",
+                    self.cfg.device,
+                    self.cfg.alias,
+                    " (already trained)" if self.trained else "",
+                )
+                return
+            except continuum_mqtt.AliasTaken:
+                attempt = 0  # another agent run created it meanwhile: look again
+                continue
+            except (continuum_mqtt.ContinuumError, OSError, ConfigError) as exc:
+                self.state = f"setup failed: {type(exc).__name__}: {exc}"
+                delay = backoff_delay(attempt, 1.0, 60.0)
+                attempt += 1
+                log.warning("forecaster setup: %s; retrying in %.1f s", exc, delay)
+                if self._stop.wait(delay):
+                    return
+
+    def _connect(self) -> continuum_mqtt.Client:
+        """A connected client, made with the credentials as they are now (the
+        password file may have changed since the last failed attempt)."""
+        client = continuum_mqtt.Client(
+            self.cfg.broker_url(),
+            root=self.cfg.broker.root,
+            timeout=self.cfg.forecaster.timeout,
+            client_id=f"edgeagent-{self.cfg.device}-calls",
+            ca_file=self.cfg.broker.ca_file or None,
+        )
+        client.connect()
+        self.client = client
+        return client
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.client is not None:
+            self.client.close()
+
+    # -- per sample (the agent's thread) --------------------------------------------
+    def on_sample(self, seq: int, ts: float, metrics: dict[str, Any]) -> None:
+        self._n += 1
+        row = [float(metrics["cpu"]), float(metrics["mem"])]
+        self._window.append(row)
+        self._check_alert(seq, ts, row)
+        proxy = self.proxy
+        if proxy is None:
+            return
+        j = self.cfg.jobs
+        now = time.monotonic()
+        if not self._training:
+            since = self._n - self._last_train_n
+            if not self.trained:
+                if j.train_after and self._n >= self._next_train:
+                    self._train(proxy)
+            elif (j.train_every and since >= j.train_every) or (
+                j.train_interval and now - self._last_train_t >= j.train_interval
+            ):
+                self._train(proxy)
+        if (
+            self.trained
+            and j.forecast_every
+            and self._n % j.forecast_every == 0
+            and not self._forecasting
+        ):
+            self._forecast(seq, proxy)
+
+    def _error(self, what: str, exc: BaseException) -> None:
+        with self._lock:
+            self.counts["errors"] += 1
+            self.last_error = f"{what}: {type(exc).__name__}: {exc}"
+        log.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
+
+    def _train(self, proxy: Any) -> None:
+        self._training = True
+        self._last_train_n = self._n
+        self._last_train_t = time.monotonic()
+        t0 = time.monotonic()
+        log.info("training %s remotely (%d samples seen)", self.cfg.alias, self._n)
+        fut: Future[Any] = proxy.train.future(epochs=self.cfg.jobs.train_epochs)
+
+        def done(f: Future[Any]) -> None:
+            exc = f.exception()
+            self._training = False
+            if exc is None:
+                res = f.result()
+                self.trained = True
+                with self._lock:
+                    self.counts["trains"] += 1
+                log.info(
+                    "trained %s in %.1f s (final loss %.4g)",
+                    self.cfg.alias,
+                    time.monotonic() - t0,
+                    res.get("final_loss", float("nan")) if isinstance(res, dict) else float("nan"),
+                )
+            elif self._lost(exc):
+                pass
+            elif getattr(exc, "code", None) == SERIES_TOO_SHORT and not self.trained:
+                # the node has not ingested enough of the series yet
+                self._next_train = self._n + max(4, self.cfg.jobs.train_after // 4)
+                log.info("series still too short on the node; training again later")
+            else:
+                self._error("train", exc)
+                if not self.trained:  # not at every sample: after as many again
+                    self._next_train = self._n + max(4, self.cfg.jobs.train_after)
+
+        fut.add_done_callback(done)
+
+    def _forecast(self, seq: int, proxy: Any) -> None:
+        self._forecasting = True
+        window = list(self._window)
+        fut: Future[Any] = proxy.predict.future(window)
+
+        def done(f: Future[Any]) -> None:
+            self._forecasting = False
+            exc = f.exception()
+            if exc is not None:
+                if not self._lost(exc):
+                    self._error("forecast", exc)
+                return
+            cpu, mem = (float(v) for v in f.result())
+            body = {
+                "dev": self.cfg.device,
+                "after_seq": seq,
+                "ts": time.time(),
+                "cpu": cpu,
+                "mem": mem,
+                "band": self.cfg.jobs.alert_band,
+            }
+            with self._lock:
+                self.counts["forecasts"] += 1
+                self.last_forecast = body
+                self._pending = body
+            self.publish("forecast", body, True)
+            log.debug("forecast after #%d: cpu %.1f%% mem %.1f%%", seq, cpu, mem)
+
+        fut.add_done_callback(done)
+
+    def _check_alert(self, seq: int, ts: float, row: list[float]) -> None:
+        with self._lock:
+            fc, self._pending = self._pending, None
+        band = self.cfg.jobs.alert_band
+        if fc is None or not band or seq != fc["after_seq"] + 1:
+            return
+        for name, actual in zip(("cpu", "mem"), row, strict=True):
+            expected = fc[name]
+            if abs(actual - expected) > band:
+                alert = {
+                    "dev": self.cfg.device,
+                    "seq": seq,
+                    "ts": ts,
+                    "metric": name,
+                    "actual": actual,
+                    "forecast": expected,
+                    "band": band,
+                }
+                with self._lock:
+                    self.counts["alerts"] += 1
+                    self.last_alert = alert
+                log.warning(
+                    "ALERT %s %s = %.1f outside forecast %.1f +- %.1f",
+                    self.cfg.device,
+                    name,
+                    actual,
+                    expected,
+                    band,
+                )
+                self.publish("alert", alert, False)
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "alias": self.cfg.alias,
+                "object": None if self.proxy is None else self.proxy._id,
+                "state": self.state,
+                "trained": self.trained,
+                "samples_seen": self._n,
+                **self.counts,
+                "last_forecast": self.last_forecast,
+                "last_alert": self.last_alert,
+                "last_error": self.last_error,
+            }

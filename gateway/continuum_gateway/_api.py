@@ -1,0 +1,278 @@
+"""The gateway's methods (docs/protocol.md §16): create, resolve, alias,
+unalias, delete, bind, unbind and the listings, over the directory and the
+nodes' control methods. Registered on the gateway's dispatcher by their
+:func:`~continuum_mqtt.service.method` marks; they know nothing of MQTT."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from continuum_mqtt import (
+    BadRequest,
+    ContinuumError,
+    DeadlineExpired,
+    NoNodeAvailable,
+    NotConnected,
+    ObjectNotHere,
+    UnknownClass,
+)
+from continuum_mqtt.service import Topics, canonical_class_path, check_create, method
+
+from ._directory import Directory
+from ._fleet import keeps_aliases
+
+__all__ = ["DirectoryApi", "NodeCall"]
+
+log = logging.getLogger("continuum.gateway")
+
+NodeCall = Callable[[str, str, dict[str, Any], float | None], Any]
+"""``node_call(node, method, kwargs, deadline)``: a control request to a node
+(§17), its result, or a :class:`~continuum_mqtt.ContinuumError`."""
+
+
+class DirectoryApi:
+    """``node_call`` reaches the nodes; ``pool`` runs the best-effort
+    clean-up of a failed create, ``alias_pool`` (one thread, so that the
+    last list sent wins) the alias lists pushed to nodes; ``token`` marks the
+    creates this process started."""
+
+    def __init__(
+        self,
+        directory: Directory,
+        topics: Topics,
+        node_call: NodeCall,
+        *,
+        pool: Executor,
+        alias_pool: Executor,
+        node_timeout: float = 30.0,
+        token: str | None = None,
+    ) -> None:
+        self.directory = directory
+        self.topics = topics
+        self.node_call = node_call
+        self.pool = pool
+        self.alias_pool = alias_pool
+        self.node_timeout = node_timeout
+        self.token = token or uuid.uuid4().hex
+
+    # -- create ------------------------------------------------------------------------
+    @method(changes=True, context=("deadline", "rid"))
+    def create(
+        self,
+        cls: str,
+        args: list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        node: str | None = None,
+        alias: str | None = None,
+        replicas: int = 0,
+        _deadline: float | None = None,
+        _rid: str | None = None,
+    ) -> dict[str, Any]:
+        check_create(cls, replicas)
+        cls = canonical_class_path(cls)
+        work = self.directory.running(_rid) if _rid is not None else None
+        if work is not None:  # resent after a gateway restart: finish that same object
+            oid, holders = str(work["oid"]), [str(h) for h in work["holders"]]
+            log.warning("create %s was resent after a restart: finishing object %s", _rid, oid)
+        else:
+            holders = self._place(cls, node, replicas)
+            if alias is not None:
+                self.directory.check_alias_free(alias, "")
+            oid = uuid.uuid4().hex
+            if _rid is not None:
+                self._remember_create(_rid, oid, holders, _deadline)
+        target, backups = holders[0], holders[1:]
+        create: dict[str, Any] = {
+            "obj": oid,
+            "cls": cls,
+            "args": args or [],
+            "kwargs": kwargs or {},
+            "replicas": backups,
+        }
+        if alias is not None and self.keeps_aliases(target):
+            create["aliases"] = [alias]
+        try:
+            self.node_call(target, "create", create, _deadline)
+        except (DeadlineExpired, NotConnected) as exc:
+            # the node may have created it after all: no directory entry will
+            # ever name it, so take it back
+            self.discard(oid, holders, _rid, exc)
+            raise
+        try:
+            info = self.directory.add_object(oid, cls, target, alias, backups, rid=_rid)
+        except BaseException as exc:  # e.g. the alias was taken meanwhile
+            self.discard(oid, holders, _rid, exc)
+            raise
+        log.info(
+            "created %s %s on %s%s%s",
+            cls,
+            oid,
+            target,
+            f" as {alias!r}" if alias else "",
+            f", replicas on {', '.join(backups)}" if backups else "",
+        )
+        return info
+
+    def _place(self, cls: str, node: str | None, replicas: int) -> list[str]:
+        placed = self.directory.place(cls, node, 1 + replicas)
+        if not placed:
+            if node is not None:
+                state = self.directory.node_state(node)
+                if state != "online":
+                    raise NoNodeAvailable(f"node {node!r} is {state}", node=node)
+                raise UnknownClass(f"node {node!r} does not host class {cls!r}", cls=cls)
+            raise NoNodeAvailable(f"no live node hosts class {cls!r}", cls=cls)
+        if len(placed) < 1 + replicas:
+            raise NoNodeAvailable(
+                f"{replicas} replica(s) need {1 + replicas} live nodes hosting {cls!r};"
+                f" there are {len(placed)}",
+                cls=cls,
+            )
+        return placed
+
+    def _remember_create(
+        self, rid: str, oid: str, holders: list[str], deadline: float | None
+    ) -> None:
+        """Before asking the node: the object id this request creates, so that
+        a resend after a crash finishes it instead of creating another."""
+        left = (deadline - time.monotonic()) if deadline is not None else self.node_timeout
+        work = {
+            "oid": oid,
+            "holders": holders,
+            "deadline": time.time() + max(0.0, left),
+            "owner": self.token,
+        }
+        self.directory.start_running(rid, "create", work)
+
+    def discard(
+        self, oid: str, holders: list[str], rid: str | None = None, exc: BaseException | None = None
+    ) -> None:
+        """Tombstone an object that the directory does not record, and delete
+        it, in the background (best effort), from the nodes that may hold it;
+        a node that is offline deletes it when it returns (reconciliation)."""
+        outcome = None
+        if isinstance(exc, ContinuumError):
+            outcome = (False, exc.to_envelope())
+        try:
+            self.directory.discard(oid, rid, outcome)
+        except sqlite3.Error as err:
+            log.error("could not record the discarding of %s: %s", oid, err)
+
+        def run() -> None:
+            for holder in holders:
+                try:
+                    self.node_call(holder, "delete", {"obj": oid}, time.monotonic() + 5.0)
+                except ContinuumError as exc:
+                    if not isinstance(exc, ObjectNotHere):
+                        log.warning("could not discard %s on %s: %s", oid, holder, exc)
+
+        log.warning("discarding object %s on %s: its create did not complete", oid, holders)
+        self.pool.submit(run)  # not the upkeep thread: failover must not wait behind it
+
+    # -- aliases -----------------------------------------------------------------------
+    def keeps_aliases(self, node: str) -> bool:
+        return keeps_aliases(self.directory.node_manifest(node))
+
+    def push_aliases(self, oid: str) -> None:
+        """Best effort, in order: tell the holders of ``oid`` its aliases (nodes
+        keep them, so that the directory can be rebuilt from the nodes)."""
+
+        def run() -> None:
+            info = self.directory.find(oid)
+            if info is None:
+                return
+            for holder in [info["node"], *info["replicas"]]:
+                if self.directory.node_state(holder) != "online" or not self.keeps_aliases(holder):
+                    continue
+                try:
+                    self.node_call(
+                        holder,
+                        "aliases",
+                        {"obj": oid, "aliases": info["aliases"]},
+                        time.monotonic() + 5.0,
+                    )
+                except ObjectNotHere:
+                    pass
+                except ContinuumError as exc:
+                    log.warning("could not send the aliases of %s to node %s: %s", oid, holder, exc)
+
+        with contextlib.suppress(RuntimeError):  # shut down
+            self.alias_pool.submit(run)
+
+    @method
+    def resolve(self, ref: str) -> dict[str, Any]:
+        return self.directory.resolve(ref)
+
+    @method(changes=True, context=("rid",))
+    def alias(self, ref: str, name: str, _rid: str | None = None) -> dict[str, Any]:
+        info = self.directory.set_alias(ref, name, rid=_rid)
+        self.push_aliases(info["id"])
+        return info
+
+    @method(changes=True, context=("rid",))
+    def unalias(self, name: str, _rid: str | None = None) -> None:
+        oid = self.directory.remove_alias(name, rid=_rid)
+        if oid is not None:
+            self.push_aliases(oid)
+
+    # -- delete, bind ------------------------------------------------------------------
+    @method(changes=True, context=("deadline", "rid"))
+    def delete(
+        self, ref: str, _deadline: float | None = None, _rid: str | None = None
+    ) -> dict[str, Any]:
+        info = self.directory.resolve(ref)
+        for holder in [info["node"], *info["replicas"]]:
+            if self.directory.node_state(holder) == "online":
+                with contextlib.suppress(ObjectNotHere):
+                    self.node_call(holder, "delete", {"obj": info["id"]}, _deadline)
+        result = {"id": info["id"], "deleted": True}
+        self.directory.delete_object(info["id"], rid=_rid, result=result)
+        log.info("deleted %s %s", info["class"], info["id"])
+        return result
+
+    def _metrics_topic(self, device: str) -> str:
+        try:
+            return self.topics.metrics(device)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+
+    @method(changes=True, context=("deadline",))
+    def bind(
+        self, ref: str, device: str, method: str, _deadline: float | None = None
+    ) -> dict[str, Any]:
+        """Feed device ``device``'s metrics to ``method`` of the object, on its node."""
+        info = self.directory.resolve(ref)
+        topic = self._metrics_topic(device)
+        self.node_call(
+            info["node"], "bind", {"obj": info["id"], "topic": topic, "method": method}, _deadline
+        )
+        return {**info, "topic": topic}
+
+    @method(changes=True, context=("deadline",))
+    def unbind(self, ref: str, device: str, _deadline: float | None = None) -> dict[str, Any]:
+        info = self.directory.resolve(ref)
+        topic = self._metrics_topic(device)
+        self.node_call(info["node"], "unbind", {"obj": info["id"], "topic": topic}, _deadline)
+        return {**info, "topic": topic}
+
+    # -- listings ----------------------------------------------------------------------
+    @method
+    def nodes(self) -> list[dict[str, Any]]:
+        return self.directory.nodes()
+
+    @method
+    def classes(self) -> dict[str, Any]:
+        return self.directory.classes()
+
+    @method
+    def objects(self, cls: str | None = None, node: str | None = None) -> list[dict[str, Any]]:
+        return self.directory.objects(
+            canonical_class_path(cls) if isinstance(cls, str) else cls, node
+        )
