@@ -99,6 +99,9 @@ DOCUMENTED_CODES = frozenset(
         "alias_taken",
         "not_connected",
         "method_error",
+        "cancelled",
+        "forbidden",
+        "quota_exceeded",
     }
 )
 

@@ -19,7 +19,15 @@ from ._protocol import DEFAULT_ROOT, PROTOCOL_VERSION
 if TYPE_CHECKING:
     from ._client import Client
     from ._local import LocalClient
-    from ._model import ActiveObject, ActiveSpec, active, progress
+    from ._model import (
+        ActiveObject,
+        ActiveSpec,
+        CancelScope,
+        active,
+        cancelled,
+        check_cancelled,
+        progress,
+    )
     from ._proxy import ClassStub, ObjectProxy, RemoteMethod
 
 # Loaded on first use: the object model and local mode need `inspect` and
@@ -35,6 +43,9 @@ _LAZY = {
     "ActiveObject": "._model",
     "ActiveSpec": "._model",
     "active": "._model",
+    "CancelScope": "._model",
+    "cancelled": "._model",
+    "check_cancelled": "._model",
     "progress": "._model",
 }
 
@@ -55,12 +66,15 @@ __all__ = [
     "PROTOCOL_VERSION",
     "ActiveObject",
     "ActiveSpec",
+    "CancelScope",
     "ClassStub",
     "Client",
     "LocalClient",
     "ObjectProxy",
     "RemoteMethod",
     "active",
+    "cancelled",
+    "check_cancelled",
     "connect",
     "progress",
     *_errors.__all__,  # the error classes, error_class, error_from_envelope

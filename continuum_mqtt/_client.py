@@ -40,7 +40,10 @@ class Client(_Directory, _Routing):
     ``max_payload`` the largest request it will publish; ``offline_grace`` how
     long a call in flight waits for its node to come back when the node goes
     offline and the object has no replica, before failing with
-    :class:`Unavailable` (a new call to an offline node fails at once).
+    :class:`Unavailable` (a new call to an offline node fails at once);
+    ``max_reply`` the largest message the broker may deliver to it (MQTT 5
+    Maximum Packet Size; None: the broker's limit): a larger reply is dropped
+    by the broker and its call ends with its deadline.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class Client(_Directory, _Routing):
         ca_file: str | None = None,
         connect_timeout: float = 10.0,
         offline_grace: float = 3.0,
+        max_reply: int | None = None,
     ) -> None:
         self.broker = broker if isinstance(broker, BrokerURL) else BrokerURL.parse(broker)
         self.client_id = client_id or new_client_id("client")
@@ -63,6 +67,7 @@ class Client(_Directory, _Routing):
         self.connect_timeout = connect_timeout
         self.offline_grace = offline_grace
         self._ca_file = ca_file
+        self._max_reply = max_reply
         self._requester = Requester(
             self.topics,
             self.client_id,
@@ -71,6 +76,7 @@ class Client(_Directory, _Routing):
             owner=self.broker.username,
         )
         self._locations = {}  # the location cache (_routing)
+        self._caller = self.broker.username or None
         # the nodes' (and, as GATEWAY, the gateway's) retained statuses and wills
         self._liveness = Liveness(self.topics, gateway=True)
         self._conn: MqttTransport | None = None
@@ -91,6 +97,7 @@ class Client(_Directory, _Routing):
             ca_file=self._ca_file,
             # the retain flag then means "from the broker's store" (_on_message)
             retain_as_published=False,
+            max_packet_size=self._max_reply,
         )
         conn.bind(self._on_message, self._on_connected)
         for topic in (self._requester.reply_topic, *self._liveness.subscriptions):
@@ -159,11 +166,13 @@ class Client(_Directory, _Routing):
     def _gateway_future(self, op: str, timeout: float, /, **kwargs: Any) -> Future[Any]:
         req = Request(op, [], {k: v for k, v in kwargs.items() if v is not None})
         # node "" stands for the gateway: requests to it are resent when it returns
-        return self._requester.send(self.topics.gateway_call, req, timeout, node="")
+        return self._requester.send(
+            self.topics.gateway_call_as(self._caller), req, timeout, node=""
+        )
 
     def _proxy(self, info: dict[str, Any]) -> ObjectProxy:
         if info.get("node_state") == "offline":
             # Still usable once the node returns; calls fail fast meanwhile.
             log.debug("object %s is on offline node %s", info["id"], info.get("node"))
         self._locations[info["id"]] = info["node"]
-        return ObjectProxy(self, info["id"], info["class"], info.get("aliases"))
+        return ObjectProxy(self, info["id"], info["class"], info.get("aliases"), info.get("owner"))

@@ -21,13 +21,16 @@ __all__ = [
     "BadArguments",
     "BadRequest",
     "Busy",
+    "Cancelled",
     "ContinuumError",
     "DeadlineExpired",
+    "Forbidden",
     "MethodNotActive",
     "NoNodeAvailable",
     "NotConnected",
     "ObjectNotHere",
     "PayloadTooLarge",
+    "QuotaExceeded",
     "RemoteError",
     "StorageError",
     "Unavailable",
@@ -188,6 +191,14 @@ class DeadlineExpired(ContinuumError, TimeoutError):
     code = "deadline_expired"
 
 
+class Cancelled(ContinuumError):
+    """The call was stopped at a cancellation point of its method
+    (``continuum_mqtt.check_cancelled()``): its deadline passed (``reason``
+    ``"deadline"``) or its node is shutting down (``reason`` ``"shutdown"``)."""
+
+    code = "cancelled"
+
+
 class Busy(ContinuumError):
     """The node or object queue is full; retry later."""
 
@@ -220,6 +231,22 @@ class AliasTaken(ContinuumError):
     """The alias already names another object."""
 
     code = "alias_taken"
+
+
+class QuotaExceeded(ContinuumError):
+    """The caller's account reached one of its limits (``limit`` and ``what``
+    say which: objects owned, calls in flight, bytes queued). Free some, or ask
+    an operator for a higher limit; other accounts are not affected."""
+
+    code = "quota_exceeded"
+
+
+class Forbidden(ContinuumError):
+    """The caller (the broker account the request came from, protocol.md section
+    21) has no right to do this: call another owner's object, manage it, take
+    an alias outside its namespace, bind another device's metrics."""
+
+    code = "forbidden"
 
 
 class NotConnected(ContinuumError):

@@ -169,6 +169,7 @@ def describe_class(cls: type) -> dict[str, Any]:
         methods[name] = {
             "readonly": spec.readonly,
             "snapshot": spec.snapshot,
+            **({"open": True} if spec.open else {}),
             **_parameters(_signature(fn), drop_self=True),
             "doc": _first_paragraph(inspect.getdoc(fn)),
         }

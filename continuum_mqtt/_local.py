@@ -2,7 +2,11 @@
 
 Arguments and results cross the same codec as on the wire, and calls go
 through the same validation as on a node, so code that works here works
-offloaded (the paper's "develop locally, offload later").
+offloaded (the paper's "develop locally, offload later"). Deadlines too: a
+call's timeout runs from its submission; a call still waiting for its object
+then is not run (``deadline_expired``), and a running one is cancelled at its
+next :func:`~continuum_mqtt.check_cancelled` (as is every running call when
+the client closes).
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from ._errors import (
     AliasTaken,
     BadRequest,
     ContinuumError,
+    DeadlineExpired,
     UnknownClass,
     UnknownObject,
 )
 from ._invoke import bind_arguments, describe_class, invoke, remote_error, roundtrip
-from ._model import ActiveObject
+from ._model import ActiveObject, CancelScope
 from ._protocol import Request, check_create
 from ._proxy import ObjectProxy, _Directory
 from .service._dispatch import Dispatcher, method
@@ -213,15 +218,18 @@ class LocalClient(_Directory):
         self._pools: dict[str, _Local] = {}  # a stateless class's one instance here
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._closing = threading.Event()  # cancels the running calls (close)
 
     def connect(self) -> LocalClient:
         if self._pool is None:
+            self._closing = threading.Event()
             self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="continuum-local")
         return self
 
     def close(self, *, with_will: bool = False) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
+            self._closing.set()
             pool.shutdown(wait=True)
 
     def __enter__(self) -> LocalClient:
@@ -275,7 +283,12 @@ class LocalClient(_Directory):
                 obj: _Local | None = self._pools[path]
         else:
             obj = self._dir.held.get(proxy._id)
-        return self._pool.submit(self._run, obj, proxy._id, method, args, kwargs, on_progress)
+        scope = CancelScope(
+            time.monotonic() + (self.timeout if timeout is None else timeout), self._closing
+        )
+        return self._pool.submit(
+            self._run, obj, proxy._id, method, args, kwargs, on_progress, scope
+        )
 
     def _run(
         self,
@@ -285,6 +298,7 @@ class LocalClient(_Directory):
         args: list[Any],
         kwargs: dict[str, Any],
         on_progress: ProgressFn | None,
+        scope: CancelScope,
     ) -> Any:
         if obj is None:
             raise UnknownObject(f"no object {oid}", ref=oid)
@@ -294,5 +308,8 @@ class LocalClient(_Directory):
         except ContinuumError as exc:
             raise BadRequest(f"cannot encode the arguments: {exc.message}") from None
         with obj.lock:
-            result = invoke(obj.instance, method, args, kwargs, sink)
+            if scope.reason() == "deadline":
+                raise DeadlineExpired(f"deadline passed before {method} started; not run")
+            with scope:
+                result = invoke(obj.instance, method, args, kwargs, sink)
         return roundtrip(result)

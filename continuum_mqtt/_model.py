@@ -1,4 +1,6 @@
-"""The object model: :class:`ActiveObject`, the :func:`active` marker and :func:`progress`.
+"""The object model: :class:`ActiveObject`, the :func:`active` marker, and what a
+running method may ask of its call: :func:`progress`, :func:`cancelled` and
+:func:`check_cancelled`.
 
 Nothing here imports a heavy library; cloud-side classes subclass
 :class:`ActiveObject` and mark the methods that may be called remotely.
@@ -8,11 +10,28 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-__all__ = ["ActiveObject", "ActiveSpec", "active", "active_methods", "class_path", "progress"]
+from ._errors import Cancelled
+
+if TYPE_CHECKING:
+    import threading
+
+__all__ = [
+    "ActiveObject",
+    "ActiveSpec",
+    "CancelScope",
+    "active",
+    "active_methods",
+    "cancelled",
+    "check_cancelled",
+    "class_path",
+    "progress",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,22 +49,34 @@ class ActiveSpec:
     """On a durable node, persist a full snapshot after this method instead of
     journaling the call. Use it for methods that change much of the object, are
     slow to replay, or are not deterministic (see docs/architecture.md)."""
+    open: bool = False
+    """Any caller may call it, on any instance, not only the object's owner and
+    the accounts it granted (protocol.md section 21): e.g. ``predict`` of a
+    shared model. Objects of a class with open methods are visible to all."""
 
 
 @overload
 def active(fn: F, /) -> F: ...
 @overload
-def active(*, readonly: bool = False, snapshot: bool = False) -> Callable[[F], F]: ...
 def active(
-    fn: F | None = None, /, *, readonly: bool = False, snapshot: bool = False
+    *, readonly: bool = False, snapshot: bool = False, open: bool = False
+) -> Callable[[F], F]: ...
+def active(
+    fn: F | None = None,
+    /,
+    *,
+    readonly: bool = False,
+    snapshot: bool = False,
+    open: bool = False,
 ) -> F | Callable[[F], F]:
     """Mark a public method as callable remotely, bare (``@active``) or with options
-    (``@active(readonly=True)``, ``@active(snapshot=True)``, see :class:`ActiveSpec`).
+    (``@active(readonly=True)``, ``@active(snapshot=True)``, ``@active(open=True)``,
+    see :class:`ActiveSpec`).
     The function itself is returned unchanged, with the metadata stored on it, so
     it runs the same in local mode and on a node."""
     if readonly and snapshot:
         raise TypeError("a readonly method changes nothing to snapshot")
-    spec = ActiveSpec(readonly=readonly, snapshot=snapshot)
+    spec = ActiveSpec(readonly=readonly, snapshot=snapshot, open=open)
 
     def mark(f: F) -> F:
         if not callable(f):
@@ -128,3 +159,79 @@ def progress(update: Any) -> None:
     sink = _progress_sink.get()
     if sink is not None:
         sink(update)
+
+
+# -- cancellation -------------------------------------------------------------
+
+
+class CancelScope:
+    """When the call now running should stop: at ``deadline`` (a
+    ``time.monotonic()`` value; None: never) or once ``shutdown`` is set (the
+    node is stopping; None: never). The node, and local mode, enter one around
+    every call (``with CancelScope(deadline, shutdown): ...``); a method asks
+    through :func:`cancelled` and :func:`check_cancelled`."""
+
+    __slots__ = ("_token", "deadline", "shutdown")
+
+    def __init__(
+        self, deadline: float | None = None, shutdown: threading.Event | None = None
+    ) -> None:
+        self.deadline = deadline
+        self.shutdown = shutdown
+        self._token: contextvars.Token[CancelScope | None] | None = None
+
+    def reason(self) -> str | None:
+        """``"shutdown"``, ``"deadline"``, or None while the call may go on."""
+        if self.shutdown is not None and self.shutdown.is_set():
+            return "shutdown"
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return "deadline"
+        return None
+
+    def __enter__(self) -> CancelScope:
+        self._token = _cancel_scope.set(self)
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._token is not None:
+            _cancel_scope.reset(self._token)
+            self._token = None
+
+
+_cancel_scope: contextvars.ContextVar[CancelScope | None] = contextvars.ContextVar(
+    "continuum_cancel_scope", default=None
+)
+
+
+def cancelled() -> bool:
+    """Whether the active call now running should stop: its deadline (the
+    request's ``timeout_ms``) has passed, or its node is shutting down.
+
+    Outside an active call (a plain local method call) it is always False.
+    A long method asks now and then (once per epoch, per batch...) and stops,
+    leaving the object as it was, or calls :func:`check_cancelled`.
+    """
+    scope = _cancel_scope.get()
+    return scope is not None and scope.reason() is not None
+
+
+def check_cancelled() -> None:
+    """Raise :class:`~continuum_mqtt.Cancelled` (code ``cancelled``, field
+    ``reason``: ``"deadline"`` or ``"shutdown"``) when the active call now
+    running should stop (see :func:`cancelled`); otherwise, and outside an
+    active call, do nothing.
+
+    Call it where stopping leaves the object unchanged: compute into locals
+    and assign to ``self`` only at the end. A mutating call that raises it is
+    answered ``cancelled`` and checkpointed as it left the object, never
+    journaled (docs/protocol.md §9).
+    """
+    scope = _cancel_scope.get()
+    why = None if scope is None else scope.reason()
+    if why is not None:
+        raise Cancelled(
+            "the node is shutting down" if why == "shutdown" else "the call's deadline passed",
+            reason=why,
+        )

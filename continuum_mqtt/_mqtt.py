@@ -7,6 +7,7 @@ docs/architecture.md: without it a round trip costs 40-90 ms instead of
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import uuid
@@ -22,6 +23,7 @@ __all__ = [
     "BrokerURL",
     "PublishOptions",
     "new_client_id",
+    "private_client_id",
     "publish_properties",
     "set_nodelay",
     "varint",
@@ -31,6 +33,21 @@ __all__ = [
 def new_client_id(prefix: str) -> str:
     """A client id safe for topic levels and broker ACL ``%c`` patterns."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def private_client_id(prefix: str, broker: BrokerURL) -> str:
+    """The stable client id of a service or agent named ``prefix`` (``node-n1``)
+    on ``broker``: with a password, ``prefix`` and 64 bits derived from the
+    account's username and password, so that another account cannot compute it
+    and take the session over (an MQTT CONNECT with a connected client's id
+    disconnects that client; mosquitto's ACL file cannot tie ids to accounts:
+    protocol.md section 21). Two processes with the same name and account still
+    get the same id (the second takes the first one's session over, as before).
+    Without a password: ``prefix`` (a development broker)."""
+    if not broker.password:
+        return prefix
+    seed = "\0".join(("continuum-client-id", broker.username or "", broker.password, prefix))
+    return f"{prefix}-{hashlib.sha256(seed.encode()).hexdigest()[:16]}"
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,11 @@ __all__ = [
 PROTOCOL_VERSION = 1
 DEFAULT_ROOT = "continuum/v1"
 
+#: The caller of a request published on a call topic without a caller level
+#: (``.../call``): a client without a broker username. A broker account of
+#: this name would share its objects: do not create one (protocol.md section 21).
+ANONYMOUS = "anonymous"
+
 
 def valid_topic_text(text: str) -> bool:
     """Text a broker accepts in a topic name: UTF-8 encodable, at most 65535
@@ -72,21 +77,49 @@ def _check_level(kind: str, value: str) -> str:
     return value
 
 
+def as_caller(call_topic: str, caller: str | None) -> str:
+    """``call_topic`` as published by ``caller`` (a broker username; None or
+    empty: the anonymous topic itself)."""
+    return f"{call_topic}/{_check_level('username', caller)}" if caller else call_topic
+
+
+def split_call(topic: str, base: str) -> str | None:
+    """The caller of a request that arrived on ``topic`` for the call topic
+    ``base``: :data:`ANONYMOUS` on ``base`` itself, the username on
+    ``base/<username>`` (a level the broker's ACL pins to the publisher's
+    account: protocol.md section 21), None when ``topic`` is neither."""
+    if topic == base:
+        return ANONYMOUS
+    if topic.startswith(base) and topic[len(base) : len(base) + 1] == "/":
+        level = topic[len(base) + 1 :]
+        if level and "/" not in level:
+            return level
+    return None
+
+
+def call_subscriptions(call_topic: str) -> tuple[str, str]:
+    """What a service subscribes to to serve ``call_topic``: the anonymous topic
+    and every caller's."""
+    return call_topic, f"{call_topic}/+"
+
+
 @dataclass(frozen=True)
 class Topics:
     """Every topic of the protocol, under one versioned root."""
 
     root: str = DEFAULT_ROOT
 
-    def node_call(self, node: str) -> str:
-        return f"{self.root}/node/{_check_level('node id', node)}/call"
+    def node_call(self, node: str, caller: str | None = None) -> str:
+        """``<root>/node/<node>/call``, with ``/<caller>`` for a client with a
+        broker username (the broker's ACL pins that level to the account)."""
+        return as_caller(f"{self.root}/node/{_check_level('node id', node)}/call", caller)
 
     def node_ctl(self, node: str) -> str:
         return f"{self.root}/node/{_check_level('node id', node)}/ctl"
 
-    def pool_call(self, class_path: str) -> str:
+    def pool_call(self, class_path: str, caller: str | None = None) -> str:
         """Calls for the pool of a stateless class, served by any node hosting it."""
-        return f"{self.root}/pool/{_check_level('class path', class_path)}/call"
+        return as_caller(f"{self.root}/pool/{_check_level('class path', class_path)}/call", caller)
 
     def pool_share(self, class_path: str, group: str = "continuum") -> str:
         """The MQTT 5 shared subscription a node serves a pool with."""
@@ -105,6 +138,9 @@ class Topics:
     @property
     def gateway_call(self) -> str:
         return f"{self.root}/gateway/call"
+
+    def gateway_call_as(self, caller: str | None) -> str:
+        return as_caller(self.gateway_call, caller)
 
     @property
     def gateway_status(self) -> str:
@@ -159,6 +195,8 @@ class Request:
     obj: str | None = None
     timeout_ms: float | None = None
     reply_to: str | None = None
+    caller: str = ANONYMOUS
+    """Who sent it (:func:`split_call` of its topic; never a field of the body)."""
 
     @classmethod
     def from_wire(cls, body: Any) -> Request:

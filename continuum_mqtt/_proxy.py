@@ -77,15 +77,22 @@ class RemoteMethod:
 
 class ObjectProxy:
     """A remote object. Attribute access gives :class:`RemoteMethod`; the object's
-    id, class and aliases are ``_id``, ``_class_path`` and ``_aliases``."""
+    id, class, aliases and owner are ``_id``, ``_class_path``, ``_aliases`` and
+    ``_owner``."""
 
     def __init__(
-        self, backend: Any, oid: str | None, class_path: str, aliases: list[str] | None = None
+        self,
+        backend: Any,
+        oid: str | None,
+        class_path: str,
+        aliases: list[str] | None = None,
+        owner: str | None = None,
     ) -> None:
         self._backend = backend
         self._id = oid
         self._class_path = class_path
         self._aliases = list(aliases or [])
+        self._owner = owner  # the broker account that owns it (protocol.md §21)
 
     def __getattr__(self, name: str) -> RemoteMethod:
         if name.startswith("_"):
@@ -185,6 +192,22 @@ class _Directory:
         """Delete the object from its node and the directory."""
         ref = obj._id if isinstance(obj, ObjectProxy) else obj
         self._gateway("delete", ref=ref)
+
+    def grant(self, obj: ObjectProxy | str, user: str) -> None:
+        """Let the account ``user`` (``"*"``: every account) call the object
+        (its owner only; protocol.md section 21)."""
+        ref = obj._id if isinstance(obj, ObjectProxy) else obj
+        self._gateway("grant", ref=ref, user=user)
+
+    def revoke(self, obj: ObjectProxy | str, user: str) -> None:
+        """Take back a :meth:`grant`."""
+        ref = obj._id if isinstance(obj, ObjectProxy) else obj
+        self._gateway("revoke", ref=ref, user=user)
+
+    def set_owner(self, obj: ObjectProxy | str, owner: str) -> None:
+        """Give the object to the account ``owner`` (admins only)."""
+        ref = obj._id if isinstance(obj, ObjectProxy) else obj
+        self._gateway("set_owner", ref=ref, owner=owner)
 
     def bind_metrics(self, obj: ObjectProxy | str, device: str, method: str) -> None:
         """Feed every metrics sample that ``device`` publishes to ``obj.method(sample)``,

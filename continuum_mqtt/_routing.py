@@ -38,6 +38,7 @@ class _Routing:
     _requester: Requester
     _liveness: Liveness
     _locations: dict[str, str]  # object id -> node, as the gateway last said
+    _caller: str | None  # the broker username: requests go to <call topic>/<username>
 
     def _gateway(self, op: str, /, **kwargs: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -82,7 +83,7 @@ class _Routing:
         oid = proxy._id
         if oid is None:  # a stateless class's pool: any node hosting it answers
             return self._requester.send(
-                self.topics.pool_call(proxy._class_path),
+                self.topics.pool_call(proxy._class_path, self._caller),
                 Request(method, args, kwargs),
                 timeout or self.timeout,
                 on_progress,
@@ -99,7 +100,7 @@ class _Routing:
                 return fut
         offline = self._liveness.state(node) == "offline"
         fut = self._requester.send(
-            self.topics.node_call(node),
+            self.topics.node_call(node, self._caller),
             req,
             timeout or self.timeout,
             on_progress,
@@ -156,7 +157,7 @@ class _Routing:
             if node != stale and live:
                 self._locations[oid] = node
                 p.node = node
-                self._requester.publish(p, self.topics.node_call(node))
+                self._requester.publish(p, self.topics.node_call(node, self._caller))
                 return
             if any(self._liveness.is_online(r) for r in info.get("replicas", [])):
                 p.node = stale  # a replica will be promoted: ask again shortly

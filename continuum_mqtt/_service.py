@@ -18,8 +18,10 @@ __all__ = [
     "ConfigError",
     "Service",
     "add_common_arguments",
+    "add_rights_arguments",
     "fsync_path",
     "parse_args",
+    "rights_from",
     "sd_notify",
     "serve",
     "setup_logging",
@@ -48,6 +50,34 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: %(default)s)"
     )
+
+
+def add_rights_arguments(p: argparse.ArgumentParser) -> None:
+    """--admin and --no-anonymous: who may do what (protocol.md section 21)."""
+    p.add_argument(
+        "--admin",
+        dest="admins",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="a broker account that may call, see and manage every object (repeat it; "
+        "e.g. the operator console's). Default: none",
+    )
+    p.add_argument(
+        "--no-anonymous",
+        dest="allow_anonymous",
+        action="store_false",
+        help="refuse requests from clients without a broker username (set it where the "
+        "broker requires accounts: anonymous callers then cannot exist, and a request on "
+        "a call topic without a username level is refused)",
+    )
+
+
+def rights_from(args: argparse.Namespace) -> Any:
+    """The :class:`~continuum_mqtt.service.Rights` of ``add_rights_arguments``' options."""
+    from .service._access import Rights
+
+    return Rights(args.admins, allow_anonymous=args.allow_anonymous)
 
 
 def serve(service: Service) -> int:
@@ -100,15 +130,41 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
             action = known.get(key.replace("-", "_"))
             if action is None or action.dest in ("help", "config"):
                 parser.error(f"config {pre.config}: unknown key {key!r}")
-            dest = action.dest
-            if action.type is not None and not isinstance(value, list | bool):
-                try:
-                    value = action.type(value)  # type: ignore[operator]
-                except (TypeError, ValueError) as exc:
-                    parser.error(f"config {pre.config}: bad value for {key!r}: {exc}")
-            defaults[dest] = value
+            defaults[action.dest] = _config_value(parser, pre.config, key, value, action)
         parser.set_defaults(**defaults)
     return parser.parse_args(argv)
+
+
+def _config_value(
+    parser: argparse.ArgumentParser, path: str, key: str, value: Any, action: argparse.Action
+) -> Any:
+    """A config file's ``value`` for ``action``, checked: a flag takes a
+    boolean (under the option's name, true means "given": ``no_anonymous =
+    true`` refuses anonymous callers; under its dest, the value itself:
+    ``allow_anonymous = false``), a repeatable option a list."""
+    bad = f"config {path}: bad value for {key!r}"
+    if action.nargs == 0:  # store_true, store_false, store_const
+        if not isinstance(value, bool):
+            parser.error(f"{bad}: {value!r} is not true or false")
+        if key.replace("-", "_") == action.dest:
+            return value
+        return action.const if value else action.default
+    if isinstance(action, argparse._AppendAction):
+        if not isinstance(value, list):
+            parser.error(f"{bad}: {value!r} is not a list")
+        return [_typed(parser, bad, v, action) for v in value]
+    if isinstance(value, list | bool):
+        parser.error(f"{bad}: {value!r}")
+    return _typed(parser, bad, value, action)
+
+
+def _typed(parser: argparse.ArgumentParser, bad: str, value: Any, action: argparse.Action) -> Any:
+    if action.type is None:
+        return value
+    try:
+        return action.type(value)  # type: ignore[operator]
+    except (TypeError, ValueError) as exc:
+        parser.error(f"{bad}: {exc}")
 
 
 def setup_logging(level: str = "INFO") -> None:

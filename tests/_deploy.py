@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 ANSIBLE_DIR = REPO / "deploy" / "ansible"
 BIN = Path(sys.executable).parent
 HASH_PASSWORD = ANSIBLE_DIR / "scripts" / "hash-password"
+RENDER_TEMPLATE = ANSIBLE_DIR / "scripts" / "render-template"
 
 # What the wheel needs from the source tree (pyproject's packages and readme).
 _WHEEL_SOURCES = (
@@ -67,6 +68,14 @@ def hash_password(password: str) -> str:
         check=True,
     )
     return out.stdout.strip()
+
+
+def render_template(path: Path, values: dict[str, Any]) -> str:
+    """One of the roles' templates rendered as Ansible would (scripts/render-template)."""
+    import runpy
+
+    render = runpy.run_path(str(RENDER_TEMPLATE))["render"]
+    return str(render(path, values))
 
 
 def build_wheel(dest: Path) -> Path:
@@ -216,9 +225,18 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 class Mqtt:
     """A paho MQTT 5 client over TLS that records what happens to it."""
 
-    def __init__(self, port: int, ca_file: str, username: str | None, password: str | None) -> None:
+    def __init__(
+        self,
+        port: int,
+        ca_file: str,
+        username: str | None,
+        password: str | None,
+        client_id: str = "",
+    ) -> None:
         self.port = port
-        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.c = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5
+        )
         self.c.tls_set_context(ssl.create_default_context(cafile=ca_file))
         if username is not None:
             self.c.username_pw_set(username, password)
@@ -227,6 +245,11 @@ class Mqtt:
         self.messages: list[paho.MQTTMessage] = []
         self.subacks: dict[int, list[Any]] = {}
         self.pubacks: dict[int, Any] = {}
+        self.connects = 0
+        # subscribed again after a reconnect (mosquitto 2.0.11 closes the
+        # connection of a client whose PUBLISH it refused, and paho's session
+        # ends with the connection)
+        self._filters: list[str] = []
         self._lock = threading.Lock()
         self.c.on_connect = self._on_connect
         self.c.on_message = self._on_message
@@ -235,6 +258,10 @@ class Mqtt:
 
     def _on_connect(self, c: Any, u: Any, flags: Any, reason: Any, props: Any) -> None:
         self.reason = reason
+        if not reason.is_failure:
+            self.connects += 1
+            if self.connects > 1 and self._filters:
+                c.subscribe([(f, 1) for f in self._filters])
         self.connack.set()
 
     def _on_message(self, c: Any, u: Any, msg: paho.MQTTMessage) -> None:
@@ -258,6 +285,7 @@ class Mqtt:
         return self.reason
 
     def subscribe(self, topic: str, timeout: float = 5.0) -> list[Any]:
+        self._filters.append(topic)
         _, mid = self.c.subscribe(topic, qos=1)
         assert mid is not None
         end = time.monotonic() + timeout
@@ -265,8 +293,11 @@ class Mqtt:
             time.sleep(0.02)
         return self.subacks[mid]
 
-    def publish(self, topic: str, payload: bytes, timeout: float = 5.0) -> Any:
-        info = self.c.publish(topic, payload, qos=1)
+    def publish(
+        self, topic: str, payload: bytes, timeout: float = 5.0, properties: Any = None
+    ) -> Any:
+        """Publish at QoS 1; returns the PUBACK's reason code (None if none came)."""
+        info = self.c.publish(topic, payload, qos=1, properties=properties)
         end = time.monotonic() + timeout
         while info.mid not in self.pubacks and time.monotonic() < end:
             time.sleep(0.02)

@@ -83,6 +83,22 @@ class Locked(ActiveObject):
         return "pong"
 
 
+class Shared(ActiveObject):
+    """A model others may query (``predict`` is open) but only its owner may change."""
+
+    def __init__(self, weight: float = 1.0) -> None:
+        self.weight = weight
+
+    @active(readonly=True, open=True)
+    def predict(self, x: float) -> float:
+        return self.weight * x
+
+    @active
+    def update(self, weight: float) -> float:
+        self.weight = weight
+        return weight
+
+
 class Echo(ActiveObject, stateless=True):
     @active
     def echo(self, x: Any) -> Any:
@@ -160,6 +176,36 @@ class NodeUnderTest:
 
     def sync(self, **kwargs: Any) -> str:
         return self._send(self.topics.node_sync(self.id), {"method": "sync", "kwargs": kwargs})
+
+    def call_as(
+        self, user: str, obj: str, method: str, /, *args: Any, rid: str | None = None, **kw: Any
+    ) -> str:
+        """A call from the broker account ``user`` (its call topic's caller
+        level), replied to in that account's reply tree (see :meth:`reply_as`)."""
+        self._n += 1
+        rid = rid or f"t:{self._n}"
+        body = {"method": method, "obj": obj, "args": list(args), "kwargs": kw, "id": rid}
+        self.transport.inject(
+            self.topics.node_call(self.id, user),
+            encode(body),
+            qos=1,
+            response_topic=f"{ROOT}/reply/{user}/tester",
+            correlation=rid.encode(),
+        )
+        return rid
+
+    def reply_as(self, user: str, rid: str, timeout: float = 5.0) -> dict[str, Any]:
+        """The final reply (result or error) to ``user``'s call ``rid``."""
+
+        def final() -> list[dict[str, Any]]:
+            bodies = [
+                decode(m.payload) for m in self.transport.published_on(f"{ROOT}/reply/{user}/#")
+            ]
+            return [b for b in bodies if b.get("id") == rid and b["kind"] != "progress"]
+
+        found = wait_until(final, timeout)
+        assert len(found) == 1, found
+        return found[0]
 
     def sample(self, device: str, body: Any, qos: int = 1) -> Message:
         payload = body if isinstance(body, bytes) else encode(body)

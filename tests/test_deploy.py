@@ -16,8 +16,10 @@ the node from this venv instead, for a quicker local run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,10 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
 from continuum_dev.testing import find_mosquitto
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 import continuum_mqtt
+from continuum_mqtt import Forbidden, UnknownObject
 from continuum_mqtt.samples import encode_sample
 
 from ._deploy import (
@@ -46,6 +52,7 @@ from ._deploy import (
     hash_password,
     parse_unit,
     recap,
+    render_template,
     run_ansible,
     run_playbook,
     stable_port,
@@ -65,8 +72,10 @@ DEV_S = "dev-s"
 ROOT = "fleet/v1"
 NODE = "n1"
 DEV_A, DEV_B, DEV_C = "dev-a", "dev-b", "dev-c"
+ADMIN = "observer"  # an admin account of the broker (acl: admin) and of the services
 FORECASTER = "continuum_node.forecast.Forecaster"
 COUNTER = "examples.counter.Counter"
+POOL = "examples.pool.Hasher"  # a stateless class: its pool is served by the node
 # bytes of the files of continuum-mqtt and its dependencies, and its top-level packages
 EDGE_SIZE = """
 import json
@@ -104,10 +113,16 @@ class Deployment:
     def ca_file(self) -> str:
         return str(self.path("edgeagent_conf_dir") / "continuum-ca.crt")
 
-    def mqtt(self, user: str | None, password: str | None = None) -> Mqtt:
+    def mqtt(self, user: str | None, password: str | None = None, client_id: str = "") -> Mqtt:
         if user is not None and password is None:
             password = self.passwords[user]
-        return Mqtt(self.port, self.ca_file, user, password)
+        return Mqtt(self.port, self.ca_file, user, password, client_id)
+
+    def client(self, user: str, timeout: float = 30.0) -> continuum_mqtt.Client:
+        """The Python client with ``user``'s account, over TLS (use it with ``with``)."""
+        return continuum_mqtt.Client(
+            self.url(user), root=ROOT, ca_file=self.ca_file, timeout=timeout
+        )
 
     def url(self, user: str) -> str:
         return f"mqtts://{user}:{self.passwords[user]}@127.0.0.1:{self.port}"
@@ -155,6 +170,8 @@ def _inventory(tmp: Path, ports: dict[str, int], wheel: Path, pw: dict[str, str]
         "ansible_become": False,
         "continuum_root": ROOT,
         "continuum_pki_dir": d["pki"],
+        # the services' admins (--admin): the observer account
+        "continuum_admins": [ADMIN],
         # broker
         "broker_install_package": False,
         "broker_run_user": "root",
@@ -182,7 +199,7 @@ def _inventory(tmp: Path, ports: dict[str, int], wheel: Path, pw: dict[str, str]
                 "node_id": NODE,
                 "password_hash": hash_password(pw[f"svc-{NODE}"]),
             },
-            {"name": "observer", "acl": "admin", "password_hash": hash_password(pw["observer"])},
+            {"name": ADMIN, "acl": "admin", "password_hash": hash_password(pw[ADMIN])},
             {"name": DEV_A, "acl": "device", "password_hash": hash_password(pw[DEV_A])},
             {"name": DEV_B, "acl": "device", "password_hash": hash_password(pw[DEV_B])},
         ],
@@ -203,7 +220,7 @@ def _inventory(tmp: Path, ports: dict[str, int], wheel: Path, pw: dict[str, str]
         "cloudnode_user": "root",
         "cloudnode_group": "root",
         "cloudnode_id": NODE,
-        "cloudnode_modules": ["examples.counter", "continuum_node.forecast"],
+        "cloudnode_modules": ["examples.counter", "examples.pool", "continuum_node.forecast"],
         # examples/ is not in the wheel: shipped beside it as an application folder (--path)
         "cloudnode_paths": [_application_folder(tmp)],
         "cloudnode_torch_threads": 1,
@@ -288,7 +305,7 @@ def deploy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
         pytest.fail("openssl is required")
     tmp = tmp_path_factory.mktemp("deploy")
     wheel = build_wheel(tmp / "build")
-    users = ("svc-gateway", f"svc-{NODE}", "observer", DEV_A, DEV_B, DEV_C, DEV_S)
+    users = ("svc-gateway", f"svc-{NODE}", ADMIN, DEV_A, DEV_B, DEV_C, DEV_S)
     # a quote and a backslash: the env file and the password file must keep them
     pw = {u: f'{uuid.uuid4().hex[:12]}"\\{u}' for u in users}
     ports = {"tls": stable_port(), "bridge": stable_port(), "site": stable_port()}
@@ -388,6 +405,25 @@ def test_hash_password_is_what_mosquitto_writes(tmp_path: Path) -> None:
     assert out.returncode != 0
 
 
+def test_protocol_md_lists_the_acl_the_broker_role_renders() -> None:
+    """docs/protocol.md section 21 shows, rule for rule, what acl.j2 renders."""
+    users = [
+        {"name": "svc-gateway", "acl": "gateway"},
+        {"name": "svc-n1", "acl": "node", "node_id": "n1"},
+        {"name": "bridge-site1", "acl": "bridge", "reply_users": ["opi-01"]},
+        {"name": "ops", "acl": "admin"},
+    ]
+    template = REPO / "deploy" / "ansible" / "roles" / "broker" / "templates" / "acl.j2"
+    rendered = render_template(template, {"broker_root": "continuum/v1", "broker_users": users})
+    doc = (REPO / "docs" / "protocol.md").read_text()
+    listing = doc.split("\n### The ACL\n", 1)[1].split("```\n", 2)[1]
+
+    def rules(text: str) -> list[str]:
+        return [x for x in text.splitlines() if x.strip() and not x.lstrip().startswith("#")]
+
+    assert rules(listing) == rules(rendered)
+
+
 # -- the apply -------------------------------------------------------------------
 
 
@@ -477,10 +513,31 @@ def test_rendered_files(deploy: Deployment) -> None:
     assert cfg["broker"]["url"] == f"mqtts://127.0.0.1:{d.port}"
     assert cfg["broker"]["password_file"] == str(secret)
     node = tomllib.loads((d.path("cloudnode_conf_dir") / "cloudnode.toml").read_text())
-    assert node["modules"] == ["examples.counter", "continuum_node.forecast"]
+    assert node["modules"] == ["examples.counter", "examples.pool", "continuum_node.forecast"]
     assert node["state_dir"] == str(d.path("cloudnode_state_dir"))
     env = d.path("gateway_conf_dir") / "gateway.env"
     assert oct(env.stat().st_mode & 0o777) == "0o600"
+    # tenancy (issue 13): admins, no anonymous callers, a secret pool group made
+    # once on the controller (the second apply changed nothing: the same one)
+    gateway = tomllib.loads((d.path("gateway_conf_dir") / "gateway.toml").read_text())
+    for cfg in (node, gateway):
+        assert cfg["admins"] == [ADMIN] and cfg["allow_anonymous"] is False
+    secret = Path(d.hostvars["continuum_pki_dir"]) / "pool-group"
+    assert node["pool_group"] == secret.read_text().strip()
+    assert re.fullmatch(r"[A-Za-z0-9]{32}", node["pool_group"])
+    assert oct(secret.stat().st_mode & 0o777) == "0o600"
+    acl = (etc / "continuum.acl").read_text()
+    for line in (
+        f"pattern write {ROOT}/node/+/call/%u",
+        f"pattern write {ROOT}/pool/+/call/%u",
+        f"pattern write {ROOT}/gateway/call/%u",
+        f"topic read {ROOT}/pool/+/call/+",
+        f"topic write {ROOT}/gateway/call/{DEV_S}",
+    ):
+        assert line + "\n" in acl, line
+    # no account may publish on a bare call topic but the services and admins
+    assert not re.search(r"^pattern write \S+/call$", acl, re.M)
+    assert node["pool_group"] not in acl
 
 
 def test_units(deploy: Deployment) -> None:
@@ -526,7 +583,7 @@ def test_device_end_to_end(services: Deployment) -> None:
     with continuum_mqtt.Client(d.url(DEV_A), root=ROOT, ca_file=d.ca_file, timeout=30) as client:
         counter = client.stub(COUNTER).create(start=1)
         assert counter.add(2) == 3
-        fc = client.stub(FORECASTER).create(alias=f"forecaster-{DEV_A}")
+        fc = client.stub(FORECASTER).create(alias=f"{DEV_A}/forecaster")
         client.bind_metrics(fc, DEV_A, "ingest")
         dev = d.mqtt(DEV_A)
         assert dev.connect() == 0
@@ -635,8 +692,8 @@ def test_edge_agent_daemon_from_its_unit(services: Deployment) -> None:
     if probe.returncode != 0:
         pytest.skip("this edgeagent has no 'run' daemon yet")
     d.start("edgeagent", argv, env, cwd)
-    alias = f"forecaster-{DEV_A}"
-    with continuum_mqtt.Client(d.url(DEV_B), root=ROOT, ca_file=d.ca_file, timeout=10) as client:
+    alias = f"{DEV_A}/forecaster"
+    with continuum_mqtt.Client(d.url(DEV_A), root=ROOT, ca_file=d.ca_file, timeout=10) as client:
 
         def fed() -> bool:
             try:
@@ -650,6 +707,10 @@ def test_edge_agent_daemon_from_its_unit(services: Deployment) -> None:
             lambda: d.log("edgeagent")[-3000:] + d.log("node")[-2000:],
             {"edgeagent": d.procs["edgeagent"]},
         )
+        assert client.get(alias)._owner == DEV_A
+    # the device's forecaster is its own: another device does not even see it
+    with d.client(DEV_B) as other, pytest.raises(UnknownObject):
+        other.get(alias)
     status = d.path("edgeagent_state_dir") / "status.json"
     _wait(status.exists, 10)
     d.procs["edgeagent"].send_signal(signal.SIGTERM)
@@ -684,3 +745,284 @@ def test_site_broker_bridges_to_the_cloud(services: Deployment) -> None:
         counter = client.stub(COUNTER).create(start=40)
         assert counter.add(2) == 42
     assert f"bridge-{SITE}" in d.log("mosquitto")
+
+
+# -- tenancy: dev-b attacking dev-a on the secured deployment (issue 13) -------
+
+NOT_AUTHORIZED = 0x87  # MQTT 5 PUBACK reason code: the broker's ACL refused the publish
+
+
+def _request(reply: str, method: str, **fields: Any) -> tuple[bytes, Properties]:
+    """A request by hand: its CBOR body and a Response Topic of our choice."""
+    props = Properties(PacketTypes.PUBLISH)
+    props.ResponseTopic = reply
+    return cbor2.dumps({"method": method, "id": uuid.uuid4().hex, **fields}), props
+
+
+def _replies(m: Mqtt, topic: str) -> list[dict[str, Any]]:
+    return [cbor2.loads(x.payload) for x in m.received(topic) if x.topic == topic]
+
+
+def _code(reply: dict[str, Any]) -> str:
+    assert reply["kind"] == "error", reply
+    return str(reply["error"]["code"])
+
+
+def test_broker_pins_the_caller_level_to_the_account(services: Deployment) -> None:
+    """dev-b cannot publish a request as dev-a (``call/dev-a``) nor as the
+    anonymous caller (the bare call topic): the broker refuses it (PUBACK 0x87)
+    and drops it. On its own level the request reaches the node, which refuses
+    dev-b dev-a's object on its own; dev-a's object is untouched."""
+    d = services
+    with d.client(DEV_A) as a:
+        counter = a.stub(COUNTER).create(start=0)
+        b = d.mqtt(DEV_B)
+        assert b.connect() == 0
+        try:
+            reply = f"{ROOT}/reply/{DEV_B}/forger-{uuid.uuid4().hex[:8]}"
+            b.subscribe(reply)
+            body, props = _request(reply, "add", obj=counter._id, args=[1000])
+            for topic in (
+                f"{ROOT}/node/{NODE}/call/{DEV_A}",
+                f"{ROOT}/node/{NODE}/call",
+                f"{ROOT}/pool/{POOL}/call/{DEV_A}",
+                f"{ROOT}/pool/{POOL}/call",
+                f"{ROOT}/gateway/call/{DEV_A}",
+                f"{ROOT}/gateway/call",
+            ):
+                rc = b.publish(topic, body, properties=props)
+                assert rc is not None and rc.value == NOT_AUTHORIZED, (topic, rc)
+            rc = b.publish(f"{ROOT}/node/{NODE}/call/{DEV_B}", body, properties=props)
+            assert rc is not None and not rc.is_failure, rc
+            _wait(lambda: _replies(b, reply), 30, lambda: d.log("node")[-3000:])
+            assert [_code(r) for r in _replies(b, reply)] == ["forbidden"]
+        finally:
+            b.close()
+        assert counter.add(1) == 1
+
+
+def test_a_device_sees_and_touches_only_its_own_objects(services: Deployment) -> None:
+    """With its own account and the Python client, dev-b lists, resolves,
+    calls, manages and names nothing of dev-a's; it may use its own objects."""
+    d = services
+    tag = uuid.uuid4().hex[:8]
+    alias = f"{DEV_A}/counter-{tag}"
+    with d.client(DEV_A) as a, d.client(DEV_B) as b:
+        mine = a.stub(COUNTER).create(start=5, alias=alias)
+        assert mine._owner == DEV_A and mine.add(1) == 6
+        oid = str(mine._id)
+        listed = b.objects()
+        assert oid not in {o["id"] for o in listed}
+        assert {o["owner"] for o in listed} <= {DEV_B}, listed
+        for ref in (alias, oid):
+            with pytest.raises(UnknownObject):
+                b.get(ref)
+        # straight to the node with the id alone: the node checks on its own
+        b._locations[oid] = NODE
+        stolen = continuum_mqtt.ObjectProxy(b, oid, COUNTER)
+        for attempt in (lambda: stolen.add(1000), lambda: stolen.get()):
+            with pytest.raises(Forbidden):
+                attempt()
+        # the directory: an object it may not see is unknown to it
+        for attempt in (
+            lambda: b.delete(oid),
+            lambda: b.alias(oid, f"{DEV_B}/stolen-{tag}"),
+            lambda: b.bind_metrics(oid, DEV_B, "add"),
+            lambda: b.unbind_metrics(oid, DEV_A),
+            lambda: b.grant(oid, DEV_B),
+        ):
+            with pytest.raises(UnknownObject):
+                attempt()
+        b.unalias(alias)  # as for a missing alias: neither done nor confirmed
+        assert a.get(alias)._id == oid
+        # names: only its own namespace
+        for name in (f"{DEV_A}/forecaster", f"forecaster-{DEV_A}", f"{DEV_A}/x-{tag}"):
+            with pytest.raises(Forbidden):
+                b.stub(COUNTER).create(alias=name)
+        own = b.stub(COUNTER).create(start=1, alias=f"{DEV_B}/counter-{tag}")
+        assert own._owner == DEV_B and own.add(1) == 2
+        assert own._id in {o["id"] for o in b.objects()}
+        with pytest.raises(Forbidden):
+            b.alias(own, f"{DEV_A}/counter-{tag}-2")
+        with pytest.raises(Forbidden):  # the confused deputy: reading dev-a's metrics
+            b.bind_metrics(own, DEV_A, "add")
+        # granted: dev-b may call it, never manage it; revoked: nothing again
+        a.grant(mine, DEV_B)
+        assert b.get(alias).add(1) == 7
+        for attempt in (
+            lambda: b.delete(oid),
+            lambda: b.alias(oid, f"{DEV_B}/granted-{tag}"),
+            lambda: b.grant(oid, DEV_C),
+            lambda: b.bind_metrics(oid, DEV_B, "add"),
+        ):
+            with pytest.raises(Forbidden):
+                attempt()
+        a.revoke(mine, DEV_B)
+        with pytest.raises(Forbidden):
+            stolen.add(1000)
+        # where nodes run is for admins only
+        assert all("host" not in n and "pid" not in n for n in b.nodes())
+        # the victim: its object, alias and value as it left them
+        assert a.get(alias)._id == oid and mine.get() == 7
+        assert {o["id"] for o in a.objects()} >= {oid}
+        assert own._id not in {o["id"] for o in a.objects()}
+
+
+def test_admins_manage_everything_and_anonymous_requests_are_refused(
+    services: Deployment,
+) -> None:
+    """The services run with the inventory's admins (``continuum_admins``) and
+    ``--no-anonymous``: an admin sees, calls and gives away any object; a request
+    on a bare call topic (only services and admins may publish one) is refused."""
+    d = services
+    tag = uuid.uuid4().hex[:8]
+    with d.client(DEV_A) as a, d.client(ADMIN) as admin:
+        mine = a.stub(COUNTER).create(start=1, alias=f"{DEV_A}/given-{tag}")
+        oid = str(mine._id)
+        assert oid in {o["id"] for o in admin.objects()}
+        assert admin.get(oid).add(1) == 2
+        assert any("host" in n and "pid" in n for n in admin.nodes())
+        with pytest.raises(Forbidden):
+            a.set_owner(mine, DEV_B)
+        admin.set_owner(mine, DEV_B)
+        with d.client(DEV_B) as b:
+            assert b.get(oid).add(1) == 3
+        with pytest.raises(Forbidden):  # the node knows the new owner too
+            mine.add(1)
+        obs = d.mqtt(ADMIN)
+        assert obs.connect() == 0
+        try:
+            reply = f"{ROOT}/reply/{ADMIN}/anon-{tag}"
+            obs.subscribe(f"{reply}/#")
+            for where, topic, method, fields in (
+                ("gateway", f"{ROOT}/gateway/call", "nodes", {}),
+                ("node", f"{ROOT}/node/{NODE}/call", "get", {"obj": oid}),
+            ):
+                body, props = _request(f"{reply}/{where}", method, **fields)
+                rc = obs.publish(topic, body, properties=props)
+                assert rc is not None and not rc.is_failure, (topic, rc)
+            for where in ("gateway", "node"):
+                _wait(lambda w=where: _replies(obs, f"{reply}/{w}"), 30)
+                assert [_code(r) for r in _replies(obs, f"{reply}/{where}")] == ["forbidden"]
+        finally:
+            obs.close()
+
+
+def test_a_device_cannot_take_a_service_client_id(services: Deployment) -> None:
+    """The services (and the agent) connect with private client ids: a device
+    that connects as ``node-n1``, ``gw-gateway`` or ``edgeagent-dev-a`` (the
+    old, predictable ones) is let in, and disconnects nobody."""
+    d = services
+    mosquitto_log = d.log("mosquitto")
+    # e.g. "New client connected from 127.0.0.1:50412 as node-n1-3f2a... (p5, c0, k30, u'svc-n1')."
+    for service in (f"node-{NODE}", "gw-gateway"):
+        assert re.search(rf" as {service}-[0-9a-f]{{16}} \(", mosquitto_log), service
+        assert f" as {service} (" not in mosquitto_log
+    obs = d.mqtt(ADMIN)
+    assert obs.connect() == 0
+    thieves: list[Mqtt] = []
+    try:
+        obs.subscribe(f"{ROOT}/node/{NODE}/status")
+        obs.subscribe(f"{ROOT}/gateway/status")
+        _wait(lambda: _online(obs, f"{ROOT}/node/{NODE}/status"), 30)
+        _wait(lambda: _online(obs, f"{ROOT}/gateway/status"), 30)
+        seen = len(obs.messages)
+        logs = {name: len(d.log(name)) for name in ("node", "gateway", "mosquitto")}
+        with d.client(DEV_A) as a:
+            counter = a.stub(COUNTER).create(start=0)
+            for cid in (f"node-{NODE}", "gw-gateway", f"edgeagent-{DEV_A}"):
+                m = d.mqtt(DEV_B, client_id=cid)
+                thieves.append(m)
+                assert m.connect() == 0, cid  # mosquitto's ACL file cannot refuse an id
+            # the node and the gateway still serve dev-a, right after
+            assert counter.add(1) == 1
+            assert a.get(str(counter._id)) == counter
+            assert a.stub(COUNTER).create(start=2).add(1) == 3
+        assert all(m.c.is_connected() for m in thieves)
+        for name in ("node", "gateway"):
+            assert "lost the broker connection" not in d.log(name)[logs[name] :], name
+        broker_log = d.log("mosquitto")[logs["mosquitto"] :]
+        assert "already connected" not in broker_log
+        # no new connection of a service (a reconnect after being thrown out)
+        assert not re.search(rf" as (node-{NODE}|gw-gateway)-[0-9a-f]{{16}} \(", broker_log)
+        statuses = [cbor2.loads(m.payload) for m in obs.messages[seen:] if m.payload]
+        assert all(s.get("state") == "online" for s in statuses), statuses
+    finally:
+        for m in thieves:
+            m.close()
+        obs.close()
+
+
+def test_replies_go_only_to_the_callers_own_tree(services: Deployment) -> None:
+    """dev-b names dev-a's reply topic in its requests (Response Topic, or the
+    ``reply_to`` field): neither the node nor the gateway publishes there."""
+    d = services
+    tag = uuid.uuid4().hex[:8]
+    victim = f"{ROOT}/reply/{DEV_A}/client-{tag}"
+    probe = f"{ROOT}/reply/{DEV_B}/probe-{tag}"
+    with d.client(DEV_B) as b:
+        own = b.stub(COUNTER).create(start=0)
+    obs, attacker = d.mqtt(ADMIN), d.mqtt(DEV_B)
+    assert obs.connect() == 0 and attacker.connect() == 0
+    try:
+        obs.subscribe(f"{ROOT}/reply/{DEV_A}/#")
+        obs.subscribe(f"{probe}/#")
+        node_call = f"{ROOT}/node/{NODE}/call/{DEV_B}"
+        gateway_call = f"{ROOT}/gateway/call/{DEV_B}"
+        for topic, method, fields in (
+            (node_call, "add", {"obj": own._id, "args": [1]}),
+            (gateway_call, "nodes", {}),
+        ):
+            body, props = _request(victim, method, **fields)
+            assert not attacker.publish(topic, body, properties=props).is_failure
+            # an MQTT 3.1.1 request names its reply topic in the body
+            body = cbor2.dumps({**cbor2.loads(body), "reply_to": victim})
+            assert not attacker.publish(topic, body).is_failure
+        # then the same requests with dev-b's own reply topic: once answered,
+        # the ones before them have been handled
+        for where, topic, method, fields in (
+            ("node", node_call, "add", {"obj": own._id, "args": [1]}),
+            ("gateway", gateway_call, "nodes", {}),
+        ):
+            body, props = _request(f"{probe}/{where}", method, **fields)
+            assert not attacker.publish(topic, body, properties=props).is_failure
+        for where in ("node", "gateway"):
+            _wait(lambda w=where: _replies(obs, f"{probe}/{w}"), 30)
+            assert _replies(obs, f"{probe}/{where}")[0]["kind"] == "result"
+        time.sleep(1.0)  # the gateway's workers: a late publish would show by now
+        assert obs.received(f"{ROOT}/reply/{DEV_A}/") == []
+    finally:
+        attacker.close()
+        obs.close()
+
+
+def test_a_device_cannot_steal_pool_calls(services: Deployment) -> None:
+    """dev-b joins the pools' shared subscriptions under the default group name
+    (mosquitto's ACL file grants the SUBSCRIBE, then drops the deliveries: with
+    the node in that group, dev-a's pool calls ran out their deadlines): the
+    nodes serve the pools under the deployment's secret group, so every pool
+    call of dev-a is still served, by the node."""
+    d = services
+    thieves = [d.mqtt(DEV_B) for _ in range(3)]
+    try:
+        for m in thieves:
+            assert m.connect() == 0
+            # a share is its group and its filter: the filters the nodes use
+            # (protocol.md section 14), and wider ones
+            for topic in (
+                f"{ROOT}/pool/{POOL}/call/+",
+                f"{ROOT}/pool/{POOL}/call",
+                f"{ROOT}/pool/+/call/+",
+                f"{ROOT}/pool/+/call/#",
+            ):
+                m.subscribe(f"$share/continuum/{topic}")  # granted or refused: either will do
+        with d.client(DEV_A, timeout=60) as a:
+            pool = a.pool(POOL)
+            calls = [pool.whoami.future() for _ in range(24)]
+            served = [f.result(90) for f in calls]
+            assert pool.digest(b"x", rounds=1) == hashlib.sha256(b"x").hexdigest()
+        assert set(served) == {d.procs["node"].pid}
+        assert all(not m.received(ROOT) for m in thieves)
+    finally:
+        for m in thieves:
+            m.close()

@@ -238,6 +238,21 @@ def test_tombstones_and_outcomes_are_bounded(tmp_path: Path) -> None:
     d.close()
 
 
+def test_one_callers_outcomes_never_push_out_anothers(tmp_path: Path) -> None:
+    d = _directory(tmp_path)
+    with d.transaction() as c:
+        rec.finish_outcome(c, "dev-a/r1", "alias", (True, 1))
+        for i in range(50):
+            rec.finish_outcome(c, f"dev-b/r{i}", "alias", (True, i))
+        rec.prune_outcomes(c, max_rows=10, max_bytes=10**9)
+        assert rec.get_outcome(c, "dev-a/r1") == (True, 1)
+        kept = [r for (r,) in c.execute("SELECT rid FROM outcomes ORDER BY seq")]
+        assert kept == ["dev-a/r1", *(f"dev-b/r{i}" for i in range(40, 50))]
+        rec.prune_outcomes(c, max_rows=10, max_bytes=10**9, max_total=5)
+        assert c.execute("SELECT count(*) FROM outcomes").fetchone()[0] == 5
+    d.close()
+
+
 # -- the WAL verifier and the start-up checks ----------------------------------------------
 _KILLED_WRITER = r"""
 import os, signal, sqlite3, sys

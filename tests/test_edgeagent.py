@@ -420,7 +420,7 @@ def test_forecast_job_trains_remotely_and_publishes(bare_cluster: Cluster, tmp_p
             alert["metric"] in ("cpu", "mem") and abs(alert["actual"] - alert["forecast"]) > 0.001
         )
         with c.client(timeout=30) as client:
-            info = client.get("forecaster-dev-j").info()
+            info = client.get("dev-j/forecaster").info()
         assert info["trained"] and info["rows"] >= 40  # fed through the node, not the agent
 
         def reported() -> bool:  # status.json is rewritten every 0.2 s
@@ -438,7 +438,7 @@ def test_forecast_job_trains_remotely_and_publishes(bare_cluster: Cluster, tmp_p
         text=True,
         timeout=30,
     )
-    assert "forecaster-dev-j" in human.stdout and "NOT running (stopped)" in human.stdout
+    assert "dev-j/forecaster" in human.stdout and "NOT running (stopped)" in human.stdout
 
 
 def test_systemd_sample_unit_is_the_rendered_role_template() -> None:
@@ -529,7 +529,7 @@ def test_agent_feed_reaches_its_forecaster_across_a_node_sigkill(
         assert agent.stop() == 0
     last = final_seq(agent)
     with c.client(timeout=30) as client:
-        fc = client.get("forecaster-dev-n")
+        fc = client.get("dev-n/forecaster")
         wait_for(lambda: fc.info()["rows"] >= last, timeout=30)
         assert fc.info()["rows"] == last
         assert len(fc.tail(last)) == last

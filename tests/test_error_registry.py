@@ -38,12 +38,15 @@ PROTOCOL = {
     "bad_arguments": "BadArguments",
     "unencodable_result": "UnencodableResult",
     "deadline_expired": "DeadlineExpired",
+    "cancelled": "Cancelled",
     "busy": "Busy",
     "unavailable": "Unavailable",
     "storage": "StorageError",
     "no_node": "NoNodeAvailable",
     "alias_taken": "AliasTaken",
     "not_connected": "NotConnected",
+    "forbidden": "Forbidden",
+    "quota_exceeded": "QuotaExceeded",
 }
 
 

@@ -19,9 +19,12 @@ torch = pytest.importorskip("torch")
 
 from continuum_node.forecast import (  # noqa: E402
     BUNDLED_DIR,
+    DATA_ENV,
     Forecaster,
     TrainParams,
+    UnknownDataset,
     configure_torch_threads,
+    data_dirs,
     prepare,
     state_hash,
     train_local,
@@ -324,30 +327,77 @@ def test_snapshot_roundtrip_keeps_the_model(trained: Forecaster) -> None:
 # -- input handling ---------------------------------------------------------------
 
 
-def test_load_csv_rejects_paths_escaping_the_data_dirs(tmp_path: Path) -> None:
-    f = Forecaster(device="cpu", data_dir=str(tmp_path))
-    for bad in ("../../etc/passwd", "/etc/passwd", "../datasets/../../etc/passwd"):
-        with pytest.raises(PermissionError):
-            f.load_csv(bad)
-    outside = tmp_path.parent / f"{tmp_path.name}-outside.csv"
+def test_load_csv_takes_bare_names_only_with_one_error_for_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not found, not allowed, a path, a folder outside: the same error, so
+    that load_csv tells a caller nothing about the node's files."""
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv(DATA_ENV, str(data))
+    outside = tmp_path / "outside.csv"
     outside.write_text("CPU,MEM\n1,2\n")
-    (tmp_path / "link.csv").symlink_to(outside)
-    with pytest.raises(PermissionError):
-        f.load_csv("link.csv")
-    with pytest.raises(FileNotFoundError):
-        f.load_csv("nope.csv")
+    (data / "link.csv").symlink_to(outside)
+    (data / ".hidden.csv").write_text("CPU,MEM\n1,2\n")
+    (data / "notes.txt").write_text("CPU,MEM\n1,2\n")
+    f = Forecaster(device="cpu")
+    bads: list[Any] = [
+        "../../etc/passwd",
+        "/etc/passwd",
+        str(outside),
+        str(BUNDLED_DIR / NODE3),  # absolute, even inside a data folder
+        f"../datasets/{NODE3}",
+        "link.csv",  # a link out of its folder
+        ".hidden.csv",
+        "notes.txt",
+        "nope.csv",
+        "",
+        "a\x00.csv",
+        7,
+    ]
+    for bad in bads:
+        with pytest.raises(UnknownDataset) as info:
+            f.load_csv(bad)
+        assert info.value.code == "forecast.unknown_dataset"
+        assert info.value.message == f"no dataset {info.value.data['name']!r} on this node"
     assert f.info()["rows"] == 0
+    assert not hasattr(f, "data_dir")
 
 
-def test_load_csv_from_data_dir_and_bundled_orangepi(tmp_path: Path) -> None:
-    (tmp_path / "dev.csv").write_text("time,cpu,mem\nt0,1.5,2.5\nt1,3,4\n")
-    f = Forecaster(device="cpu", data_dir=str(tmp_path))
+def test_load_csv_from_the_configured_folders_then_the_bundled_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    (first / "dev.csv").write_text("time,cpu,mem\nt0,1.5,2.5\nt1,3,4\n")
+    (second / "dev.csv").write_text("cpu,mem\n9,9\n")  # hidden by the first folder's
+    (second / "other.csv").write_text("cpu,mem\n7,8\n")
+    monkeypatch.setenv(DATA_ENV, f"{first}{os.pathsep}{second}")
+    assert data_dirs() == [first, second, BUNDLED_DIR]
+    f = Forecaster(device="cpu")
     assert f.load_csv("dev.csv") == 2
     assert f.tail(5) == [[1.5, 2.5], [3.0, 4.0]]
-    assert f.load_csv("orangepi_sample.csv", replace=False) == 2 + 499
-    assert f.load_csv(str(BUNDLED_DIR / "orangepi_sample.csv")) == 499  # absolute, inside
+    assert f.load_csv("other.csv", replace=False) == 3
+    assert f.load_csv("orangepi_sample.csv", replace=False) == 3 + 499
     assert f.tail(1) == [[83.7, 10.6]]
     assert f.info()["has_timestamps"]
+    monkeypatch.delenv(DATA_ENV)
+    with pytest.raises(UnknownDataset):
+        f.load_csv("dev.csv")  # configuration is read at each call
+    assert f.info()["rows"] == 3 + 499
+
+
+def test_data_dir_is_no_constructor_argument_and_old_objects_still_load() -> None:
+    with pytest.raises(TypeError):
+        Forecaster(device="cpu", data_dir="/tmp")  # type: ignore[call-arg]
+    old = Forecaster(device="cpu", rows=[[1.0, 2.0]] * 3)
+    old.__dict__["data_dir"] = "/etc"  # what an object created before kept
+    again = pickle.loads(pickle.dumps(old))
+    assert not hasattr(again, "data_dir")
+    assert again.tail(5) == [[1.0, 2.0]] * 3
+    with pytest.raises(UnknownDataset):
+        again.load_csv("passwd.csv")
 
 
 def test_append_validates_rows_all_or_nothing() -> None:

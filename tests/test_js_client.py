@@ -242,3 +242,18 @@ def test_pipelined(js_client: Path, cluster: Cluster) -> None:
     with cluster.client() as c:
         assert c.get(report["object"]).get() == 500
     print(f"JS client, 500 add calls, 50 in flight: {report['calls_per_s']} calls/s")
+
+
+def test_a_client_with_a_username_owns_what_it_creates(js_client: Path, cluster: Cluster) -> None:
+    """§21: the JS client sends its username as the caller level; the object is
+    its own, and another account cannot use it."""
+    as_a = ("--username", "dev-a", "--password", "x")
+    info = cli(js_client, cluster, *as_a, "create", COUNTER, "--alias", "dev-a/js").result
+    assert info["owner"] == "dev-a"
+    assert cli(js_client, cluster, *as_a, "call", info["id"], "add", "2").result == 2
+    err = cli(js_client, cluster, "--username", "dev-b", "call", info["id"], "add", "1").error
+    assert err["code"] == "unknown_object"  # the gateway does not even show it to dev-b
+    err = cli(
+        js_client, cluster, "--username", "dev-b", "create", COUNTER, "--alias", "dev-a/x"
+    ).error
+    assert err["code"] == "forbidden"

@@ -74,6 +74,14 @@ def _msg(body: Any, qos: int = 1, topic: str = TOPIC) -> Message:
     return Message(topic, body if isinstance(body, bytes) else encode(body), qos, mid=7)
 
 
+def test_a_sample_names_the_device_of_its_topic_not_its_own_claim() -> None:
+    b, _ = _bindings()
+    b.add_all(_res("o1", "ingest"))
+    router, queued, _ = _router(b)
+    router.route(_msg({"seq": 10**9, "dev": "someone-else", "cpu": 1.0}))
+    assert queued[0][1].req.args == [{"seq": 10**9, "dev": "d1", "cpu": 1.0}]
+
+
 def test_router_queues_one_job_per_bound_object_and_acks_after_all() -> None:
     b, _ = _bindings()
     r1, r2 = _res("o1", "ingest"), _res("o2", "take")
@@ -83,8 +91,8 @@ def test_router_queues_one_job_per_bound_object_and_acks_after_all() -> None:
     msg = _msg({"seq": 1, "cpu": 1.0})
     router.route(msg)
     assert [(oid, j.req.method, j.req.args) for oid, j in queued] == [
-        ("o1", "ingest", [{"seq": 1, "cpu": 1.0}]),
-        ("o2", "take", [{"seq": 1, "cpu": 1.0}]),
+        ("o1", "ingest", [{"seq": 1, "cpu": 1.0, "dev": "d1"}]),  # the topic's device
+        ("o2", "take", [{"seq": 1, "cpu": 1.0, "dev": "d1"}]),
     ]
     jobs: list[FeedJob] = [j for _, j in queued]
     jobs[0].done()

@@ -221,6 +221,8 @@ def test_control_argument_errors_are_bad_request(n1: NodeUnderTest) -> None:
             "aliases": [],
             "quarantined": False,
             "reason": None,
+            "owner": "anonymous",
+            "grants": [],
         }
     ]
 

@@ -220,7 +220,14 @@ def test_accept_checks_and_answers() -> None:
     assert decode(t.published[-1].payload, True)["error"]["alias"] == "a"
     elsewhere = Message("t/svc/call", encode({"method": "m"}), response_topic="t/node/n/ctl")
     t.clear()
-    assert accept(elsewhere, t, T, 100, 100)[0] is not None and t.published == []
+    assert accept(elsewhere, t, T, 100, 100)[0] is None and t.published == []  # not run either
+    mine = Message("t/svc/call/dev-a", encode({"method": "m"}), response_topic="t/reply/dev-b/c")
+    assert accept(mine, t, T, 100, 100, "dev-a")[0] is None  # another account's replies
+    mine = Message("t/svc/call/dev-a", encode({"method": "m"}), response_topic="t/reply/dev-a/c")
+    req, _ = accept(mine, t, T, 100, 100, "dev-a")
+    assert req is not None and req.caller == "dev-a" and t.published == []
+    silent = Message("t/svc/call", encode({"method": "m"}))
+    assert accept(silent, t, T, 100, 100)[0] is not None  # fire and forget: run, no reply
 
 
 # -- exactly-once ----------------------------------------------------------------------

@@ -156,9 +156,10 @@ def test_calls_progress_errors_and_pools_cross_the_bridged_wan(
     topo: Topology, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with topo.client() as c:
-        ctr = c.stub(COUNTER).create(start=0, node="n1", alias="wan-counter")
+        # the site's clients log in as the site account (edge1): its namespace
+        ctr = c.stub(COUNTER).create(start=0, node="n1", alias=f"{topo.site}/wan-counter")
         assert ctr.add(2) == 2
-        assert c.get("wan-counter").get() == 2  # the gateway, across the bridge
+        assert c.get(f"{topo.site}/wan-counter").get() == 2  # the gateway, across the bridge
         steps: list[Any] = []
         assert ctr.count_to.options(timeout=20, on_progress=steps.append)(5) == 7
         assert steps == [{"step": i, "of": 5} for i in range(1, 6)]  # in order
@@ -254,7 +255,8 @@ def test_link_cut_loses_no_sample_and_hangs_no_call(
     with topo.client() as c:
         ctr = c.stub(COUNTER).create(start=0, node="n1")
         sink = c.stub(SINK).create(node="n2")  # n2 is durable: a persistent session
-        c.bind_metrics(sink, "edge-dev", "ingest")
+        with topo.cloud_client() as admin:  # binding a device's stream: the device or an admin
+            admin.bind_metrics(sink._id, "edge-dev", "ingest")
         spy = topo.spy(topo.topics.metrics("edge-dev"))  # what the bridge delivers
         request.addfinalizer(spy.close)
         agent = topo.agent("edge-dev", interval=1 / rate_hz)

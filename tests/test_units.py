@@ -355,3 +355,28 @@ def test_gateway_takes_back_an_object_whose_create_did_not_complete(
     replica = "n2" if primary == "n1" else "n1"
     assert sorted(deletes) == sorted([(primary, "delete", oid), (replica, "delete", oid)])
     assert oid not in [o["id"] for o in gw.directory.objects()]
+
+
+def test_rights_options_from_a_config_file(tmp_path: Path) -> None:
+    """A flag takes a boolean, a repeatable option a list; anything else is
+    refused (a string for admins once made the accounts 'o', 'p', 's' admins)."""
+    import argparse
+
+    from continuum_mqtt.service import add_rights_arguments, parse_args, rights_from
+
+    def parse(text: str) -> argparse.Namespace:
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(text)
+        p = argparse.ArgumentParser()
+        add_rights_arguments(p)
+        return parse_args(p, ["--config", str(cfg)])
+
+    assert parse("no_anonymous = true").allow_anonymous is False
+    assert parse("no-anonymous = false").allow_anonymous is True
+    assert parse("allow_anonymous = false").allow_anonymous is False
+    rights = rights_from(parse('admins = ["ops", "console"]'))
+    assert rights.admins == {"ops", "console"}
+    assert parse('admin = ["ops"]').admins == ["ops"]
+    for bad in ('admins = "ops"', 'allow_anonymous = "false"', "no_anonymous = 1"):
+        with pytest.raises(SystemExit):
+            parse(bad)

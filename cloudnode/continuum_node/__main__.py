@@ -11,9 +11,13 @@ import sys
 from collections.abc import Sequence
 
 from continuum_mqtt.service import (
+    BrokerURL,
     MqttTransport,
     add_common_arguments,
+    add_rights_arguments,
     parse_args,
+    private_client_id,
+    rights_from,
     serve,
     setup_logging,
 )
@@ -36,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Quarantined objects (damaged files): continuum-node quarantine --help",
     )
     add_common_arguments(p)
+    add_rights_arguments(p)
     p.add_argument(
         "--id",
         dest="node_id",
@@ -63,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker threads running active methods (default: %(default)s)",
     )
     p.add_argument(
+        "--caller-workers",
+        type=_count,
+        default=None,
+        help="workers the calls (and feed samples) of one caller may hold at once; the "
+        "workers serve the callers in turn, so one caller's long calls leave the others "
+        "theirs (default: half of --workers, at least 1)",
+    )
+    p.add_argument(
         "--max-payload",
         type=int,
         default=8 * 1024 * 1024,
@@ -81,9 +94,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="calls waiting on the whole node before new ones get 'busy' (default: %(default)s)",
     )
     p.add_argument(
+        "--max-node-bytes",
+        type=_count,
+        default=512 * 1024 * 1024,
+        help="request bytes of all calls queued or running before new ones get 'busy' "
+        "(default: %(default)s = 512 MiB)",
+    )
+    p.add_argument(
+        "--max-caller-calls",
+        type=_count,
+        default=1000,
+        help="calls one caller (broker account; 'anonymous' for all without one) may have "
+        "queued or running; beyond, 'quota_exceeded' (what: calls). Admin accounts have no "
+        "such quota (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-caller-bytes",
+        type=_count,
+        default=64 * 1024 * 1024,
+        help="request bytes one caller may have queued or running; beyond, 'quota_exceeded' "
+        "(what: bytes) (default: %(default)s = 64 MiB). A device's feed samples count "
+        "against its account too, but are never refused: they wait, unacknowledged",
+    )
+    p.add_argument(
         "--state-dir",
         default=None,
         help="directory for durable object snapshots; objects survive a restart (default: none, in memory)",
+    )
+    p.add_argument(
+        "--pool-group",
+        default="continuum",
+        help="shared-subscription group the nodes serve pools with (default: %(default)s). "
+        "Where devices have broker accounts, make it a secret shared by the nodes: "
+        "mosquitto's ACL file does not refuse a SUBSCRIBE, and a device that joins the "
+        "group takes a share of the pool's calls (docs/protocol.md section 21)",
     )
     p.add_argument(
         "--checkpoint-every",
@@ -98,7 +142,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="intra-op threads for torch, set once at start (default: cores - 1 = %(default)s, "
         "leaving a core to the network and the broker)",
     )
+    p.add_argument(
+        "--switch-interval",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="how long a Python thread may hold the interpreter while others wait for it "
+        "(sys.setswitchinterval; default: Python's, 0.005). Methods busy in Python hold it "
+        "between their calls into native code: with several of them running, each step of "
+        "another caller's call (the network thread's, its worker's) waits about this long "
+        "per running method. 0.0002 cut such waits from seconds to tens of ms in "
+        "bench/tenancy.py --phases long-cpu, for about 0.1 ms more on every call",
+    )
+    p.add_argument(
+        "--stop-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long to wait for running active methods: they are "
+        "cancelled (at their next continuum_mqtt.check_cancelled()) and the node exits "
+        "without those still running after this (default: %(default)s)",
+    )
     return p
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return repair(argv[1:])
     args = parse_args(build_parser(), argv)
     setup_logging(args.log_level)
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
     from ._node import Node, load_classes
     from ._store import StateDirInUse
 
@@ -124,9 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch = sys.modules["torch"]
         torch.set_num_threads(args.torch_threads)
         log.info("torch: %d intra-op thread(s)", torch.get_num_threads())
+    broker = BrokerURL.parse(args.broker)
     transport = MqttTransport(
-        args.broker,
-        f"node-{args.node_id}",
+        broker,
+        private_client_id(f"node-{args.node_id}", broker),
         # A durable node keeps its broker session across restarts, so the
         # samples published to its feeds meanwhile wait for it.
         session_expiry=SESSION_EXPIRY if args.state_dir else None,
@@ -143,12 +225,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             state_dir=args.state_dir,
             max_queue=args.max_queue,
             max_node_queue=args.max_node_queue,
+            caller_workers=args.caller_workers,
+            max_caller_calls=args.max_caller_calls,
+            max_caller_bytes=args.max_caller_bytes,
+            max_node_bytes=args.max_node_bytes,
             checkpoint_every=args.checkpoint_every,
+            stop_timeout=args.stop_timeout,
+            rights=rights_from(args),
+            pool_group=args.pool_group,
         )
     except StateDirInUse as exc:  # two nodes on one state dir would corrupt it
         log.error("%s", exc)
         return 2
-    return serve(node)
+    code = serve(node)
+    if not node.drained:
+        # Methods that ignore cancellation still run in the pool's threads,
+        # which the interpreter would wait for at exit: leave them, as a
+        # crash would (their calls were not answered; a durable node's files
+        # recover from a crash at any point).
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

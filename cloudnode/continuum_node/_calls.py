@@ -2,24 +2,38 @@
 network thread to a worker and back.
 
 :meth:`Calls.route` runs on the network thread and never runs application
-code: it checks the object and the method, answers a request id already
-seen from the object's outcomes (exactly-once; nothing for one in flight),
-refuses with ``busy`` when the mailbox or the node is full, and queues the
-call in the object's mailbox. :meth:`Calls.run` runs one job on a worker:
-the method, then for a mutating one the commit (durability, then replicas)
-before the reply. A feed sample is acknowledged once committed; one that
+code: it checks the object, the method and the caller's right, answers a
+request id already seen from the object's outcomes (exactly-once; nothing
+for one in flight), refuses with ``quota_exceeded`` a caller past its own
+bounds and with ``busy`` when the mailbox or the node is full
+(:mod:`continuum_node._quotas`), and queues the call in the object's
+mailbox. Workers serve the callers in turn, none beyond its share
+(:mod:`continuum_node._actors`). :meth:`Calls.run` runs one job on a
+worker: the method, then for a mutating one the commit (durability, then
+replicas) before the reply. Pool calls go through the same mailboxes (one
+per call) and bounds. A feed sample is acknowledged once committed; one
+that finds no room waits for it (:mod:`continuum_node._backlog`); one that
 cannot be made durable is held for the disk (:mod:`continuum_node._held`).
+
+A call runs in a :class:`~continuum_mqtt.CancelScope` of its deadline and
+the node's shutdown event: a method that calls
+:func:`continuum_mqtt.check_cancelled` stops there with ``cancelled``. A
+mutating call stopped so is committed as a checkpoint, never journaled (a
+replay would not stop where it did: see :func:`stopped`). A feed sample
+runs in none: at a shutdown it is not acknowledged, and comes again.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from continuum_mqtt import (
     BadRequest,
-    Busy,
+    Cancelled,
+    CancelScope,
     ContinuumError,
     DeadlineExpired,
     ObjectNotHere,
@@ -29,39 +43,74 @@ from continuum_mqtt.service import (
     Outcome,
     ReplyChannel,
     Request,
+    Rights,
     answer,
     invoke,
     lookup_method,
     remote_error,
 )
 
-from ._actors import Scheduler
+from ._actors import Actor, Scheduler
+from ._backlog import BACKLOG, Backlog
 from ._durability import Durability
 from ._feeds import FeedJob
 from ._held import HeldFeeds
+from ._quotas import Quotas, refusal
 from ._replication import Replication
 from ._resident import Resident, Residents
 
-__all__ = ["CallJob", "Calls", "Job", "not_started", "run_pooled"]
+__all__ = ["CallJob", "Calls", "Job", "PoolJob", "not_started", "run_pooled", "stopped"]
 
 log = logging.getLogger("continuum.node")
 
 
 class CallJob:
-    """A call for an object's mailbox, with where its reply goes."""
+    """A call for an object's mailbox, with where its reply goes and its
+    request's bytes."""
 
-    __slots__ = ("chan", "req")
+    __slots__ = ("chan", "req", "size")
 
-    def __init__(self, req: Request, chan: ReplyChannel) -> None:
+    def __init__(self, req: Request, chan: ReplyChannel, size: int = 0) -> None:
         self.req = req
         self.chan = chan
+        self.size = size
+
+    @property
+    def caller(self) -> str:
+        return self.req.caller
+
+
+class PoolJob(CallJob):
+    """A call for a stateless class's pool: no object, a mailbox of its own."""
+
+    __slots__ = ("instance",)
+
+    def __init__(self, instance: Any, req: Request, chan: ReplyChannel, size: int = 0) -> None:
+        super().__init__(req, chan, size)
+        self.instance = instance
 
 
 Job = CallJob | FeedJob
 
 
+def _caller(job: Job) -> str:
+    return job.caller
+
+
+def _size(job: Job) -> int:
+    return job.size
+
+
 def not_started(req: Request) -> DeadlineExpired:
     return DeadlineExpired(f"deadline passed before {req.method} started; not run")
+
+
+def stopped(outcome: Outcome) -> bool:
+    """Whether the method stopped at a cancellation point (``cancelled``):
+    such a mutating call is checkpointed as it left the object, never
+    journaled, since replaying it would not stop at the same point."""
+    ok, value = outcome
+    return not ok and isinstance(value, dict) and value.get("code") == Cancelled.code
 
 
 class Calls:
@@ -76,30 +125,50 @@ class Calls:
         max_queue: int = 10_000,
         max_node_queue: int = 100_000,
         held_retry: float = 1.0,
+        rights: Rights | None = None,
+        shutdown: threading.Event | None = None,
+        workers: int | None = None,
+        caller_workers: int | None = None,
+        quotas: Quotas | None = None,
+        backlog: int = BACKLOG,
     ) -> None:
         self.node_id = node_id
+        self.shutdown = shutdown  # set when the node stops: running calls are cancelled
+        self.rights = rights or Rights()
         self.residents = residents
         self.durability = durability
         self.replication = replication
         # samples waiting for the disk, retried every held_retry seconds
         self.held: HeldFeeds[Resident, FeedJob] = HeldFeeds(held_retry)
-        self.scheduler: Scheduler[Resident, Job] = Scheduler(
+        self.quotas = quotas or Quotas(max_queue=max_queue, max_node_queue=max_node_queue)
+        self.scheduler: Scheduler[Actor, Job] = Scheduler(
             submit,
             self.run,
-            max_queue=max_queue,
-            max_node_queue=max_node_queue,
+            max_queue=self.quotas.max_queue,
+            max_node_queue=self.quotas.max_node_queue,
             crashed=self._crashed,
+            workers=workers,
+            caller_workers=caller_workers,
+            quotas=self.quotas,
+            caller=_caller,
+            size=_size,
         )
+        # samples waiting for room in their object's mailbox; ``room()`` is
+        # called when an object that was full has room again (the node
+        # resumes the topics parked for it)
+        self.backlog: Backlog[Resident, FeedJob] = Backlog(self._offer_sample, backlog)
+        self.room: Callable[[], None] | None = None
 
     # -- network thread ------------------------------------------------------------
-    def route(self, req: Request, chan: ReplyChannel) -> None:
-        """A request on the node's call topic."""
+    def route(self, req: Request, chan: ReplyChannel, size: int = 0) -> None:
+        """A request on the node's call topic (``size``: its payload's bytes)."""
         if req.obj is None:
             chan.error(BadRequest("a call needs the field 'obj'"))
             return
         try:
             res = self.residents.primary(req.obj)
-            lookup_method(type(res.instance), req.method)
+            spec = lookup_method(type(res.instance), req.method)
+            self.rights.check_call(res.access, req.caller, f"{req.method} of {res.id}", spec.open)
         except ContinuumError as exc:
             chan.error(exc)
             return
@@ -111,30 +180,50 @@ class Calls:
             if claim.done and claim.outcome is not None:
                 answer(chan, claim.outcome)  # the first outcome, again
                 return
-        if self.scheduler.full(res):
+        if not self._queue(res, CallJob(req, chan, size)):
             res.once.abandon(rid)
-            chan.error(self._busy(res))
+
+    def route_pooled(self, instance: Any, req: Request, chan: ReplyChannel, size: int = 0) -> None:
+        """A request on a pool's call topic: a mailbox of its own, so that pool
+        calls run in parallel, in their caller's share and bounds."""
+        try:
+            self.rights.check_caller(req.caller)  # --no-anonymous holds for pools too
+        except ContinuumError as exc:
+            chan.error(exc)
             return
-        self.scheduler.enqueue(res, CallJob(req, chan))
+        self._queue(Actor(), PoolJob(instance, req, chan, size))
 
-    def _busy(self, res: Resident) -> Busy:
-        return Busy(
-            f"queue full on node {self.node_id} ({len(res.mailbox)} calls for"
-            f" this object, {self.scheduler.queued} in all); retry later",
-            node=self.node_id,
-        )
+    def _queue(self, actor: Actor, job: CallJob) -> bool:
+        caller = job.req.caller
+        why = self.scheduler.offer(actor, job, quota=not self.rights.is_admin(caller))
+        if why is None:
+            return True
+        job.chan.error(refusal(why, self.quotas, self.node_id, caller, self.scheduler.queued))
+        return False
 
-    def enqueue_sample(self, res: Resident, job: FeedJob) -> None:
-        self.scheduler.enqueue(res, job)
+    def enqueue_sample(self, res: Resident, job: FeedJob) -> bool:
+        """Queue a sample, or keep it waiting for room; False once ``res``
+        keeps as many waiting as it may (the router parks the topic)."""
+        return self.backlog.add(res, job)
+
+    def _offer_sample(self, res: Resident, job: FeedJob) -> bool:
+        return self.scheduler.offer(res, job) is None
 
     # -- workers -------------------------------------------------------------------
-    def run(self, res: Resident, job: Job) -> None:
+    def run(self, actor: Actor, job: Job) -> None:
+        if isinstance(job, PoolJob):
+            run_pooled(job.instance, job.req, job.chan, self.shutdown)
+            return
+        assert isinstance(actor, Resident)
+        res = actor
         if not self.residents.holds(res):  # deleted, fenced or quarantined since
             self._gone(res, job)
         elif isinstance(job, FeedJob):
             self._run_sample(res, job)
         else:
             self._run_call(res, job)
+        if self.backlog.drain(res) and self.room is not None:  # room for samples that wait
+            self.room()
 
     def _run_call(self, res: Resident, job: CallJob) -> None:
         req, chan = job.req, job.chan
@@ -144,14 +233,14 @@ class Calls:
             return
         spec = lookup_method(type(res.instance), req.method)
         if spec.readonly:
-            outcome = self._invoke(res, req, chan.progress)
+            outcome = self._invoke(res, req, chan)
             self._forget(res, req.id)
             answer(chan, outcome)
             return
         try:
             with res.state:  # run and commit as one change (see Resident.state)
-                outcome = self._invoke(res, req, chan.progress)
-                self.commit(res, req, outcome, spec.snapshot)
+                outcome = self._invoke(res, req, chan)
+                self.commit(res, req, outcome, spec.snapshot or stopped(outcome), job.size)
         except (ObjectNotHere, StorageError) as exc:  # fenced, or not durable (undone)
             self._forget(res, req.id)
             chan.error(exc)
@@ -163,10 +252,15 @@ class Calls:
             return
         answer(chan, outcome)
 
-    @staticmethod
-    def _invoke(res: Resident, req: Request, progress: Any = None) -> Outcome:
+    def _invoke(self, res: Resident, req: Request, chan: ReplyChannel | None = None) -> Outcome:
+        """Run the method: a call (``chan``) in the scope of its deadline and
+        the node's shutdown, with its progress updates; a feed sample bare."""
         try:
-            return (True, invoke(res.instance, req.method, req.args, req.kwargs, progress))
+            if chan is None:
+                return (True, invoke(res.instance, req.method, req.args, req.kwargs))
+            with CancelScope(chan.deadline, self.shutdown):
+                value = invoke(res.instance, req.method, req.args, req.kwargs, chan.progress)
+            return (True, value)
         except ContinuumError as exc:
             return (False, exc.to_envelope())
 
@@ -183,7 +277,8 @@ class Calls:
             return
         try:
             with res.state:  # run and commit as one change (see Resident.state)
-                self.commit(res, req, self._sample_outcome(res, req), spec.snapshot)
+                outcome = self._sample_outcome(res, req)
+                self.commit(res, req, outcome, spec.snapshot, job.size)
         except StorageError as exc:  # undone, not acknowledged: held
             log.error("%s: a feed sample waits for the disk: %s", res.id, exc)
             self.held.hold(res, job)
@@ -199,10 +294,12 @@ class Calls:
             log.warning("feed %s.%s on %s failed: %s", res.cls_path, req.method, res.id, outcome[1])
         return outcome
 
-    def commit(self, res: Resident, req: Request, outcome: Outcome, snapshot: bool) -> None:
+    def commit(
+        self, res: Resident, req: Request, outcome: Outcome, snapshot: bool, size: int = 0
+    ) -> None:
         """Durable first (journal or checkpoint), then on the live replicas:
         all before the caller hears of the call."""
-        entry = self.durability.commit(res, req, outcome, snapshot)
+        entry = self.durability.commit(res, req, outcome, snapshot, size)
         if res.replicas:
             self.replication.replicate(res, None if snapshot else entry)
         res.once.abandon(req.id)  # durable and replicated: a resend may be answered now
@@ -220,9 +317,12 @@ class Calls:
         self._forget(res, job.req.id)
         job.chan.error(self.residents.not_here(res.id))
 
-    def _crashed(self, res: Resident, job: Job) -> None:
-        log.exception("call %s on %s failed in the node", job.req.method, res.id)
-        self._forget(res, job.req.id)
+    def _crashed(self, actor: Actor, job: Job) -> None:
+        if not isinstance(actor, Resident):
+            log.exception("pool call %s failed in the node", job.req.method)
+            return
+        log.exception("call %s on %s failed in the node", job.req.method, actor.id)
+        self._forget(actor, job.req.id)
 
     @staticmethod
     def _forget(res: Resident, rid: str | None) -> None:
@@ -230,17 +330,28 @@ class Calls:
 
     def release_held(self) -> None:
         """Requeue the samples held for the disk, first in line; only while no
-        worker runs the object, so that their order holds."""
+        worker runs the object, so that their order holds. Then move samples
+        waiting for room into the mailboxes that have some."""
         for res in self.held.due():
             self.scheduler.requeue_first(res, lambda r=res: self.held.take(r))  # type: ignore[misc]
+        self.backlog.drain_all()
+
+    def has_room(self, res: Resident) -> bool:
+        """Whether ``res`` takes samples of a parked topic again."""
+        return self.backlog.has_room(res)
 
 
-def run_pooled(instance: Any, req: Request, chan: ReplyChannel) -> None:
-    """A call for a stateless class's pool (§14): no mailbox, no persistence."""
+def run_pooled(
+    instance: Any, req: Request, chan: ReplyChannel, shutdown: threading.Event | None = None
+) -> None:
+    """A call for a stateless class's pool (§14): no mailbox, no persistence;
+    cancelled like any call (its deadline, the node's ``shutdown``)."""
     if chan.expired():
         chan.error(not_started(req))
         return
     try:
-        chan.result(invoke(instance, req.method, req.args, req.kwargs, chan.progress))
+        with CancelScope(chan.deadline, shutdown):
+            value = invoke(instance, req.method, req.args, req.kwargs, chan.progress)
+        chan.result(value)
     except ContinuumError as exc:
         chan.error(exc)

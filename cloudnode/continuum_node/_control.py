@@ -14,6 +14,8 @@ from typing import Any
 
 from continuum_mqtt import BadRequest, UnknownClass
 from continuum_mqtt.service import (
+    ANONYMOUS,
+    Access,
     Dispatcher,
     ReplyChannel,
     Request,
@@ -100,7 +102,10 @@ class Control:
         kwargs: dict[str, Any] | None = None,
         replicas: list[str] | None = None,
         aliases: list[str] | None = None,
+        owner: str = ANONYMOUS,
+        grants: list[str] | None = None,
     ) -> dict[str, Any]:
+        access = Access.of(owner, grants or [])
         cls = canonical_class_path(_text("cls", cls))
         klass = self.classes.get(cls)
         if klass is None:
@@ -123,7 +128,7 @@ class Control:
                 instance = klass(*pos, **named)
             except Exception as exc:
                 raise remote_error(exc) from exc
-            res = Resident(obj, cls, instance, replicas=nodes, aliases=names)
+            res = Resident(obj, cls, instance, replicas=nodes, aliases=names, access=access)
             self.durability.persist(res)
             self.residents.put(res)
         if res.replicas:
@@ -175,14 +180,26 @@ class Control:
         """Replace the names the directory knows the object by (kept with it so
         that a directory can be rebuilt from the nodes)."""
         names = _alias_list(aliases)
+        self._change(obj, "aliases", names)
+        return {"id": obj, "aliases": names}
+
+    @method
+    def access(self, obj: str, owner: str, grants: list[str] | None = None) -> dict[str, Any]:
+        """Replace the object's owner and grants (the gateway's ``grant``,
+        ``revoke`` and ``set_owner``); replicas follow."""
+        access = Access.of(owner, grants or [])
+        self._change(obj, "access", access)
+        return {"id": obj, **access.wire()}
+
+    def _change(self, obj: str, attr: str, value: Any) -> None:
+        """Set a record field of ``obj`` (any role), durably; replicas follow."""
         res = self.residents.held(_text("obj", obj), any_role=True)
         with res.state:
             with res.lock:
-                res.aliases = names
+                setattr(res, attr, value)
             self.durability.persist_or_rollback(res)
             if res.role == "primary" and res.replicas:
                 self.replication.replicate(res)
-        return {"id": obj, "aliases": names}
 
     @method(name="list")
     def listing(self, **_ignored: Any) -> list[dict[str, Any]]:

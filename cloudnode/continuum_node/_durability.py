@@ -2,7 +2,12 @@
 
 A mutating call is *committed* before its caller hears of it: its outcome is
 kept for exactly-once and, on a durable node (``--state-dir``), journaled
-(or the whole object checkpointed). A change that cannot be made durable is
+(or the whole object checkpointed). A call whose journal entry would carry
+more than ``MAX_JOURNALED`` request bytes, or that failed, is checkpointed
+instead: its arguments are never written, so failing or big calls cost the
+object's size once rather than growing the journal by their arguments each
+time, and a replay never runs a failed call again (one that failed for a
+passing reason could succeed then, and the object would differ). A change that cannot be made durable is
 *rolled back*: the object is reloaded from its files, which undoes the change
 and its stored outcome (or quarantines the object when they cannot be read);
 reloading costs nothing until a write fails, where copying the object before
@@ -26,9 +31,11 @@ from ._quarantine import Quarantined
 from ._resident import Resident, Residents
 from ._store import Store, Unloadable
 
-__all__ = ["Durability"]
+__all__ = ["MAX_JOURNALED", "Durability"]
 
 log = logging.getLogger("continuum.node")
+
+MAX_JOURNALED = 64 * 1024  # request bytes above which a call is checkpointed, not journaled
 
 
 @dataclass(eq=False, repr=False)
@@ -56,12 +63,13 @@ class Durability:
             raise
 
     def commit(
-        self, res: Resident, req: Request, outcome: Outcome, snapshot: bool
+        self, res: Resident, req: Request, outcome: Outcome, snapshot: bool, size: int = 0
     ) -> dict[str, Any]:
         """Make a mutating call durable (journal entry, or a checkpoint for a
-        ``snapshot`` method or every ``checkpoint_every`` calls); returns its
-        journal entry (what replicas apply). On any failure the call is undone
-        (rolled back, its outcome not kept) and the error raised."""
+        ``snapshot`` method, a failed call, a request of more than
+        MAX_JOURNALED bytes (``size``), or every ``checkpoint_every`` calls);
+        returns its journal entry (what replicas apply). On any failure the
+        call is undone (rolled back, its outcome not kept) and the error raised."""
         res.seq += 1
         # stored (the checkpoint must hold it) but still in flight: a resend
         # gets no reply until the call is durable and replicated (Calls.commit)
@@ -77,7 +85,12 @@ class Durability:
         }
         if self.store is not None:
             try:
-                if snapshot or res.journaled >= self.checkpoint_every:
+                if (
+                    snapshot
+                    or not outcome[0]
+                    or size > MAX_JOURNALED
+                    or res.journaled >= self.checkpoint_every
+                ):
                     self.persist(res)
                 else:
                     try:

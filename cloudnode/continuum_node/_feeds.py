@@ -6,7 +6,8 @@
 * :class:`Ack`: a QoS 1 sample acknowledged to the broker only once every
   object it feeds has processed (and committed) it.
 * :class:`FeedRouter`: the network thread's side: decode, reorder, and queue
-  one job per bound object.
+  one job per bound object; park a topic whose objects have no room left
+  (see :mod:`continuum_node._backlog`) until they have.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +24,7 @@ from continuum_mqtt.service import Message, Request, decode, is_json
 
 from ._resident import Resident
 
-__all__ = ["FEED_HOLD", "Ack", "Bindings", "FeedJob", "FeedOrder", "FeedRouter"]
+__all__ = ["FEED_HOLD", "Ack", "Bindings", "FeedJob", "FeedOrder", "FeedRouter", "device_of"]
 
 log = logging.getLogger("continuum.node")
 
@@ -136,13 +138,17 @@ class Bindings:
 
 
 class FeedJob:
-    """A sample for one object's mailbox: a call without a reply."""
+    """A sample for one object's mailbox: a call without a reply. Its
+    ``caller`` is the device of its topic (the account that publishes there
+    and sets its rate), ``size`` its payload's bytes."""
 
-    __slots__ = ("ack", "req")
+    __slots__ = ("ack", "caller", "req", "size")
 
-    def __init__(self, req: Request, ack: Ack | None) -> None:
+    def __init__(self, req: Request, ack: Ack | None, caller: str = "", size: int = 0) -> None:
         self.req = req
         self.ack = ack
+        self.caller = caller
+        self.size = size
 
     def done(self) -> None:
         if self.ack is not None:
@@ -152,13 +158,16 @@ class FeedJob:
 class FeedRouter:
     """Samples from the network thread to the mailboxes of the bound objects.
 
-    ``enqueue(res, job)`` queues a :class:`FeedJob`; ``ack(msg)`` acknowledges
-    a message to the broker."""
+    ``enqueue(res, job)`` queues a :class:`FeedJob` (or keeps it waiting for
+    room) and returns False when ``res`` can keep no more: the topic is then
+    *parked*: its samples stay here, unacknowledged and in order, until
+    :meth:`resume` finds room for them. ``ack(msg)`` acknowledges a message
+    to the broker."""
 
     def __init__(
         self,
         bindings: Bindings,
-        enqueue: Callable[[Resident, FeedJob], None],
+        enqueue: Callable[[Resident, FeedJob], bool | None],
         ack: Callable[[Message], None],
         max_payload: int,
         hold: float = FEED_HOLD,
@@ -169,7 +178,14 @@ class FeedRouter:
         self.max_payload = max_payload
         self.hold = hold
         self._orders: dict[str, FeedOrder] = {}  # topic -> its samples' order
+        self._parked: dict[str, deque[tuple[Message, Any]]] = {}  # topic -> samples kept
         self._lock = threading.Lock()
+
+    @property
+    def parked(self) -> int:
+        """Samples parked, all topics."""
+        with self._lock:
+            return sum(len(q) for q in self._parked.values())
 
     def route(self, msg: Message) -> None:
         """A message on a feed topic: decoded (a malformed one is acknowledged
@@ -183,6 +199,11 @@ class FeedRouter:
             if msg.qos:
                 self._ack(msg)
             return
+        if isinstance(sample, dict):
+            # The device is the topic's (the broker pins <root>/dev/<username>/ to
+            # the account), never what the payload says: a publisher cannot pass
+            # its samples off as another device's, nor poison its seq tracking.
+            sample["dev"] = device_of(msg.topic)
         seq = sample.get("seq") if isinstance(sample, dict) else None
         if isinstance(seq, bool) or not isinstance(seq, int):
             self.feed(msg, sample)
@@ -207,14 +228,52 @@ class FeedRouter:
 
     def feed(self, msg: Message, sample: Any) -> None:
         """One job per object bound to the topic now (bindings may have changed
-        while the sample was held); none: acknowledged and dropped."""
+        while the sample was held); none: acknowledged and dropped. A parked
+        topic's sample is parked behind the others."""
+        with self._lock:
+            parked = self._parked.get(msg.topic)
+            if parked is not None:
+                parked.append((msg, sample))
+                return
+        if not self._deliver(msg, sample):
+            with self._lock:
+                self._parked.setdefault(msg.topic, deque())
+
+    def _deliver(self, msg: Message, sample: Any) -> bool:
+        """Queue the sample's jobs; False when an object wants no more."""
         targets = [
             (r, m) for r in list(self.bindings.fed(msg.topic)) if (m := r.feeds.get(msg.topic))
         ]
         if not targets:
             if msg.qos:
                 self._ack(msg)
-            return
+            return True
         ack = Ack(lambda: self._ack(msg), len(targets)) if msg.qos else None
+        device, size, room = device_of(msg.topic), len(msg.payload), True
         for res, method in targets:
-            self._enqueue(res, FeedJob(Request(method, [sample], {}), ack))
+            job = FeedJob(Request(method, [sample], {}), ack, device, size)
+            if self._enqueue(res, job) is False:
+                room = False
+        return room
+
+    def resume(self, has_room: Callable[[Resident], bool]) -> None:
+        """Route the parked samples of each topic whose objects all have room
+        again, in order, until one of them is full again."""
+        with self._lock:
+            ready = [t for t in self._parked if all(has_room(r) for r in self.bindings.fed(t))]
+        for topic in ready:
+            while True:
+                with self._lock:
+                    parked = self._parked.get(topic)
+                    if not parked:  # all routed: the topic is routed as it comes again
+                        self._parked.pop(topic, None)
+                        break
+                    msg, sample = parked.popleft()
+                # still parked meanwhile: the network thread parks what comes behind
+                if not self._deliver(msg, sample):
+                    break
+
+
+def device_of(topic: str) -> str:
+    """The device of a metrics topic ``<root>/dev/<device>/metrics``."""
+    return topic.rsplit("/", 2)[-2]

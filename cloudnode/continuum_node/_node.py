@@ -5,9 +5,12 @@ concept with its own tests:
 
 ========================  ===================================================
 :mod:`._resident`          an object, its record, the node's table of them
-:mod:`._actors`            mailboxes drained by the worker pool (order, bounds)
+:mod:`._actors`            mailboxes drained by the worker pool (order, fair
+                           shares of the callers)
+:mod:`._quotas`            bounds per caller and node-wide (quota, busy)
 :mod:`._calls`             a call from the network thread to a worker and back
                            (exactly-once, busy, deadline, commit, reply)
+:mod:`._backlog`           feed samples waiting for room in a mailbox
 :mod:`._durability`        commit, checkpoint, rollback, restore over the store
 :mod:`._replication`       syncs to replicas, applying them, promotion, fencing
 :mod:`._feeds`             bindings, the samples' reorder buffer and their acks
@@ -28,26 +31,32 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from continuum_mqtt.service import (
+    ANONYMOUS,
     DEFAULT_ROOT,
     Liveness,
     Message,
     ReplyChannel,
     Request,
     Requester,
+    Rights,
     Topics,
     Transport,
     accept,
+    call_subscriptions,
 )
 
-from ._calls import Calls, run_pooled
+from ._calls import Calls
 from ._classes import load_classes
 from ._control import Control
 from ._durability import Durability
 from ._feeds import FEED_HOLD, Bindings, FeedRouter
+from ._quotas import Quotas
 from ._replication import Replication
 from ._resident import Residents
 from ._status import Status, offline
@@ -57,6 +66,9 @@ __all__ = ["Node", "load_classes"]
 
 log = logging.getLogger("continuum.node")
 
+Route = Callable[[Request, ReplyChannel], None]
+CallRoute = Callable[[Request, ReplyChannel, int], None]  # with the request's bytes
+
 
 class Node:
     """A node ``node_id`` hosting ``classes`` over ``transport`` (not started:
@@ -64,7 +76,14 @@ class Node:
     pools (tests); ``tick`` is how often held samples and the status are
     looked at (0: never by itself, a test calls :meth:`tick`); ``feed_hold``
     how long a sample waits for a gap to fill; ``held_retry`` how often a
-    sample that could not be made durable is retried."""
+    sample that could not be made durable is retried; ``rights`` who may call
+    what (the admin accounts; whether anonymous callers are served);
+    ``pool_group`` the shared-subscription group of the pools (a secret where
+    the broker cannot refuse devices a SUBSCRIBE: protocol.md section 21);
+    ``caller_workers`` the workers one caller's jobs may hold at once (None:
+    half of ``workers``, at least 1); ``max_caller_calls``,
+    ``max_caller_bytes``, ``max_node_bytes`` the bounds of
+    :mod:`continuum_node._quotas`."""
 
     def __init__(
         self,
@@ -86,6 +105,13 @@ class Node:
         pool: Executor | None = None,
         sync_pool: Executor | None = None,
         tick: float = 0.25,
+        stop_timeout: float | None = None,
+        rights: Rights | None = None,
+        pool_group: str = "continuum",
+        caller_workers: int | None = None,
+        max_caller_calls: int = Quotas.max_caller_calls,
+        max_caller_bytes: int = Quotas.max_caller_bytes,
+        max_node_bytes: int = Quotas.max_node_bytes,
     ) -> None:
         self.node_id = node_id
         self.transport = transport
@@ -94,7 +120,10 @@ class Node:
         self.max_payload = max_payload
         self.max_reply = max_reply or max_payload
         self._tick = tick
+        # set by stop(): running calls see it at their next check_cancelled()
         self._stopping = threading.Event()
+        self.stop_timeout = stop_timeout  # how long stop() waits for the workers (None: all)
+        self.drained = True  # False once a stop() left methods running (see stop)
         self._pool = pool or ThreadPoolExecutor(
             workers, thread_name_prefix=f"continuum-node-{node_id}"
         )
@@ -102,6 +131,12 @@ class Node:
         # each other with busy pools would otherwise deadlock until timeouts).
         self._sync_pool = sync_pool or ThreadPoolExecutor(
             1, thread_name_prefix=f"continuum-sync-{node_id}"
+        )
+        # Control requests (the gateway's creates, deletes, binds) never wait
+        # behind calls either: one caller's long calls holding every worker
+        # must not stall everyone's creates.
+        self._ctl_pool = pool or ThreadPoolExecutor(
+            2, thread_name_prefix=f"continuum-ctl-{node_id}"
         )
         self.residents = Residents(node_id)
         self.bindings = Bindings(lambda t: transport.subscribe(t, 1), transport.unsubscribe)
@@ -127,13 +162,23 @@ class Node:
             self.durability,
             self.replication,
             self._pool.submit,
-            max_queue=max_queue,
-            max_node_queue=max_node_queue,
             held_retry=held_retry,
+            shutdown=self._stopping,
+            rights=rights,
+            workers=workers,
+            caller_workers=caller_workers or max(1, workers // 2),
+            quotas=Quotas(
+                max_queue=max_queue,
+                max_node_queue=max_node_queue,
+                max_node_bytes=max_node_bytes,
+                max_caller_calls=max_caller_calls,
+                max_caller_bytes=max_caller_bytes,
+            ),
         )
         self.feeds = FeedRouter(
             self.bindings, self.calls.enqueue_sample, transport.ack, max_payload, feed_hold
         )
+        self.calls.room = partial(self.feeds.resume, self.calls.has_room)
         self.control = Control(
             node_id,
             topics,
@@ -157,18 +202,23 @@ class Node:
             for path, cls in classes.items()
             if getattr(cls, "__continuum_stateless__", False)
         }
-        self._routes = {
-            topics.node_call(node_id): self._call,
+        # Call topics take a caller level (<call topic>/<username>); control and
+        # sync topics are for services only.
+        self._calls: dict[str, CallRoute] = {topics.node_call(node_id): self.calls.route}
+        self._calls.update({t: partial(self._pooled, t) for t in self._pools})
+        self._routes: dict[str, Route] = {
             topics.node_ctl(node_id): self._ctl,
             topics.node_sync(node_id): self._sync,
         }
         transport.bind(self._on_message, self._on_connected)
         transport.set_will(self._status_topic, offline(node_id), True)
-        for topic in [*self._routes, self.requester.reply_topic, *self.liveness.subscriptions]:
+        own = [*call_subscriptions(topics.node_call(node_id)), *self._routes]
+        for topic in [*own, self.requester.reply_topic, *self.liveness.subscriptions]:
             transport.subscribe(topic, 1)
         for path in sorted(classes):
             if topics.pool_call(path) in self._pools:
-                transport.subscribe(topics.pool_share(path), 1)
+                for share in call_subscriptions(topics.pool_share(path, pool_group)):
+                    transport.subscribe(share, 1)
 
     @property
     def store(self) -> Store | None:
@@ -200,14 +250,35 @@ class Node:
         )
 
     def stop(self) -> None:
+        """Go offline and stop: running calls are cancelled at their next
+        :func:`continuum_mqtt.check_cancelled`, queued ones dropped; the
+        workers are waited for up to ``stop_timeout`` seconds. Methods still
+        running then are left behind (``drained`` False, the store left open):
+        the process should exit without them (``continuum-node`` does)."""
         log.info("node %s stopping", self.node_id)
         self._stopping.set()
+        self.calls.scheduler.close()  # queued calls never start
         with contextlib.suppress(RuntimeError, ValueError):
             self.transport.publish(self._status_topic, offline(self.node_id), retain=True).wait(2)
         self.requester.stop()
         self.transport.stop()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._sync_pool.shutdown(wait=True, cancel_futures=True)
+
+        def drain() -> None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._sync_pool.shutdown(wait=True, cancel_futures=True)
+            self._ctl_pool.shutdown(wait=True, cancel_futures=True)
+
+        waiter = threading.Thread(target=drain, name=f"continuum-stop-{self.node_id}", daemon=True)
+        waiter.start()
+        waiter.join(self.stop_timeout)
+        self.drained = not waiter.is_alive()
+        if not self.drained:
+            log.warning(
+                "node %s: methods still running %.1f s after the stop; left behind",
+                self.node_id,
+                self.stop_timeout,
+            )
+            return
         self.durability.close()
 
     def _on_connected(self) -> None:
@@ -226,6 +297,7 @@ class Node:
             self.status.refresh()
         self.calls.release_held()
         self.feeds.flush()
+        self.feeds.resume(self.calls.has_room)
 
     # -- network thread --------------------------------------------------------
     def _on_message(self, msg: Message) -> None:
@@ -241,20 +313,34 @@ class Node:
         if node is not None:
             self.liveness.update(node, msg.payload, retained=msg.retain)
             return
-        req, chan = accept(msg, self.transport, self.topics, self.max_payload, self.max_reply)
-        if req is None:
-            return
         route = self._routes.get(topic)
         if route is not None:
-            route(req, chan)
-        elif topic in self._pools:
-            self._pool.submit(run_pooled, self._pools[topic], req, chan)
+            req, chan = self._accept(msg, ANONYMOUS)
+            if req is not None:
+                route(req, chan)
+            return
+        call, caller = self._call_route(topic)
+        if call is not None:
+            req, chan = self._accept(msg, caller)
+            if req is not None:
+                call(req, chan, len(msg.payload))  # its bytes count against the caller
 
-    def _call(self, req: Request, chan: ReplyChannel) -> None:
-        self.calls.route(req, chan)
+    def _accept(self, msg: Message, caller: str) -> tuple[Request | None, ReplyChannel]:
+        return accept(msg, self.transport, self.topics, self.max_payload, self.max_reply, caller)
+
+    def _call_route(self, topic: str) -> tuple[CallRoute | None, str]:
+        route = self._calls.get(topic)
+        if route is not None:
+            return route, ANONYMOUS
+        base, _, caller = topic.rpartition("/")
+        route = self._calls.get(base)
+        return (route, caller) if route is not None and caller else (None, ANONYMOUS)
+
+    def _pooled(self, topic: str, req: Request, chan: ReplyChannel, size: int) -> None:
+        self.calls.route_pooled(self._pools[topic], req, chan, size)
 
     def _ctl(self, req: Request, chan: ReplyChannel) -> None:
-        self._pool.submit(self.control.handle, req, chan)
+        self._ctl_pool.submit(self.control.handle, req, chan)
 
     def _sync(self, req: Request, chan: ReplyChannel) -> None:
         self._sync_pool.submit(self.replication.handle, req, chan)

@@ -11,7 +11,7 @@ import threading
 from typing import Any
 
 from continuum_mqtt import ContinuumError, ObjectNotHere
-from continuum_mqtt.service import ExactlyOnce, MemoryOutcomes, Outcome
+from continuum_mqtt.service import ANONYMOUS, Access, ExactlyOnce, MemoryOutcomes, Outcome
 
 from ._actors import Actor
 from ._quarantine import Quarantine, list_entry
@@ -23,6 +23,7 @@ class Resident(Actor):
     """One object and its mailbox (an :class:`~continuum_node._actors.Actor`)."""
 
     __slots__ = (
+        "access",
         "aliases",
         "cls_path",
         "feeds",
@@ -47,9 +48,13 @@ class Resident(Actor):
         role: str = "primary",
         replicas: list[str] | None = None,
         aliases: list[str] | None = None,
+        access: Access | None = None,
     ) -> None:
         super().__init__()
         self.id = oid
+        # its owner and grants (protocol.md section 21): the node checks every
+        # call against them itself
+        self.access = access or Access()
         self.aliases: list[str] = list(aliases or [])  # the directory's names for it
         # A primary serves calls and ships its state to its replicas after each
         # mutating call; a replica only holds the latest state until promoted.
@@ -88,6 +93,7 @@ class Resident(Actor):
             "role": self.role,
             "replicas": self.replicas,
             "aliases": self.aliases,
+            **self.access.wire(),
             "seq": self.seq,
             "instance": self.instance,
         }
@@ -103,6 +109,7 @@ class Resident(Actor):
             rec.get("role", "primary"),
             rec.get("replicas"),
             rec.get("aliases"),
+            Access.of(rec.get("owner", ANONYMOUS), rec.get("grants", [])),
         )
         res.seq = rec.get("seq", 0)
         return res
@@ -114,14 +121,17 @@ class Resident(Actor):
         with self.lock:
             self.instance, self.seq, self.journaled = other.instance, other.seq, other.journaled
             self.outcomes = self.once.store = other.outcomes
-            self.feeds, self.aliases = other.feeds, other.aliases
+            self.feeds, self.aliases, self.access = other.feeds, other.aliases, other.access
             self.role, self.replicas = other.role, other.replicas
 
     def listing(self) -> dict[str, Any]:
         """Its node control ``list`` entry (protocol §17)."""
-        return list_entry(
-            self.id, self.cls_path, self.feeds, self.role, self.replicas, self.aliases
-        )
+        return {
+            **list_entry(
+                self.id, self.cls_path, self.feeds, self.role, self.replicas, self.aliases
+            ),
+            **self.access.wire(),
+        }
 
 
 class Residents:

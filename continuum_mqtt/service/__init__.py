@@ -22,15 +22,26 @@ if TYPE_CHECKING:
     from .._errors import error_from_envelope
     from .._invoke import bind_arguments, describe_class, invoke, lookup_method, remote_error
     from .._model import class_path
-    from .._mqtt import BrokerURL, PublishOptions, new_client_id, set_nodelay, varint
+    from .._mqtt import (
+        BrokerURL,
+        PublishOptions,
+        new_client_id,
+        private_client_id,
+        set_nodelay,
+        varint,
+    )
     from .._protocol import (
+        ANONYMOUS,
         DEFAULT_ROOT,
         LEGACY_MODULES,
         PROTOCOL_VERSION,
         Request,
         Topics,
+        as_caller,
+        call_subscriptions,
         canonical_class_path,
         check_create,
+        split_call,
         valid_topic_text,
     )
     from .._protocol import _check_level as check_level
@@ -38,19 +49,22 @@ if TYPE_CHECKING:
         ConfigError,
         Service,
         add_common_arguments,
+        add_rights_arguments,
         fsync_path,
         parse_args,
+        rights_from,
         sd_notify,
         serve,
         setup_logging,
         wait_for_signal,
     )
+    from ._access import EVERYONE, MAX_ALIAS_CHARS, MAX_ALIASES, Access, Rights
     from ._dispatch import CONTEXT, Dispatcher, MethodSpec, method
     from ._fake import FakeBus, FakeTransport, topic_matches
     from ._liveness import GATEWAY, MAX_STATUS, Liveness, StatusChange, parse_status
     from ._mqtt import MqttTransport
     from ._once import Claim, ExactlyOnce, MemoryOutcomes, OutcomeStore
-    from ._reply import Outcome, ReplyChannel, accept, answer
+    from ._reply import Outcome, ReplyChannel, accept, answer, scoped_id
     from ._requester import Pending, ProgressFn, Requester
     from ._transport import Message, MessageHandler, Publication, Transport
 
@@ -70,6 +84,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ReplyChannel": ("._reply", "ReplyChannel"),
     "accept": ("._reply", "accept"),
     "answer": ("._reply", "answer"),
+    "scoped_id": ("._reply", "scoped_id"),
     "Pending": ("._requester", "Pending"),
     "ProgressFn": ("._requester", "ProgressFn"),
     "Requester": ("._requester", "Requester"),
@@ -84,16 +99,26 @@ _LAZY: dict[str, tuple[str, str]] = {
     "StatusChange": ("._liveness", "StatusChange"),
     "parse_status": ("._liveness", "parse_status"),
     "CONTEXT": ("._dispatch", "CONTEXT"),
+    "Access": ("._access", "Access"),
+    "Rights": ("._access", "Rights"),
+    "EVERYONE": ("._access", "EVERYONE"),
+    "MAX_ALIASES": ("._access", "MAX_ALIASES"),
+    "MAX_ALIAS_CHARS": ("._access", "MAX_ALIAS_CHARS"),
     "Dispatcher": ("._dispatch", "Dispatcher"),
     "MethodSpec": ("._dispatch", "MethodSpec"),
     "method": ("._dispatch", "method"),
     # the protocol
     "BrokerURL": (".._mqtt", "BrokerURL"),
     "new_client_id": (".._mqtt", "new_client_id"),
+    "private_client_id": (".._mqtt", "private_client_id"),
     "varint": (".._mqtt", "varint"),
     "set_nodelay": (".._mqtt", "set_nodelay"),
     "valid_topic_text": (".._protocol", "valid_topic_text"),
     "check_create": (".._protocol", "check_create"),
+    "ANONYMOUS": (".._protocol", "ANONYMOUS"),
+    "as_caller": (".._protocol", "as_caller"),
+    "call_subscriptions": (".._protocol", "call_subscriptions"),
+    "split_call": (".._protocol", "split_call"),
     "canonical_class_path": (".._protocol", "canonical_class_path"),
     "LEGACY_MODULES": (".._protocol", "LEGACY_MODULES"),
     "DEFAULT_ROOT": (".._protocol", "DEFAULT_ROOT"),
@@ -116,6 +141,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "ConfigError": (".._service", "ConfigError"),
     "Service": (".._service", "Service"),
     "add_common_arguments": (".._service", "add_common_arguments"),
+    "add_rights_arguments": (".._service", "add_rights_arguments"),
+    "rights_from": (".._service", "rights_from"),
     "fsync_path": (".._service", "fsync_path"),
     "parse_args": (".._service", "parse_args"),
     "sd_notify": (".._service", "sd_notify"),
@@ -140,12 +167,17 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "ANONYMOUS",
     "CONTEXT",
     "DEFAULT_ROOT",
+    "EVERYONE",
     "GATEWAY",
     "LEGACY_MODULES",
+    "MAX_ALIASES",
+    "MAX_ALIAS_CHARS",
     "MAX_STATUS",
     "PROTOCOL_VERSION",
+    "Access",
     "BrokerURL",
     "Claim",
     "ConfigError",
@@ -168,14 +200,18 @@ __all__ = [
     "ReplyChannel",
     "Request",
     "Requester",
+    "Rights",
     "Service",
     "StatusChange",
     "Topics",
     "Transport",
     "accept",
     "add_common_arguments",
+    "add_rights_arguments",
     "answer",
+    "as_caller",
     "bind_arguments",
+    "call_subscriptions",
     "canonical_class_path",
     "check_create",
     "check_level",
@@ -192,11 +228,15 @@ __all__ = [
     "new_client_id",
     "parse_args",
     "parse_status",
+    "private_client_id",
     "remote_error",
+    "rights_from",
+    "scoped_id",
     "sd_notify",
     "serve",
     "set_nodelay",
     "setup_logging",
+    "split_call",
     "topic_matches",
     "valid_topic_text",
     "varint",

@@ -35,11 +35,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _ATTR = "__continuum_method__"
 
-CONTEXT = ("deadline", "rid", "reply")
+CONTEXT = ("deadline", "rid", "reply", "caller")
 """What a method may ask for (``context=``), passed as keyword ``_<name>``:
 ``deadline`` (the request's, a ``time.monotonic()`` value or None), ``rid``
-(the request id of a ``changes`` method, None otherwise) and ``reply`` (the
-:class:`~continuum_mqtt.service.ReplyChannel`, for progress updates)."""
+(the request id of a ``changes`` method, None otherwise), ``reply`` (the
+:class:`~continuum_mqtt.service.ReplyChannel`, for progress updates) and
+``caller`` (the request's caller: the broker username its topic carries)."""
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,7 @@ class Dispatcher:
             if claim.done and claim.outcome is not None:
                 answer(chan, claim.outcome)
                 return
-        outcome = self.outcome(req, deadline=chan.deadline, rid=rid, reply=chan)
+        outcome = self.outcome(req, deadline=chan.deadline, rid=rid, reply=chan, caller=req.caller)
         if once is not None and rid is not None:
             once.finish(rid, outcome, method=req.method)
         answer(chan, outcome)

@@ -80,6 +80,10 @@ class MqttTransport(Handlers):
     service can drop retained requests however they arrive (docs/protocol.md
     §5); a client turns it off to read the flag as "from the broker's store".
 
+    ``max_packet_size``: the largest packet the broker may send us (MQTT 5
+    Maximum Packet Size); larger messages are dropped by the broker, never
+    delivered (a device's cap on what others can push onto it).
+
     ``subscriptions`` maps topic filters to QoS; they are (re)subscribed on
     every connect. ``client`` is the paho client.
     """
@@ -95,12 +99,14 @@ class MqttTransport(Handlers):
         session_expiry: int | None = None,
         manual_ack: bool = False,
         retain_as_published: bool = True,
+        max_packet_size: int | None = None,
     ) -> None:
         self.url = broker if isinstance(broker, BrokerURL) else BrokerURL.parse(broker)
         self._client_id = client_id
         self.subscriptions: dict[str, int] = {}
         self._keepalive = keepalive
         self._session_expiry = session_expiry
+        self._max_packet = max_packet_size
         self._retain_as_published = retain_as_published
         self._connected = threading.Event()
         self._connect_error: str | None = None
@@ -186,20 +192,22 @@ class MqttTransport(Handlers):
 
     def start(self, timeout: float = 10.0) -> None:
         try:
+            props = Properties(PacketTypes.CONNECT)
             if self._session_expiry:
                 # A persistent session: the broker keeps our subscriptions and
                 # queues QoS 1 messages while we are away (a restart).
-                props = Properties(PacketTypes.CONNECT)
                 props.SessionExpiryInterval = self._session_expiry
-                self.client.connect(
-                    self.url.host,
-                    self.url.port,
-                    keepalive=self._keepalive,
-                    clean_start=False,
-                    properties=props,
-                )
-            else:
-                self.client.connect(self.url.host, self.url.port, keepalive=self._keepalive)
+            if self._max_packet:
+                # MQTT 5 Maximum Packet Size: the broker never sends us more
+                props.MaximumPacketSize = self._max_packet
+            self.client.connect(
+                self.url.host,
+                self.url.port,
+                keepalive=self._keepalive,
+                # paho's default: clean on the first connection only
+                clean_start=False if self._session_expiry else paho.MQTT_CLEAN_START_FIRST_ONLY,
+                properties=props if (self._session_expiry or self._max_packet) else None,
+            )
         except OSError as exc:
             raise NotConnected(f"cannot reach broker {self.url}: {exc}") from exc
         self.client.loop_start()

@@ -46,9 +46,12 @@ def _size(outcome: Outcome) -> int:
 
 
 class MemoryOutcomes:
-    """Outcomes in memory, oldest dropped first beyond ``max_entries`` or
-    ``max_bytes`` (their encoded size; the newest is always kept). ``initial``:
-    outcomes to start with, oldest first (from a checkpoint)."""
+    """Outcomes in memory, kept per caller: a request id scoped to its caller
+    (``<caller>/<id>``, :func:`~continuum_mqtt.service.scoped_id`) counts against
+    that caller's bounds only, so one caller's traffic never pushes another's
+    outcomes out. Per caller, the oldest are dropped first beyond
+    ``max_entries`` or ``max_bytes`` (their encoded size; the newest is always
+    kept). ``initial``: outcomes to start with, oldest first (from a checkpoint)."""
 
     def __init__(
         self,
@@ -59,7 +62,9 @@ class MemoryOutcomes:
     ) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self._items: OrderedDict[str, tuple[Outcome, int]] = OrderedDict()
+        self._items: dict[str, tuple[Outcome, int]] = {}
+        self._callers: dict[str, OrderedDict[str, int]] = {}  # caller -> its ids, oldest first
+        self._caller_bytes: dict[str, int] = {}
         self._bytes = 0
         self._lock = threading.Lock()
         for rid, outcome in (initial or {}).items():
@@ -71,21 +76,26 @@ class MemoryOutcomes:
 
     def put(self, rid: str, method: str, outcome: Outcome) -> None:
         size = _size(outcome)
+        caller = rid.partition("/")[0] if "/" in rid else ""
         with self._lock:
             if rid in self._items:
                 return
             self._items[rid] = (outcome, size)
+            ids = self._callers.setdefault(caller, OrderedDict())
+            ids[rid] = size
             self._bytes += size
-            while len(self._items) > 1 and (
-                len(self._items) > self.max_entries or self._bytes > self.max_bytes
-            ):
-                _, (_, dropped) = self._items.popitem(last=False)
+            used = self._caller_bytes[caller] = self._caller_bytes.get(caller, 0) + size
+            while len(ids) > 1 and (len(ids) > self.max_entries or used > self.max_bytes):
+                old, dropped = ids.popitem(last=False)
+                del self._items[old]
+                used -= dropped
                 self._bytes -= dropped
+            self._caller_bytes[caller] = used
 
     def snapshot(self) -> dict[str, Outcome]:
-        """Every outcome kept, oldest first (for a checkpoint)."""
+        """Every outcome kept, each caller's oldest first (for a checkpoint)."""
         with self._lock:
-            return {rid: o for rid, (o, _) in self._items.items()}
+            return {rid: self._items[rid][0] for ids in self._callers.values() for rid in ids}
 
     @property
     def bytes(self) -> int:

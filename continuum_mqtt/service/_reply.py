@@ -19,6 +19,7 @@ from .._errors import (
     error_from_envelope,
 )
 from .._protocol import (
+    ANONYMOUS,
     Request,
     Topics,
     error_reply,
@@ -28,7 +29,7 @@ from .._protocol import (
 )
 from ._transport import Message, Transport
 
-__all__ = ["Outcome", "ReplyChannel", "accept", "answer"]
+__all__ = ["Outcome", "ReplyChannel", "accept", "answer", "scoped_id"]
 
 log = logging.getLogger("continuum.server")
 
@@ -118,11 +119,20 @@ def answer(chan: ReplyChannel, outcome: Outcome) -> None:
 
 
 def accept(
-    msg: Message, transport: Transport, topics: Topics, max_payload: int, max_reply: int
+    msg: Message,
+    transport: Transport,
+    topics: Topics,
+    max_payload: int,
+    max_reply: int,
+    caller: str = ANONYMOUS,
 ) -> tuple[Request | None, ReplyChannel]:
-    """Decode ``msg``. On a bad request the error is already answered and the
-    request is None. A request whose reply topic lies outside the reply tree is
-    never answered (a service must not be made to publish on arbitrary topics)."""
+    """Decode ``msg``, a request from ``caller`` (:func:`split_call` of its
+    topic). On a bad request the error is already answered and the request is
+    None. A request whose reply topic lies outside the reply tree, or, for a
+    caller with a username, outside ``<root>/reply/<caller>/``, is never
+    answered (a service must not be made to publish on arbitrary topics, nor
+    into another account's replies). The request's ``id`` is scoped to its
+    caller (:func:`scoped_id`)."""
     if msg.retain:
         # A retained request is never run (docs/protocol.md §5): it would run
         # again at every resubscription. Services subscribe with Retain As
@@ -135,7 +145,7 @@ def accept(
     response_topic = msg.response_topic
     try:
         if len(payload) > max_payload:
-            chan.topic = _reply_topic(response_topic, topics, msg.topic)
+            chan.topic = _reply_topic(response_topic, topics, msg.topic, caller)
             raise PayloadTooLarge(
                 f"request of {len(payload)} bytes exceeds the limit of {max_payload}",
                 limit=max_payload,
@@ -144,20 +154,21 @@ def accept(
         try:
             body = decode(payload, json_payload)
         except BadRequest:
-            chan.topic = _reply_topic(response_topic, topics, msg.topic)
+            chan.topic = _reply_topic(response_topic, topics, msg.topic, caller)
             raise
+        named = response_topic
         if isinstance(body, dict):
             rid = body.get("id")
             chan.rid = rid if isinstance(rid, str) else None
             reply_to = body.get("reply_to")
-            chan.topic = _reply_topic(
-                response_topic or (reply_to if isinstance(reply_to, str) else None),
-                topics,
-                msg.topic,
-            )
-        else:
-            chan.topic = _reply_topic(response_topic, topics, msg.topic)
+            named = response_topic or (reply_to if isinstance(reply_to, str) else None)
+        chan.topic = _reply_topic(named, topics, msg.topic, caller)
+        if named is not None and chan.topic is None:
+            return None, chan  # a refused reply topic: not run either (logged)
         req = Request.from_wire(body)
+        req.caller = caller
+        if req.id is not None:
+            req.id = scoped_id(caller, req.id)
         if req.timeout_ms is not None:
             chan.deadline = time.monotonic() + req.timeout_ms / 1000.0
         return req, chan
@@ -169,12 +180,22 @@ def accept(
         return None, chan
 
 
-def _reply_topic(candidate: str | None, topics: Topics, where: str) -> str | None:
+def scoped_id(caller: str, rid: str) -> str:
+    """A request id as services key it (exactly-once tables, journals): one
+    caller's ids never meet another's. Usernames have no ``/``; an anonymous
+    caller's id is kept as it is unless it has one."""
+    return rid if caller == ANONYMOUS and "/" not in rid else f"{caller}/{rid}"
+
+
+def _reply_topic(
+    candidate: str | None, topics: Topics, where: str, caller: str = ANONYMOUS
+) -> str | None:
     if candidate is None:
         return None
+    prefix = topics.reply_prefix if caller == ANONYMOUS else f"{topics.reply_prefix}{caller}/"
     if (
         not isinstance(candidate, str)
-        or not candidate.startswith(topics.reply_prefix)
+        or not candidate.startswith(prefix)
         or "+" in candidate
         or "#" in candidate
         or not valid_topic_text(candidate)

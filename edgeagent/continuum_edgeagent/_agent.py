@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-from continuum_mqtt.service import Topics, encode, sd_notify
+from continuum_mqtt.service import Topics, encode, private_client_id, sd_notify
 
 from ._config import AgentConfig, ConfigError, load
 from ._link import Link
@@ -88,7 +88,7 @@ class Agent:
         broker = cfg.broker_url()
         self.link = Link(
             broker,
-            f"edgeagent-{cfg.device}",
+            private_client_id(f"edgeagent-{cfg.device}", broker),
             keepalive=cfg.broker.keepalive,
             backoff=(cfg.broker.backoff_min, cfg.broker.backoff_max),
             will=lambda: (self._topic("status"), encode(self._device_status("offline"))),

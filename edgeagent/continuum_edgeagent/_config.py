@@ -74,7 +74,8 @@ class OutboxConfig:
 @dataclass(frozen=True)
 class ForecasterConfig:
     enabled: bool = True
-    alias: str = "forecaster-{device}"
+    # in the device's namespace: an account may only take aliases "<username>/..."
+    alias: str = "{device}/forecaster"
     # a name the nodes know: no model code on the board
     class_: str = "continuum_node.forecast.Forecaster"
     node: str = ""
@@ -208,7 +209,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "[jobs] train_after": (0, 10_000_000, " samples"),
     "[jobs] train_every": (0, 10_000_000, " samples"),
     "[jobs] train_interval": (0, 3650 * _DAY, " seconds"),
-    "[jobs] train_epochs": (0, 100_000, ""),
+    "[jobs] train_epochs": (0, 10_000, ""),  # the forecaster's own limit (TrainParams.limits)
     "[jobs] alert_band": (0, 100, " percentage points"),
 }
 
@@ -338,7 +339,7 @@ resend_window = 5.0                 # seconds an acknowledged sample is kept, an
 
 [forecaster]                        # the device's resident forecaster on a cloud node
 enabled = true                      # false: publish metrics only
-alias = "forecaster-{device}"
+alias = "{device}/forecaster"
 class = "continuum_node.forecast.Forecaster"
 node = ""                           # "": the gateway places it
 replicas = 0

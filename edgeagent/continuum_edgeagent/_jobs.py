@@ -19,15 +19,24 @@ from typing import Any
 
 import continuum_mqtt
 from continuum_mqtt.samples import SERIES_TOO_SHORT
+from continuum_mqtt.service import new_client_id
 
 from ._config import AgentConfig, ConfigError
 from ._link import backoff_delay
 
 __all__ = ["Jobs"]
 
+# The largest reply the broker may push onto the board (a forecast is ~100
+# bytes, a training report with 10,000 epochs of losses ~200 KiB).
+MAX_REPLY = 4 << 20
+
 log = logging.getLogger("edgeagent")
 
 WINDOW = 32  # rows sent with each forecast request (the model uses its lookback of them)
+
+
+class NotOurs(Exception):
+    """The forecaster alias names an object another account owns."""
 
 
 class Jobs:
@@ -79,11 +88,20 @@ class Jobs:
     def _setup(self) -> None:
         f = self.cfg.forecaster
         attempt = 0
+        taken = False  # the alias was taken once already
         while not self._stop.is_set():
             try:
                 client = self.client or self._connect()
                 try:
                     proxy = client.get(self.cfg.alias)
+                    if client.broker.username and proxy._owner not in (
+                        None,
+                        client.broker.username,
+                    ):
+                        raise NotOurs(
+                            f"forecaster {self.cfg.alias} ({proxy._id}) belongs to "
+                            f"{proxy._owner}, not to this device's account: not using it"
+                        )
                     log.info("forecaster %s found (%s)", self.cfg.alias, proxy._id)
                 except continuum_mqtt.UnknownObject:
                     kwargs: dict[str, Any] = dict(f.args)
@@ -110,9 +128,19 @@ class Jobs:
                 )
                 return
             except continuum_mqtt.AliasTaken:
-                attempt = 0  # another agent run created it meanwhile: look again
-                continue
-            except (continuum_mqtt.ContinuumError, OSError, ConfigError) as exc:
+                if not taken:  # another agent run created it meanwhile: look again
+                    taken = True
+                    continue
+                # still taken, by an object this account cannot see: an
+                # operator must sort it out (docs/security.md)
+                why = f"alias {self.cfg.alias} names an object of another account"
+                self.state = f"setup failed: {why}"
+                delay = backoff_delay(attempt, 1.0, 60.0)
+                attempt += 1
+                log.error("forecaster setup: %s; retrying in %.1f s", why, delay)
+                if self._stop.wait(delay):
+                    return
+            except (continuum_mqtt.ContinuumError, OSError, ConfigError, NotOurs) as exc:
                 self.state = f"setup failed: {type(exc).__name__}: {exc}"
                 delay = backoff_delay(attempt, 1.0, 60.0)
                 attempt += 1
@@ -127,7 +155,9 @@ class Jobs:
             self.cfg.broker_url(),
             root=self.cfg.broker.root,
             timeout=self.cfg.forecaster.timeout,
-            client_id=f"edgeagent-{self.cfg.device}-calls",
+            # a fresh id each time: its reply topic cannot be guessed (protocol.md §21)
+            client_id=new_client_id(f"edgeagent-{self.cfg.device}-calls"),
+            max_reply=MAX_REPLY,
             ca_file=self.cfg.broker.ca_file or None,
         )
         client.connect()

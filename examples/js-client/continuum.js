@@ -137,6 +137,9 @@ const CODES = {
   no_node: 'NoNodeAvailable',
   alias_taken: 'AliasTaken',
   not_connected: 'NotConnected',
+  cancelled: 'Cancelled',
+  forbidden: 'Forbidden',
+  quota_exceeded: 'QuotaExceeded',
 };
 const ERROR_CLASSES = {};
 for (const [code, name] of Object.entries(CODES)) {
@@ -539,7 +542,9 @@ class Client {
       messageExpiryInterval: Math.max(1, Math.ceil(left / 1000)),
     };
     if (p.encoding === 'json') properties.contentType = 'application/json';
-    const topic = p.gateway ? `${this.root}/gateway/call` : `${this.root}/node/${p.node}/call`;
+    // §4, §21: a client with a username adds it as the caller level
+    const base = p.gateway ? `${this.root}/gateway/call` : `${this.root}/node/${p.node}/call`;
+    const topic = this.username ? `${base}/${this.username}` : base;
     p.sends += 1;
     p.inFlight = true;
     this.mqtt.publish(topic, payload, { qos: 1, retain: false, properties }, (err) => {

@@ -11,9 +11,13 @@ import sys
 from collections.abc import Sequence
 
 from continuum_mqtt.service import (
+    BrokerURL,
     MqttTransport,
     add_common_arguments,
+    add_rights_arguments,
     parse_args,
+    private_client_id,
+    rights_from,
     serve,
     setup_logging,
 )
@@ -84,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_arguments(p)
     _add_db(p)
     _add_gateway_options(p)
+    add_rights_arguments(p)
+    p.add_argument(
+        "--max-objects",
+        type=int,
+        default=1000,
+        help="objects one broker account may own; a create beyond gets 'quota_exceeded' "
+        "(default: %(default)s; 0: no limit; admins and anonymous callers have none)",
+    )
     p.add_argument(
         "--failover-delay",
         type=float,
@@ -199,15 +211,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     db_dir = os.path.dirname(os.path.abspath(args.db))
     os.makedirs(db_dir, exist_ok=True)
     existed = os.path.exists(args.db)
+    broker = BrokerURL.parse(args.broker)
     try:
         gw = Gateway(
-            MqttTransport(args.broker, f"gw-{args.gateway_id}"),
+            MqttTransport(broker, private_client_id(f"gw-{args.gateway_id}", broker)),
             args.db,
             gateway_id=args.gateway_id,
             root=args.root,
             node_timeout=args.node_timeout,
             failover_delay=args.failover_delay,
             tombstone_days=args.tombstone_days,
+            rights=rights_from(args),
+            max_objects=args.max_objects,
         )
     except DirectoryRefused as exc:
         log.error("%s", exc)

@@ -21,12 +21,21 @@ from continuum_mqtt import (
     NoNodeAvailable,
     NotConnected,
     ObjectNotHere,
+    QuotaExceeded,
     UnknownClass,
 )
-from continuum_mqtt.service import Topics, canonical_class_path, check_create, method
+from continuum_mqtt.service import (
+    ANONYMOUS,
+    Rights,
+    Topics,
+    canonical_class_path,
+    check_create,
+    method,
+)
 
 from ._directory import Directory
 from ._fleet import keeps_aliases
+from ._rights import DirectoryRights, access_of
 
 __all__ = ["DirectoryApi", "NodeCall"]
 
@@ -53,8 +62,15 @@ class DirectoryApi:
         alias_pool: Executor,
         node_timeout: float = 30.0,
         token: str | None = None,
+        rights: Rights | None = None,
+        max_objects: int = 0,
     ) -> None:
         self.directory = directory
+        self.rights = rights or Rights()
+        self.access = DirectoryRights(directory, self.rights)
+        # objects an account may own (0: no limit; admins and the anonymous
+        # account of a development broker have none)
+        self.max_objects = max_objects
         self.topics = topics
         self.node_call = node_call
         self.pool = pool
@@ -63,7 +79,7 @@ class DirectoryApi:
         self.token = token or uuid.uuid4().hex
 
     # -- create ------------------------------------------------------------------------
-    @method(changes=True, context=("deadline", "rid"))
+    @method(changes=True, context=("deadline", "rid", "caller"))
     def create(
         self,
         cls: str,
@@ -74,8 +90,13 @@ class DirectoryApi:
         replicas: int = 0,
         _deadline: float | None = None,
         _rid: str | None = None,
+        _caller: str = ANONYMOUS,
     ) -> dict[str, Any]:
         check_create(cls, replicas)
+        self.rights.check_caller(_caller)
+        if alias is not None:
+            self.rights.check_alias(alias, _caller)
+        self._check_quota(_caller)
         cls = canonical_class_path(cls)
         work = self.directory.running(_rid) if _rid is not None else None
         if work is not None:  # resent after a gateway restart: finish that same object
@@ -95,6 +116,7 @@ class DirectoryApi:
             "args": args or [],
             "kwargs": kwargs or {},
             "replicas": backups,
+            "owner": _caller,
         }
         if alias is not None and self.keeps_aliases(target):
             create["aliases"] = [alias]
@@ -106,7 +128,9 @@ class DirectoryApi:
             self.discard(oid, holders, _rid, exc)
             raise
         try:
-            info = self.directory.add_object(oid, cls, target, alias, backups, rid=_rid)
+            info = self.directory.add_object(
+                oid, cls, target, alias, backups, rid=_rid, owner=_caller
+            )
         except BaseException as exc:  # e.g. the alias was taken meanwhile
             self.discard(oid, holders, _rid, exc)
             raise
@@ -119,6 +143,16 @@ class DirectoryApi:
             f", replicas on {', '.join(backups)}" if backups else "",
         )
         return info
+
+    def _check_quota(self, caller: str) -> None:
+        if not self.max_objects or caller == ANONYMOUS or self.rights.is_admin(caller):
+            return
+        if self.directory.owned(caller) >= self.max_objects:
+            raise QuotaExceeded(
+                f"{caller} owns {self.max_objects} objects, its limit: delete some first",
+                what="objects",
+                limit=self.max_objects,
+            )
 
     def _place(self, cls: str, node: str | None, replicas: int) -> list[str]:
         placed = self.directory.place(cls, node, 1 + replicas)
@@ -206,28 +240,44 @@ class DirectoryApi:
         with contextlib.suppress(RuntimeError):  # shut down
             self.alias_pool.submit(run)
 
-    @method
-    def resolve(self, ref: str) -> dict[str, Any]:
-        return self.directory.resolve(ref)
+    @method(context=("caller",))
+    def resolve(self, ref: str, _caller: str = ANONYMOUS) -> dict[str, Any]:
+        return self.access.resolve(ref, _caller)
 
-    @method(changes=True, context=("rid",))
-    def alias(self, ref: str, name: str, _rid: str | None = None) -> dict[str, Any]:
-        info = self.directory.set_alias(ref, name, rid=_rid)
+    @method(changes=True, context=("rid", "caller"))
+    def alias(
+        self, ref: str, name: str, _rid: str | None = None, _caller: str = ANONYMOUS
+    ) -> dict[str, Any]:
+        info = self.access.managed(ref, _caller)
+        self.rights.check_alias(name, _caller)
+        if name not in info["aliases"]:
+            self.rights.check_aliases([*info["aliases"], name])
+        info = self.directory.set_alias(info["id"], name, rid=_rid)
         self.push_aliases(info["id"])
         return info
 
-    @method(changes=True, context=("rid",))
-    def unalias(self, name: str, _rid: str | None = None) -> None:
+    @method(changes=True, context=("rid", "caller"))
+    def unalias(self, name: str, _rid: str | None = None, _caller: str = ANONYMOUS) -> None:
+        self.rights.check_caller(_caller)
+        named = self.directory.find(name) if isinstance(name, str) else None
+        if named is not None and name in named["aliases"]:
+            if not self.access.visible(named, _caller):
+                return  # as for a missing alias: nothing said about another's names
+            self.rights.check_manage(access_of(named), _caller, f"alias {name!r}")
         oid = self.directory.remove_alias(name, rid=_rid)
         if oid is not None:
             self.push_aliases(oid)
 
     # -- delete, bind ------------------------------------------------------------------
-    @method(changes=True, context=("deadline", "rid"))
+    @method(changes=True, context=("deadline", "rid", "caller"))
     def delete(
-        self, ref: str, _deadline: float | None = None, _rid: str | None = None
+        self,
+        ref: str,
+        _deadline: float | None = None,
+        _rid: str | None = None,
+        _caller: str = ANONYMOUS,
     ) -> dict[str, Any]:
-        info = self.directory.resolve(ref)
+        info = self.access.managed(ref, _caller)
         for holder in [info["node"], *info["replicas"]]:
             if self.directory.node_state(holder) == "online":
                 with contextlib.suppress(ObjectNotHere):
@@ -243,36 +293,48 @@ class DirectoryApi:
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
 
-    @method(changes=True, context=("deadline",))
+    @method(changes=True, context=("deadline", "caller"))
     def bind(
-        self, ref: str, device: str, method: str, _deadline: float | None = None
+        self,
+        ref: str,
+        device: str,
+        method: str,
+        _deadline: float | None = None,
+        _caller: str = ANONYMOUS,
     ) -> dict[str, Any]:
-        """Feed device ``device``'s metrics to ``method`` of the object, on its node."""
-        info = self.directory.resolve(ref)
+        """Feed device ``device``'s metrics to ``method`` of the object, on its
+        node: the caller must manage the object and be the device (or an admin)."""
+        info = self.access.managed(ref, _caller)
         topic = self._metrics_topic(device)
+        self.rights.check_device(device, _caller)
         self.node_call(
             info["node"], "bind", {"obj": info["id"], "topic": topic, "method": method}, _deadline
         )
         return {**info, "topic": topic}
 
-    @method(changes=True, context=("deadline",))
-    def unbind(self, ref: str, device: str, _deadline: float | None = None) -> dict[str, Any]:
-        info = self.directory.resolve(ref)
+    @method(changes=True, context=("deadline", "caller"))
+    def unbind(
+        self, ref: str, device: str, _deadline: float | None = None, _caller: str = ANONYMOUS
+    ) -> dict[str, Any]:
+        info = self.access.managed(ref, _caller)
         topic = self._metrics_topic(device)
         self.node_call(info["node"], "unbind", {"obj": info["id"], "topic": topic}, _deadline)
         return {**info, "topic": topic}
 
     # -- listings ----------------------------------------------------------------------
-    @method
-    def nodes(self) -> list[dict[str, Any]]:
-        return self.directory.nodes()
+    @method(context=("caller",))
+    def nodes(self, _caller: str = ANONYMOUS) -> list[dict[str, Any]]:
+        return self.access.nodes(self.directory.nodes(), _caller)
 
     @method
     def classes(self) -> dict[str, Any]:
         return self.directory.classes()
 
-    @method
-    def objects(self, cls: str | None = None, node: str | None = None) -> list[dict[str, Any]]:
-        return self.directory.objects(
+    @method(context=("caller",))
+    def objects(
+        self, cls: str | None = None, node: str | None = None, _caller: str = ANONYMOUS
+    ) -> list[dict[str, Any]]:
+        found = self.directory.objects(
             canonical_class_path(cls) if isinstance(cls, str) else cls, node
         )
+        return self.access.objects(found, _caller)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from continuum_mqtt import AliasTaken, BadRequest, UnknownObject
+from continuum_mqtt.service import ANONYMOUS
 
 from . import _records as rec
 from ._schema import create_schema
@@ -178,6 +179,7 @@ class Directory:
         replicas: list[str] | None = None,
         *,
         rid: str | None = None,
+        owner: str = ANONYMOUS,
     ) -> dict[str, Any]:
         """Record a created object (and, with ``rid``, the create's outcome, in
         the same transaction). An object already recorded under ``oid`` (a
@@ -186,9 +188,9 @@ class Directory:
             if alias is not None:
                 self.check_alias_free(alias, oid)
             c.execute(
-                "INSERT OR IGNORE INTO objects (id, class, node, replicas, created) "
-                "VALUES (?,?,?,?,?)",
-                (oid, cls, node, json.dumps(replicas or []), time.time()),
+                "INSERT OR IGNORE INTO objects (id, class, node, replicas, created, owner) "
+                "VALUES (?,?,?,?,?,?)",
+                (oid, cls, node, json.dumps(replicas or []), time.time(), owner),
             )
             if alias is not None:
                 c.execute(
@@ -235,6 +237,8 @@ class Directory:
             "aliases": aliases,
             "state": row["state"] or "ok",
             "reason": row["reason"],
+            "owner": row["owner"],
+            "grants": json.loads(row["grants"] or "[]"),
         }
 
     def aliases_of(self, oid: str) -> list[str]:
@@ -272,6 +276,24 @@ class Directory:
                 rec.finish_outcome(c, rid, "alias", (True, info))
         return info
 
+    def owned(self, owner: str) -> int:
+        return int(
+            self._rows("SELECT count(*) AS n FROM objects WHERE owner = ?", (owner,))[0]["n"]
+        )
+
+    def set_access(
+        self, oid: str, owner: str, grants: list[str], *, rid: str | None = None, method: str = ""
+    ) -> dict[str, Any]:
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE objects SET owner = ?, grants = ? WHERE id = ?",
+                (owner, json.dumps(grants), oid),
+            )
+            info = self.resolve(oid)
+            if rid is not None:
+                rec.finish_outcome(c, rid, method, (True, info))
+        return info
+
     def remove_alias(self, name: str, *, rid: str | None = None) -> str | None:
         """Remove alias ``name``; the object it named, if any."""
         with self.transaction() as c:
@@ -300,7 +322,8 @@ class Directory:
             where.append("o.node = ?")
             params.append(node)
         sql = (
-            "SELECT o.id, o.class, o.node, o.replicas, o.created, o.state, o.reason, "
+            "SELECT o.id, o.class, o.node, o.replicas, o.created, o.state, o.reason, o.owner, "
+            "o.grants, "
             "group_concat(a.alias, char(0)) AS aliases "
             "FROM objects o LEFT JOIN aliases a ON a.object = o.id "
             + ("WHERE " + " AND ".join(where) + " " if where else "")
@@ -316,6 +339,8 @@ class Directory:
                 "aliases": sorted(r["aliases"].split("\x00")) if r["aliases"] else [],
                 "state": r["state"] or "ok",
                 "reason": r["reason"],
+                "owner": r["owner"],
+                "grants": json.loads(r["grants"] or "[]"),
             }
             for r in self._rows(sql, params)
         ]

@@ -32,10 +32,14 @@ from continuum_mqtt.service import (
     ReplyChannel,
     Request,
     Requester,
+    Rights,
     Topics,
     Transport,
     accept,
+    call_subscriptions,
     encode,
+    private_client_id,
+    split_call,
 )
 
 from . import _records as rec
@@ -44,11 +48,16 @@ from ._directory import Directory
 from ._fleet import MARKER_PREFIX, empty_directory_refusal, held_counts
 from ._integrity import DirectoryRefused, check_directory
 from ._outcomes import DirectoryOutcomes
+from ._rights import AccessApi
 from ._upkeep import Upkeep
 
 __all__ = ["Gateway"]
 
 log = logging.getLogger("continuum.gateway")
+
+
+# gateway methods that wait for a node's answer (the others: the directory alone)
+REACHES_NODES = frozenset({"create", "delete", "bind", "unbind", "grant", "revoke", "set_owner"})
 
 
 class Gateway:
@@ -70,11 +79,13 @@ class Gateway:
         failover_delay: float = 2.0,
         tombstone_days: float = rec.TOMBSTONE_DAYS,
         status_wait: float = 10.0,
+        rights: Rights | None = None,
+        max_objects: int = 0,
     ) -> None:
         for warning in check_directory(db_path):  # raises DirectoryRefused
             log.warning("%s", warning)
         if isinstance(transport, BrokerURL):
-            transport = MqttTransport(transport, f"gw-{gateway_id}")
+            transport = MqttTransport(transport, private_client_id(f"gw-{gateway_id}", transport))
         self.transport: Transport = transport
         self.topics = Topics(root)
         self.gateway_id = gateway_id
@@ -89,6 +100,7 @@ class Gateway:
         self._synced = threading.Event()
         self._marker = MARKER_PREFIX + uuid.uuid4().hex.encode()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="continuum-gateway")
+        self._quick_pool = ThreadPoolExecutor(2, thread_name_prefix="continuum-gateway-directory")
         # Status updates are applied in arrival order, one at a time.
         self._status_pool = ThreadPoolExecutor(1, thread_name_prefix="continuum-gateway-status")
         # alias lists pushed to nodes in order, so that the last one sent wins
@@ -104,6 +116,8 @@ class Gateway:
             alias_pool=self._alias_pool,
             node_timeout=node_timeout,
             token=token,
+            rights=rights,
+            max_objects=max_objects,
         )
         self.liveness = Liveness(self.topics)
         self.upkeep = Upkeep(
@@ -120,7 +134,11 @@ class Gateway:
             tombstone_days=tombstone_days,
         )
         self.liveness.on_change = self.upkeep.on_status
-        self.dispatcher = Dispatcher("gateway", translate=self._storage_error).register(self.api)
+        self.dispatcher = (
+            Dispatcher("gateway", translate=self._storage_error)
+            .register(self.api)
+            .register(AccessApi(self.api.access, self._call_node))
+        )
         transport.bind(self._on_message, self._on_connected)
         transport.set_will(self.topics.gateway_status, encode({"state": "offline"}), True)
         # gateway/call is subscribed once the directory is trusted (start)
@@ -143,7 +161,8 @@ class Gateway:
                     )
                 )
         self._ready.set()
-        self.transport.subscribe(self.topics.gateway_call, 1)
+        for topic in call_subscriptions(self.topics.gateway_call):
+            self.transport.subscribe(topic, 1)
         self._announce()
         self._housekeeper = threading.Thread(
             target=self.upkeep.housekeep, name="continuum-gateway-housekeeping", daemon=True
@@ -173,6 +192,7 @@ class Gateway:
         self.requester.stop()
         self.transport.stop()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._quick_pool.shutdown(wait=True, cancel_futures=True)
         self._status_pool.shutdown(wait=True)
         self.upkeep.close()
         self._alias_pool.shutdown(wait=False, cancel_futures=True)
@@ -206,10 +226,16 @@ class Gateway:
         if node is not None:
             self._status_pool.submit(self.liveness.update, node, msg.payload, retained=msg.retain)
             return
-        if topic == self.topics.gateway_call:
-            req, chan = accept(msg, self.transport, self.topics, self.max_payload, self.max_payload)
+        caller = split_call(topic, self.topics.gateway_call)
+        if caller is not None:
+            req, chan = accept(
+                msg, self.transport, self.topics, self.max_payload, self.max_payload, caller
+            )
             if req is not None:
-                self._pool.submit(self._serve, req, chan)
+                # requests that wait for a node run apart from those the
+                # directory answers alone: a stuck node never delays a resolve
+                pool = self._pool if req.method in REACHES_NODES else self._quick_pool
+                pool.submit(self._serve, req, chan)
 
     # -- requests ----------------------------------------------------------------------
     def _serve(self, req: Request, chan: ReplyChannel) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from continuum_mqtt import ContinuumError, ObjectNotHere
+from continuum_mqtt.service import ANONYMOUS
 
 from . import _records as rec
 from ._directory import Directory
@@ -45,6 +46,8 @@ class Held:
     aliases: list[str] | None = None  # None: the node does not keep aliases (older node)
     quarantined: bool = False
     reason: str | None = None
+    owner: str = ANONYMOUS  # older nodes do not say: the anonymous account's
+    grants: list[str] = field(default_factory=list)
 
 
 def _texts(value: Any) -> list[str] | None:
@@ -74,6 +77,8 @@ def parse_list(node: str, entries: Any) -> list[Held]:
                 aliases=_texts(e.get("aliases")) if "aliases" in e else None,
                 quarantined=e.get("quarantined") is True,
                 reason=reason if isinstance(reason, str) else None,
+                owner=owner if isinstance((owner := e.get("owner")), str) and owner else ANONYMOUS,
+                grants=_texts(e.get("grants")) or [],
             )
         )
     return out
@@ -247,7 +252,7 @@ class Reconciler:
         )
         c.execute(
             "INSERT OR IGNORE INTO objects (id, class, node, replicas, created, state, reason, "
-            "state_source) VALUES (?,?,?,?,?,?,?,?)",
+            "state_source, owner, grants) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (
                 h.id,
                 h.cls,
@@ -257,6 +262,8 @@ class Reconciler:
                 state,
                 f"quarantined on node {node}: {reason}" if reason else None,
                 "quarantine" if h.quarantined else None,
+                h.owner,
+                json.dumps(h.grants),
             ),
         )
         granted: list[str] = []

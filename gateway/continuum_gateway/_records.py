@@ -24,6 +24,7 @@ from continuum_mqtt.service import decode, encode
 __all__ = [
     "ALL_NODES",
     "MAX_OUTCOMES",
+    "MAX_OUTCOMES_TOTAL",
     "MAX_OUTCOME_BYTES",
     "MAX_TOMBSTONES",
     "TOMBSTONE_DAYS",
@@ -43,8 +44,9 @@ __all__ = [
 ALL_NODES = "*"
 TOMBSTONE_DAYS = 30.0
 MAX_TOMBSTONES = 1_000_000
-MAX_OUTCOMES = 10_000
-MAX_OUTCOME_BYTES = 16 << 20
+MAX_OUTCOMES = 10_000  # per caller
+MAX_OUTCOME_BYTES = 16 << 20  # per caller
+MAX_OUTCOMES_TOTAL = 1_000_000
 
 Outcome = tuple[bool, Any]
 
@@ -143,30 +145,31 @@ def running_creates(conn: sqlite3.Connection) -> list[tuple[str, dict[str, Any]]
 
 
 def prune_outcomes(
-    conn: sqlite3.Connection, max_rows: int = MAX_OUTCOMES, max_bytes: int = MAX_OUTCOME_BYTES
+    conn: sqlite3.Connection,
+    max_rows: int = MAX_OUTCOMES,
+    max_bytes: int = MAX_OUTCOME_BYTES,
+    max_total: int = MAX_OUTCOMES_TOTAL,
 ) -> int:
-    """Drop the oldest finished outcomes beyond ``max_rows`` or ``max_bytes``
-    (rows still running are kept: a resend must find them)."""
-    cur = conn.execute(
+    """Drop the oldest finished outcomes of each caller beyond ``max_rows`` or
+    ``max_bytes`` (a request id is scoped to its caller, ``<caller>/<id>``: one
+    account's requests never push another's outcomes out), then the oldest of
+    all beyond ``max_total``. Rows still running are kept: a resend must find
+    them; each caller's newest is kept."""
+    n = conn.execute(
+        "DELETE FROM outcomes WHERE seq IN (SELECT seq FROM ("
+        " SELECT seq, row_number() OVER w AS k, sum(size) OVER w AS b FROM ("
+        "  SELECT seq, size, CASE WHEN instr(rid, '/') > 0"
+        "   THEN substr(rid, 1, instr(rid, '/') - 1) ELSE '' END AS caller"
+        "  FROM outcomes WHERE state = 'done')"
+        " WINDOW w AS (PARTITION BY caller ORDER BY seq DESC))"
+        " WHERE k > ? OR (b > ? AND k > 1))",
+        (max_rows, max_bytes),
+    ).rowcount
+    n += conn.execute(
         "DELETE FROM outcomes WHERE state = 'done' AND seq IN (SELECT seq FROM outcomes "
         "WHERE state = 'done' ORDER BY seq DESC LIMIT -1 OFFSET ?)",
-        (max_rows,),
-    )
-    n = cur.rowcount
-    total = conn.execute("SELECT coalesce(sum(size), 0) FROM outcomes").fetchone()[0]
-    if total > max_bytes:
-        cut, acc = None, 0
-        for seq, size in conn.execute(
-            "SELECT seq, size FROM outcomes WHERE state = 'done' ORDER BY seq"
-        ):
-            acc += size
-            cut = seq
-            if total - acc <= max_bytes:
-                break
-        if cut is not None:
-            n += conn.execute(
-                "DELETE FROM outcomes WHERE state = 'done' AND seq <= ?", (cut,)
-            ).rowcount
+        (max_total,),
+    ).rowcount
     return n
 
 

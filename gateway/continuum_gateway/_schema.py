@@ -8,7 +8,7 @@ from continuum_mqtt.service import LEGACY_MODULES
 
 __all__ = ["SCHEMA_VERSION", "create_schema"]
 
-SCHEMA_VERSION = 3  # 3: class paths renamed from continuum 0.1.0 import names
+SCHEMA_VERSION = 4  # 3: class paths renamed from 0.1.0 import names; 4: owners
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -44,6 +44,9 @@ _ADDED = [
     ("objects", "state", "TEXT NOT NULL DEFAULT 'ok'"),
     ("objects", "reason", "TEXT"),
     ("objects", "state_source", "TEXT"),
+    # protocol.md section 21; objects of older directories belong to the anonymous account
+    ("objects", "owner", "TEXT NOT NULL DEFAULT 'anonymous'"),
+    ("objects", "grants", "TEXT NOT NULL DEFAULT '[]'"),
 ]
 
 
@@ -57,6 +60,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
         have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
         if column not in have:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+    conn.execute("CREATE INDEX IF NOT EXISTS idx_objects_owner ON objects (owner)")
     for old, new in LEGACY_MODULES.items():  # cloudnode.forecast.X -> continuum_node.forecast.X
         conn.execute(
             "UPDATE objects SET class = ? || substr(class, ?) WHERE substr(class, 1, ?) = ?",

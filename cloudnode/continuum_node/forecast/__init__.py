@@ -10,6 +10,11 @@ on the last step; look-back 6, batch 64, Adam lr 1e-3, MSE, 100 epochs;
 chronological 80/20 split, min-max scaling fitted on the training part, windows
 built on each part separately (1,585 / 392 windows on ``node_3_utilisation.csv``).
 
+Node configuration (never a caller's argument): ``$CONTINUUM_FORECAST_DATA``,
+the folders whose ``*.csv`` files ``Forecaster.load_csv`` reads besides the
+bundled ``datasets/`` (:func:`data_dirs`), and ``TrainParams.limits``, the
+upper limits of ``train``'s parameters.
+
 Threads
 -------
 Importing this package changes no global setting. A node calls
@@ -31,8 +36,8 @@ then use the cores in parallel.
 
 from __future__ import annotations
 
-from ._data import BUNDLED_DIR, MinMaxScaler, Prepared, prepare
-from ._errors import SeriesTooShort
+from ._data import BUNDLED_DIR, DATA_ENV, MinMaxScaler, Prepared, data_dirs, prepare
+from ._errors import SeriesTooShort, UnknownDataset
 from ._forecaster import Forecaster
 from ._model import (
     LSTMNet,
@@ -49,13 +54,16 @@ Forecaster.__module__ = __name__
 
 __all__ = [
     "BUNDLED_DIR",
+    "DATA_ENV",
     "Forecaster",
     "LSTMNet",
     "MinMaxScaler",
     "Prepared",
     "SeriesTooShort",
     "TrainParams",
+    "UnknownDataset",
     "configure_torch_threads",
+    "data_dirs",
     "model_size_mb",
     "prepare",
     "state_hash",

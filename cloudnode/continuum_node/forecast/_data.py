@@ -8,8 +8,9 @@
 On ``node_3_utilisation.csv`` (1,989 rows) this gives 1,585 training and 392
 test windows with a look-back of 6.
 
-Also here: reading a series CSV that lives on the node (with the directory
-confinement used by ``Forecaster.load_csv``) and the paper's error metrics.
+Also here: finding and reading a series CSV that lives on the node (what
+``Forecaster.load_csv`` reads: a bare file name in the node's data folders,
+:func:`data_dirs`) and the paper's error metrics.
 """
 
 from __future__ import annotations
@@ -23,27 +24,34 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import SeriesTooShort
+from ._errors import SeriesTooShort, UnknownDataset
 
 __all__ = [
     "BUNDLED_DIR",
+    "DATA_ENV",
     "METRIC_NAMES",
     "VARIABLES",
     "MinMaxScaler",
     "Prepared",
     "chrono_split",
+    "data_dirs",
+    "find_dataset",
     "make_windows",
     "metrics_per_variable",
     "parse_rows",
     "persistence_predictions",
     "prepare",
     "read_series_csv",
-    "resolve_data_path",
     "smape",
 ]
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "datasets"
 """``cloudnode/continuum_node/datasets/``: the series shipped with the package."""
+
+DATA_ENV = "CONTINUUM_FORECAST_DATA"
+"""The environment variable naming the node's own data folders (separated by
+``os.pathsep``, ``:`` on Linux), searched in order before the bundled ones:
+node configuration, never a caller's argument."""
 
 VARIABLES = ("cpu", "mem")
 METRIC_NAMES = ("mse", "mae", "smape", "rmse")
@@ -267,31 +275,39 @@ def parse_rows(rows: Any) -> tuple[list[list[float]], list[str | float | None]]:
     return values, stamps
 
 
-def resolve_data_path(name: str, roots: list[Path]) -> Path:
-    """The file ``name`` names inside one of ``roots`` (searched in order).
+def data_dirs() -> list[Path]:
+    """The folders ``load_csv`` reads, in search order: those of
+    ``$CONTINUUM_FORECAST_DATA`` (read now), then :data:`BUNDLED_DIR`."""
+    configured = os.environ.get(DATA_ENV, "")
+    return [*(Path(d) for d in configured.split(os.pathsep) if d), BUNDLED_DIR]
 
-    ``name`` may be a bare file name, a path relative to a root, or an absolute path;
-    whatever it is, the resolved file (symbolic links followed) must lie inside a
-    root, so ``../../etc/passwd`` and ``/etc/passwd`` are refused.
+
+def find_dataset(name: Any, roots: list[Path] | None = None) -> Path:
+    """The file ``name`` in the first of ``roots`` (default: :func:`data_dirs`)
+    that has it. ``name`` is a bare file name ending in ``.csv`` (no ``/``, no
+    ``\\``, not starting with ``.``); a symbolic link must stay inside its folder.
+
+    Anything else (a path, a file outside the folders, no such file) raises
+    the same :class:`UnknownDataset`: what a caller learns says nothing about
+    the node's file system.
     """
-    if not isinstance(name, str) or not name or "\x00" in name:
-        raise ValueError("a CSV name must be a non-empty string")
-    resolved_roots = [r.resolve() for r in roots]
-    candidates: list[Path] = []
-    if os.path.isabs(name):
-        candidates.append(Path(name).resolve())
-    else:
-        candidates.extend((root / name).resolve() for root in resolved_roots)
-    escaped = False
-    for path in candidates:
-        if not any(path.is_relative_to(root) for root in resolved_roots):
-            escaped = True
-            continue
-        if path.is_file():
-            return path
-    if escaped:
-        raise PermissionError(f"{name!r} is outside the node's data directories")
-    raise FileNotFoundError(f"no CSV {name!r} in the node's data directories")
+    if (
+        isinstance(name, str)
+        and 0 < len(name) <= 255
+        and not name.startswith(".")
+        and name.lower().endswith(".csv")
+        and not any(c in name for c in "/\\\x00")
+    ):
+        for root in roots if roots is not None else data_dirs():
+            try:
+                folder = root.resolve()
+                path = (folder / name).resolve()
+                if path.parent == folder and path.is_file():
+                    return path
+            except (OSError, RuntimeError):  # unreadable folder, a symlink loop
+                continue
+    shown = name[:255] if isinstance(name, str) else f"<{type(name).__name__}>"
+    raise UnknownDataset(f"no dataset {shown!r} on this node", name=shown)
 
 
 def read_series_csv(path: Path) -> tuple[list[list[float]], list[str | float | None]]:

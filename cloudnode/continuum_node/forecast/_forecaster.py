@@ -3,33 +3,27 @@ active object living on a cloud node (the paper's offloaded workload)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from continuum_mqtt import ActiveObject, active, progress
+from continuum_mqtt import ActiveObject, active, check_cancelled, progress
 
 from ._data import (
-    BUNDLED_DIR,
+    find_dataset,
     parse_rows,
     persistence_predictions,
     prepare,
     read_series_csv,
-    resolve_data_path,
 )
+from ._evaluate import baseline_metrics, evaluate_model, predict_next, test_predictions
 from ._model import (
     LSTMNet,
     Trained,
     TrainParams,
-    baseline_metrics,
-    evaluate_model,
     fit,
-    predict_next,
     resolve_device,
-    test_predictions,
     train_summary,
     warm_up_torch,
 )
@@ -44,23 +38,22 @@ class Forecaster(ActiveObject):
     (5-minute-ahead), trained where the series lives.
 
     ``device``: ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda"``
-    (falls back to CPU when CUDA is not available). ``data_dir``: a folder on the
-    node whose CSVs ``load_csv`` may read, besides the bundled
-    ``cloudnode/continuum_node/datasets/``. ``rows``: initial rows, as for :meth:`append`.
-    Every result is a plain Python value (CBOR-encodable).
+    (falls back to CPU when CUDA is not available). ``rows``: initial rows, as for
+    :meth:`append`. Every result is a plain Python value (CBOR-encodable).
+
+    Node configuration, never a caller's: the folders ``load_csv`` reads
+    (``$CONTINUUM_FORECAST_DATA``, then the bundled datasets) and the limits
+    on ``train``'s parameters (``TrainParams.limits``: epochs <= 10,000,
+    batch_size <= 1,024, lookback <= 288, hidden <= 256, num_layers <= 4, and
+    batch_size * lookback * hidden * num_layers <= 2**22; beyond, the call
+    fails with ``bad_arguments`` naming the limit). ``train`` stops at the end
+    of an epoch when its call is cancelled (deadline passed, node stopping),
+    leaving the object as it was.
     """
 
-    def __init__(
-        self,
-        device: str = "auto",
-        data_dir: str | None = None,
-        rows: list[Any] | None = None,
-    ) -> None:
+    def __init__(self, device: str = "auto", rows: list[Any] | None = None) -> None:
         self.requested_device = device
         self._device = resolve_device(device)
-        if data_dir is not None and not isinstance(data_dir, str | os.PathLike):
-            raise TypeError("data_dir must be a path")
-        self.data_dir = None if data_dir is None else str(Path(data_dir).resolve())
         self._values: list[list[float]] = []
         self._stamps: list[str | float | None] = []
         self._trained: Trained | None = None
@@ -117,10 +110,12 @@ class Forecaster(ActiveObject):
     @active(snapshot=True)
     def load_csv(self, name: str, replace: bool = True) -> int:
         """Load a CSV that lives on the node (columns CPU/MEM or input_1/input_2, an
-        optional timestamp/time column). A bare name is looked up in ``data_dir``, then
-        in the bundled datasets; paths escaping those folders are refused. Replaces the
-        series (``replace=False``: appends to it); returns the new length."""
-        values, stamps = read_series_csv(resolve_data_path(name, self._roots()))
+        optional timestamp/time column): ``name`` is a bare file name (``*.csv``, no
+        path), looked up in the node's folders of ``$CONTINUUM_FORECAST_DATA``, then in
+        the bundled datasets; anything else, or no such file, is
+        ``forecast.unknown_dataset``. Replaces the series (``replace=False``: appends
+        to it); returns the new length."""
+        values, stamps = read_series_csv(find_dataset(name))
         if replace:
             self._values, self._stamps = [], []
         self._values.extend(values)
@@ -160,7 +155,15 @@ class Forecaster(ActiveObject):
         """Train a fresh model on the current series (the paper's settings by
         default), seeded and deterministic. Sends ``{"epoch", "epochs", "loss"}``
         progress after every epoch. Returns ``train_seconds, final_loss, losses,
-        epochs, n_train, n_test, state_hash, device, threads, params``."""
+        epochs, n_train, n_test, state_hash, device, threads, params``.
+
+        Limits (``TrainParams.limits``, node configuration): epochs <= 10,000,
+        batch_size <= 1,024, lookback <= 288, hidden <= 256, num_layers <= 4,
+        batch_size * lookback * hidden * num_layers <= 2**22; beyond one the call
+        fails with ``bad_arguments`` (fields ``param``, ``limit``) before any work.
+        After every epoch it calls ``continuum_mqtt.check_cancelled()``: a call
+        whose deadline passed, or whose node is stopping, ends there with
+        ``cancelled`` and the object keeps its previous model."""
         params = TrainParams.from_kwargs(
             epochs=epochs,
             seed=seed,
@@ -176,6 +179,7 @@ class Forecaster(ActiveObject):
 
         def report(epoch: int, total: int, loss: float) -> None:
             progress({"epoch": epoch, "epochs": total, "loss": loss})
+            check_cancelled()  # nothing of self changed yet: it is assigned below
 
         trained = fit(prepared, params, self._device, report)
         trained.prepared = prepared.without_training_windows()
@@ -274,10 +278,6 @@ class Forecaster(ActiveObject):
 
     # -- internals ---------------------------------------------------------------
 
-    def _roots(self) -> list[Path]:
-        roots = [Path(self.data_dir)] if self.data_dir else []
-        return [*roots, BUNDLED_DIR]
-
     def _need_model(self) -> Trained:
         if self._trained is None:
             raise RuntimeError("no trained model: call train() first")
@@ -303,6 +303,8 @@ class Forecaster(ActiveObject):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        state.pop("data_dir", None)  # older objects kept a caller-chosen folder: ignored
         self.__dict__.update(state)
         self.__dict__.setdefault("_last_seq", {})
         self.__dict__.setdefault("_test_stamps", [])

@@ -22,27 +22,26 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from ._data import Prepared, metrics_per_variable, persistence_predictions, prepare
+from continuum_mqtt import BadArguments
+
+from ._data import Prepared, prepare
+from ._evaluate import baseline_metrics, evaluate_model
 
 __all__ = [
     "LSTMNet",
     "TrainParams",
     "Trained",
-    "baseline_metrics",
     "configure_torch_threads",
-    "evaluate_model",
     "fit",
     "model_size_mb",
-    "predict_next",
     "resolve_device",
     "state_hash",
-    "test_predictions",
     "train_local",
     "train_summary",
 ]
@@ -112,7 +111,28 @@ class LSTMNet(nn.Module):
 
 @dataclass(frozen=True)
 class TrainParams:
-    """Hyper-parameters of one training run (the paper's values by default)."""
+    """Hyper-parameters of one training run (the paper's values by default).
+
+    :attr:`limits` bounds what a caller may ask for (memory, checkpoint size
+    and time grow with them): node configuration, which an operator may change
+    from a module of their own loaded with ``--module`` (``TrainParams.limits
+    ["epochs"] = 50_000``).
+    """
+
+    limits: ClassVar[dict[str, int]] = {
+        "epochs": 10_000,
+        "batch_size": 1024,
+        "lookback": 288,  # a day of 5-minute samples
+        "hidden": 256,
+        "num_layers": 4,
+        # batch_size * lookback * hidden * num_layers: what one batch's
+        # activations scale with (at 2**22, training took 190-300 MB more
+        # memory on CPU, measured; the other limits alone would allow GBs)
+        "batch_work": 2**22,
+    }
+    """The upper limits (inclusive); beyond one, ``bad_arguments`` naming it.
+    The paper's settings (100, 64, 6, 64, 1: a batch work of 24,576) are far
+    below."""
 
     epochs: int = 100
     seed: int = 0
@@ -162,6 +182,23 @@ class TrainParams:
                 raise ValueError(f"{name} must be >= 1")
         if not 0.0 < self.train_frac < 1.0:
             raise ValueError("train_frac must be in (0, 1)")
+        limits = self.limits
+        for name in ("epochs", "batch_size", "lookback", "hidden", "num_layers"):
+            value, limit = getattr(self, name), limits[name]
+            if value > limit:
+                raise BadArguments(
+                    f"{name} is above this node's limit of {limit}",
+                    param=name,
+                    limit=limit,
+                )
+        work = self.batch_size * self.lookback * self.hidden * self.num_layers
+        if work > limits["batch_work"]:
+            raise BadArguments(
+                f"batch_size * lookback * hidden * num_layers = {work} is above this "
+                f"node's limit of {limits['batch_work']} (batch_work)",
+                param="batch_work",
+                limit=limits["batch_work"],
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -264,63 +301,6 @@ def _adam(model: nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(model.parameters(), lr=lr)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _forward_numpy(model: nn.Module, x: np.ndarray) -> np.ndarray:
-    """Scaled predictions for windows ``x`` (one batch), as float64 numpy."""
-    if len(x) == 0:
-        return np.empty((0, 2))
-    model.eval()
-    with torch.inference_mode():
-        out = model(torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(_model_device(model)))
-    return out.cpu().numpy().astype(np.float64)
-
-
-def test_predictions(trained: Trained) -> tuple[np.ndarray, np.ndarray]:
-    """``(predictions, targets)`` of the test windows, de-normalised, shape ``(n, 2)``."""
-    prep = trained.prepared
-    pred = prep.scaler.inverse_transform(_forward_numpy(trained.model, prep.x_test))
-    true = prep.test_raw[prep.lookback :]
-    return pred.reshape(-1, 2), true.reshape(-1, 2)
-
-
-def evaluate_model(trained: Trained) -> dict[str, Any]:
-    """Per-variable MSE, MAE, SMAPE, RMSE of the de-normalised test predictions
-    (one forward pass over all test windows, as the reference code), plus
-    ``eval_seconds`` and ``n_test``."""
-    t0 = time.perf_counter()
-    pred, true = test_predictions(trained)
-    result: dict[str, Any] = dict(metrics_per_variable(pred, true))
-    result["eval_seconds"] = time.perf_counter() - t0
-    result["n_test"] = len(true)
-    return result
-
-
-def baseline_metrics(prepared: Prepared) -> dict[str, Any]:
-    """The persistence baseline ``x(t) = x(t-1)`` on the model's test targets."""
-    t0 = time.perf_counter()
-    pred, true = persistence_predictions(prepared.test_raw, prepared.lookback)
-    result: dict[str, Any] = dict(metrics_per_variable(pred, true))
-    result["eval_seconds"] = time.perf_counter() - t0
-    result["n_test"] = len(true)
-    return result
-
-
-def predict_next(trained: Trained, window: np.ndarray) -> list[float]:
-    """The next step ``[cpu, mem]`` (unscaled) after the last ``lookback`` rows of
-    ``window`` (unscaled), with the scaler fitted at training time."""
-    lookback = trained.prepared.lookback
-    window = np.asarray(window, dtype=np.float64).reshape(-1, 2)
-    if len(window) < lookback:
-        raise ValueError(f"need at least {lookback} rows to predict, have {len(window)}")
-    scaled = trained.prepared.scaler.transform(window[-lookback:])
-    out = _forward_numpy(trained.model, scaled[None, :, :].astype(np.float32))
-    pred = trained.prepared.scaler.inverse_transform(out)[0]
-    return [float(pred[0]), float(pred[1])]
 
 
 # -- fingerprints --------------------------------------------------------------
