@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,16 @@ def machine(args: argparse.Namespace | None = None) -> dict[str, Any]:
             k: v for k, v in vars(args or argparse.Namespace()).items() if k not in ("json", "cmd")
         },
     }
+
+
+def run_or_interrupted(run: Callable[[Any], dict[str, Any]], args: Any) -> dict[str, Any] | None:
+    """``run(args)``, unwound by Ctrl-C, SIGTERM or SIGHUP: None then (logged)."""
+    try:
+        with terminate_as_interrupt():
+            return run(args)
+    except KeyboardInterrupt:
+        log("interrupted; every process stopped")
+        return None
 
 
 @contextlib.contextmanager

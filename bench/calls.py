@@ -385,11 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         < 1
     ):
         build_parser().error("counts and --window must be at least 1")
-    try:
-        with common.terminate_as_interrupt():
-            result = run(args)
-    except KeyboardInterrupt:
-        common.log("interrupted; every process stopped")
+    result = common.run_or_interrupted(run, args)
+    if result is None:
         return 130
     print(common.format_table(result["table"], COLUMNS))
     failed = [g["goal"] for g in result["goals"] if not g["pass"]]

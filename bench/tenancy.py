@@ -414,21 +414,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             t = time.monotonic()
             time.sleep(args.phase_seconds)
             phase("baseline", t, time.monotonic(), {})
-            if "long-calls" in args.phases:
-                common.log(f"long-calls: {len(hogs)} long calls of {ATTACKER}")
-                r = _attack(dep, "long", hogs, args)
-                phase("long-calls", r["start"], r["end"], r["outcomes"])
-                time.sleep(1.0)
-            if "long-cpu" in args.phases:
-                common.log(f"long-cpu: {len(hogs)} long CPU-bound calls of {ATTACKER}")
-                r = _attack(dep, "cpu", hogs, args)
-                phase("long-cpu", r["start"], r["end"], r["outcomes"])
-                time.sleep(1.0)
-            if "small-calls" in args.phases:
-                common.log(f"small-calls: {args.window} calls of {ATTACKER} outstanding")
-                r = _attack(dep, "small", hogs, args)
-                phase("small-calls", r["start"], r["end"], r["outcomes"])
-                time.sleep(1.0)
+            calls = (
+                ("long-calls", "long", f"{len(hogs)} long calls"),
+                ("long-cpu", "cpu", f"{len(hogs)} long CPU-bound calls"),
+                ("small-calls", "small", f"{args.window} calls outstanding"),
+            )
+            for name, kind, what in calls:
+                if name in args.phases:
+                    common.log(f"{name}: {what} of {ATTACKER}")
+                    r = _attack(dep, kind, hogs, args)
+                    phase(name, r["start"], r["end"], r["outcomes"])
+                    time.sleep(1.0)
             if "metrics-flood" in args.phases:
                 common.log(f"metrics-flood: {args.flood_rate} samples/s behind a blocked object")
                 r = _attack(dep, "flood", [sink._id], args)
@@ -495,11 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error(f"--phases: a comma separated list of {', '.join(known)}")
     if min(args.phase_seconds, args.workers, args.hogs, args.window, args.flood_rate) <= 0:
         build_parser().error("seconds and counts must be above 0")
-    try:
-        with common.terminate_as_interrupt():
-            result = run(args)
-    except KeyboardInterrupt:
-        common.log("interrupted; every process stopped")
+    result = common.run_or_interrupted(run, args)
+    if result is None:
         return 130
     print(common.format_table(result["table"], COLUMNS))
     samples = result["phases"][-1].get("samples")

@@ -31,6 +31,7 @@ from continuum_gateway._reconcile import Held, Reconciler, parse_list, plan
 import continuum_mqtt
 from continuum_mqtt._mqtt import BrokerURL
 from continuum_mqtt._protocol import Request
+from continuum_mqtt.service import Context
 
 from ._cluster import Cluster, start_durable, wait_for
 from ._tmpfs import fill, tmpfs
@@ -438,7 +439,8 @@ def test_a_create_interrupted_by_a_crash_is_finished_by_its_resend(tmp_path: Pat
     gw._node_call = crash_after_the_node_created_it
     gw.directory.add_object = lambda *a, **k: (_ for _ in ()).throw(Crash())
     with pytest.raises(Crash):
-        gw.create(COUNTER, alias="the-one", _rid="rid-2", _deadline=time.monotonic() + 30)
+        ctx = Context(deadline=time.monotonic() + 30, rid="rid-2")
+        gw.create(COUNTER, alias="the-one", _ctx=ctx)
     gw.directory.close()
     [(_, created)] = nodes.of("create")
     assert created["aliases"] == ["the-one"]  # the node keeps the alias from the start

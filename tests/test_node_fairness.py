@@ -221,14 +221,21 @@ def test_an_object_shared_by_callers_runs_in_order_each_job_in_its_callers_share
 # -- per-caller and node-wide bounds ---------------------------------------------------
 
 
+def _held(**kw: Any) -> tuple[Any, Any]:
+    """A node with dev-a's object a and dev-b's object b, b busy with a call
+    held until OPEN["b"] is set; that call's request id."""
+    n = _node(workers=2, **kw)
+    _own(n, "b", "dev-b")
+    _own(n, "a", "dev-a")
+    _gate("b")
+    first = n.call_as("dev-b", "b", "hold", "b")
+    wait_until(lambda: _inside("b") == 1)
+    return n, first
+
+
 def test_past_its_calls_quota_a_caller_is_refused_and_the_others_are_not() -> None:
-    n = _node(workers=2, max_caller_calls=3)
+    n, first = _held(max_caller_calls=3)
     try:
-        _own(n, "b", "dev-b")
-        _own(n, "a", "dev-a")
-        _gate("b")
-        first = n.call_as("dev-b", "b", "hold", "b")
-        wait_until(lambda: _inside("b") == 1)
         queued = [n.call_as("dev-b", "b", "add", 1) for _ in range(2)]  # 3 in flight
         over = n.reply_as("dev-b", n.call_as("dev-b", "b", "add", 1, rid="over"))
         err = over["error"]
@@ -246,13 +253,8 @@ def test_past_its_calls_quota_a_caller_is_refused_and_the_others_are_not() -> No
 
 
 def test_past_its_bytes_quota_a_caller_is_refused() -> None:
-    n = _node(workers=2, max_caller_bytes=20_000)
+    n, _ = _held(max_caller_bytes=20_000)
     try:
-        _own(n, "b", "dev-b")
-        _own(n, "a", "dev-a")
-        _gate("b")
-        n.call_as("dev-b", "b", "hold", "b")
-        wait_until(lambda: _inside("b") == 1)
         n.call_as("dev-b", "b", "add", 1, pad="x" * 12_000)  # queued: ~12 KB
         err = n.reply_as("dev-b", n.call_as("dev-b", "b", "add", 1, pad="x" * 12_000))["error"]
         assert (err["code"], err["what"], err["limit"]) == ("quota_exceeded", "bytes", 20_000)

@@ -11,12 +11,10 @@ import sys
 from collections.abc import Sequence
 
 from continuum_mqtt.service import (
-    BrokerURL,
     MqttTransport,
     add_common_arguments,
     add_rights_arguments,
     parse_args,
-    private_client_id,
     rights_from,
     serve,
     setup_logging,
@@ -205,10 +203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch = sys.modules["torch"]
         torch.set_num_threads(args.torch_threads)
         log.info("torch: %d intra-op thread(s)", torch.get_num_threads())
-    broker = BrokerURL.parse(args.broker)
-    transport = MqttTransport(
-        broker,
-        private_client_id(f"node-{args.node_id}", broker),
+    transport = MqttTransport.for_service(
+        args.broker,
+        f"node-{args.node_id}",
         # A durable node keeps its broker session across restarts, so the
         # samples published to its feeds meanwhile wait for it.
         session_expiry=SESSION_EXPIRY if args.state_dir else None,

@@ -107,19 +107,14 @@ class Ledger:
 
 def refusal(why: Refusal, quotas: Quotas, node: str, caller: str, queued: int) -> ContinuumError:
     """The error a call refused by ``why`` is answered with."""
-    if why == "calls":
+    if why in ("calls", "bytes"):
+        limit = quotas.max_caller_calls if why == "calls" else quotas.max_caller_bytes
+        what = "calls" if why == "calls" else "bytes of requests"
         return QuotaExceeded(
-            f"{caller} has {quotas.max_caller_calls} calls queued or running on node"
-            f" {node}, its limit: wait for their replies",
-            what="calls",
-            limit=quotas.max_caller_calls,
-        )
-    if why == "bytes":
-        return QuotaExceeded(
-            f"{caller} has {quotas.max_caller_bytes} bytes of requests queued or running"
-            f" on node {node}, its limit: wait for their replies",
-            what="bytes",
-            limit=quotas.max_caller_bytes,
+            f"{caller} has {limit} {what} queued or running on node {node}, its limit:"
+            " wait for their replies",
+            what=why,
+            limit=limit,
         )
     where = {
         "object": f"{quotas.max_queue} calls wait for this object",

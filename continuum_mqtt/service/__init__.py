@@ -59,7 +59,7 @@ if TYPE_CHECKING:
         wait_for_signal,
     )
     from ._access import EVERYONE, MAX_ALIAS_CHARS, MAX_ALIASES, Access, Rights
-    from ._dispatch import CONTEXT, Dispatcher, MethodSpec, method
+    from ._dispatch import CONTEXT, NO_CONTEXT, Context, Dispatcher, MethodSpec, method
     from ._fake import FakeBus, FakeTransport, topic_matches
     from ._liveness import GATEWAY, MAX_STATUS, Liveness, StatusChange, parse_status
     from ._mqtt import MqttTransport
@@ -99,6 +99,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "StatusChange": ("._liveness", "StatusChange"),
     "parse_status": ("._liveness", "parse_status"),
     "CONTEXT": ("._dispatch", "CONTEXT"),
+    "NO_CONTEXT": ("._dispatch", "NO_CONTEXT"),
+    "Context": ("._dispatch", "Context"),
     "Access": ("._access", "Access"),
     "Rights": ("._access", "Rights"),
     "EVERYONE": ("._access", "EVERYONE"),
@@ -176,11 +178,13 @@ __all__ = [
     "MAX_ALIASES",
     "MAX_ALIAS_CHARS",
     "MAX_STATUS",
+    "NO_CONTEXT",
     "PROTOCOL_VERSION",
     "Access",
     "BrokerURL",
     "Claim",
     "ConfigError",
+    "Context",
     "Dispatcher",
     "ExactlyOnce",
     "FakeBus",

@@ -23,11 +23,11 @@ from typing import Any, TypeVar, overload
 
 from .._errors import BadArguments, BadRequest, ContinuumError, DeadlineExpired, UnknownMethod
 from .._invoke import bind_arguments, remote_error
-from .._protocol import Request
+from .._protocol import ANONYMOUS, Request
 from ._once import ExactlyOnce
 from ._reply import Outcome, ReplyChannel, answer
 
-__all__ = ["CONTEXT", "Dispatcher", "MethodSpec", "method"]
+__all__ = ["CONTEXT", "NO_CONTEXT", "Context", "Dispatcher", "MethodSpec", "method"]
 
 log = logging.getLogger("continuum_mqtt.service")
 
@@ -35,12 +35,26 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _ATTR = "__continuum_method__"
 
-CONTEXT = ("deadline", "rid", "reply", "caller")
+CONTEXT = ("deadline", "rid", "reply", "caller", "ctx")
 """What a method may ask for (``context=``), passed as keyword ``_<name>``:
 ``deadline`` (the request's, a ``time.monotonic()`` value or None), ``rid``
 (the request id of a ``changes`` method, None otherwise), ``reply`` (the
 :class:`~continuum_mqtt.service.ReplyChannel`, for progress updates) and
-``caller`` (the request's caller: the broker username its topic carries)."""
+``caller`` (the request's caller: the broker username its topic carries);
+``ctx`` all of them as one :class:`Context`."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """A request's context, for a method that asks for ``ctx``."""
+
+    deadline: float | None = None
+    rid: str | None = None
+    reply: ReplyChannel | None = None
+    caller: str = ANONYMOUS
+
+
+NO_CONTEXT = Context()
 
 
 @dataclass(frozen=True)
@@ -168,7 +182,7 @@ class Dispatcher:
         args = req.args if self.positional else []
         kwargs = dict(req.kwargs)
         for key in spec.context:
-            kwargs["_" + key] = context.get(key)
+            kwargs["_" + key] = Context(**context) if key == "ctx" else context.get(key)
         try:  # with the context: positional arguments must not reach it
             bind_arguments(fn, args, kwargs, f"{self.service} {req.method}")
         except BadArguments as exc:

@@ -19,7 +19,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .._errors import NotConnected
-from .._mqtt import BrokerURL, PublishOptions, publish_properties, set_nodelay
+from .._mqtt import BrokerURL, PublishOptions, private_client_id, publish_properties, set_nodelay
 from ._transport import Handlers, Message
 
 __all__ = ["MqttTransport", "from_paho"]
@@ -87,6 +87,14 @@ class MqttTransport(Handlers):
     ``subscriptions`` maps topic filters to QoS; they are (re)subscribed on
     every connect. ``client`` is the paho client.
     """
+
+    @classmethod
+    def for_service(cls, broker: BrokerURL | str, name: str, **options: Any) -> MqttTransport:
+        """The transport of a service named ``name`` (``node-n1``, ``gw-gateway``):
+        its client id is :func:`~continuum_mqtt.service.private_client_id`, one no
+        other broker account can compute (protocol.md section 21)."""
+        url = broker if isinstance(broker, BrokerURL) else BrokerURL.parse(broker)
+        return cls(url, private_client_id(name, url), **options)
 
     def __init__(
         self,

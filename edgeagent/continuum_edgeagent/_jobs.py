@@ -134,19 +134,20 @@ class Jobs:
                 # still taken, by an object this account cannot see: an
                 # operator must sort it out (docs/security.md)
                 why = f"alias {self.cfg.alias} names an object of another account"
-                self.state = f"setup failed: {why}"
-                delay = backoff_delay(attempt, 1.0, 60.0)
                 attempt += 1
-                log.error("forecaster setup: %s; retrying in %.1f s", why, delay)
-                if self._stop.wait(delay):
+                if self._retry_later(attempt - 1, why, logging.ERROR):
                     return
             except (continuum_mqtt.ContinuumError, OSError, ConfigError, NotOurs) as exc:
-                self.state = f"setup failed: {type(exc).__name__}: {exc}"
-                delay = backoff_delay(attempt, 1.0, 60.0)
                 attempt += 1
-                log.warning("forecaster setup: %s; retrying in %.1f s", exc, delay)
-                if self._stop.wait(delay):
+                if self._retry_later(attempt - 1, f"{type(exc).__name__}: {exc}"):
                     return
+
+    def _retry_later(self, attempt: int, why: str, level: int = logging.WARNING) -> bool:
+        """Say why the setup failed and wait before the next try; True: stopping."""
+        self.state = f"setup failed: {why}"
+        delay = backoff_delay(attempt, 1.0, 60.0)
+        log.log(level, "forecaster setup: %s; retrying in %.1f s", why, delay)
+        return self._stop.wait(delay)
 
     def _connect(self) -> continuum_mqtt.Client:
         """A connected client, made with the credentials as they are now (the

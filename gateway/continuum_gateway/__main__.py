@@ -11,12 +11,10 @@ import sys
 from collections.abc import Sequence
 
 from continuum_mqtt.service import (
-    BrokerURL,
     MqttTransport,
     add_common_arguments,
     add_rights_arguments,
     parse_args,
-    private_client_id,
     rights_from,
     serve,
     setup_logging,
@@ -211,10 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     db_dir = os.path.dirname(os.path.abspath(args.db))
     os.makedirs(db_dir, exist_ok=True)
     existed = os.path.exists(args.db)
-    broker = BrokerURL.parse(args.broker)
     try:
         gw = Gateway(
-            MqttTransport(broker, private_client_id(f"gw-{args.gateway_id}", broker)),
+            MqttTransport.for_service(args.broker, f"gw-{args.gateway_id}"),
             args.db,
             gateway_id=args.gateway_id,
             root=args.root,

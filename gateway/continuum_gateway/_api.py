@@ -26,6 +26,8 @@ from continuum_mqtt import (
 )
 from continuum_mqtt.service import (
     ANONYMOUS,
+    NO_CONTEXT,
+    Context,
     Rights,
     Topics,
     canonical_class_path,
@@ -79,7 +81,7 @@ class DirectoryApi:
         self.token = token or uuid.uuid4().hex
 
     # -- create ------------------------------------------------------------------------
-    @method(changes=True, context=("deadline", "rid", "caller"))
+    @method(changes=True, context=("ctx",))
     def create(
         self,
         cls: str,
@@ -88,27 +90,25 @@ class DirectoryApi:
         node: str | None = None,
         alias: str | None = None,
         replicas: int = 0,
-        _deadline: float | None = None,
-        _rid: str | None = None,
-        _caller: str = ANONYMOUS,
+        _ctx: Context = NO_CONTEXT,
     ) -> dict[str, Any]:
         check_create(cls, replicas)
-        self.rights.check_caller(_caller)
+        self.rights.check_caller(_ctx.caller)
         if alias is not None:
-            self.rights.check_alias(alias, _caller)
-        self._check_quota(_caller)
+            self.rights.check_alias(alias, _ctx.caller)
+        self._check_quota(_ctx.caller)
         cls = canonical_class_path(cls)
-        work = self.directory.running(_rid) if _rid is not None else None
+        work = self.directory.running(_ctx.rid) if _ctx.rid is not None else None
         if work is not None:  # resent after a gateway restart: finish that same object
             oid, holders = str(work["oid"]), [str(h) for h in work["holders"]]
-            log.warning("create %s was resent after a restart: finishing object %s", _rid, oid)
+            log.warning("create %s was resent after a restart: finishing object %s", _ctx.rid, oid)
         else:
             holders = self._place(cls, node, replicas)
             if alias is not None:
                 self.directory.check_alias_free(alias, "")
             oid = uuid.uuid4().hex
-            if _rid is not None:
-                self._remember_create(_rid, oid, holders, _deadline)
+            if _ctx.rid is not None:
+                self._remember_create(_ctx.rid, oid, holders, _ctx.deadline)
         target, backups = holders[0], holders[1:]
         create: dict[str, Any] = {
             "obj": oid,
@@ -116,23 +116,23 @@ class DirectoryApi:
             "args": args or [],
             "kwargs": kwargs or {},
             "replicas": backups,
-            "owner": _caller,
+            "owner": _ctx.caller,
         }
         if alias is not None and self.keeps_aliases(target):
             create["aliases"] = [alias]
         try:
-            self.node_call(target, "create", create, _deadline)
+            self.node_call(target, "create", create, _ctx.deadline)
         except (DeadlineExpired, NotConnected) as exc:
             # the node may have created it after all: no directory entry will
             # ever name it, so take it back
-            self.discard(oid, holders, _rid, exc)
+            self.discard(oid, holders, _ctx.rid, exc)
             raise
         try:
             info = self.directory.add_object(
-                oid, cls, target, alias, backups, rid=_rid, owner=_caller
+                oid, cls, target, alias, backups, rid=_ctx.rid, owner=_ctx.caller
             )
         except BaseException as exc:  # e.g. the alias was taken meanwhile
-            self.discard(oid, holders, _rid, exc)
+            self.discard(oid, holders, _ctx.rid, exc)
             raise
         log.info(
             "created %s %s on %s%s%s",
@@ -240,50 +240,46 @@ class DirectoryApi:
         with contextlib.suppress(RuntimeError):  # shut down
             self.alias_pool.submit(run)
 
-    @method(context=("caller",))
-    def resolve(self, ref: str, _caller: str = ANONYMOUS) -> dict[str, Any]:
-        return self.access.resolve(ref, _caller)
+    @method(context=("ctx",))
+    def resolve(self, ref: str, _ctx: Context = NO_CONTEXT) -> dict[str, Any]:
+        return self.access.resolve(ref, _ctx.caller)
 
-    @method(changes=True, context=("rid", "caller"))
-    def alias(
-        self, ref: str, name: str, _rid: str | None = None, _caller: str = ANONYMOUS
-    ) -> dict[str, Any]:
-        info = self.access.managed(ref, _caller)
-        self.rights.check_alias(name, _caller)
+    @method(changes=True, context=("ctx",))
+    def alias(self, ref: str, name: str, _ctx: Context = NO_CONTEXT) -> dict[str, Any]:
+        info = self.access.managed(ref, _ctx.caller)
+        self.rights.check_alias(name, _ctx.caller)
         if name not in info["aliases"]:
             self.rights.check_aliases([*info["aliases"], name])
-        info = self.directory.set_alias(info["id"], name, rid=_rid)
+        info = self.directory.set_alias(info["id"], name, rid=_ctx.rid)
         self.push_aliases(info["id"])
         return info
 
-    @method(changes=True, context=("rid", "caller"))
-    def unalias(self, name: str, _rid: str | None = None, _caller: str = ANONYMOUS) -> None:
-        self.rights.check_caller(_caller)
+    @method(changes=True, context=("ctx",))
+    def unalias(self, name: str, _ctx: Context = NO_CONTEXT) -> None:
+        self.rights.check_caller(_ctx.caller)
         named = self.directory.find(name) if isinstance(name, str) else None
         if named is not None and name in named["aliases"]:
-            if not self.access.visible(named, _caller):
+            if not self.access.visible(named, _ctx.caller):
                 return  # as for a missing alias: nothing said about another's names
-            self.rights.check_manage(access_of(named), _caller, f"alias {name!r}")
-        oid = self.directory.remove_alias(name, rid=_rid)
+            self.rights.check_manage(access_of(named), _ctx.caller, f"alias {name!r}")
+        oid = self.directory.remove_alias(name, rid=_ctx.rid)
         if oid is not None:
             self.push_aliases(oid)
 
     # -- delete, bind ------------------------------------------------------------------
-    @method(changes=True, context=("deadline", "rid", "caller"))
+    @method(changes=True, context=("ctx",))
     def delete(
         self,
         ref: str,
-        _deadline: float | None = None,
-        _rid: str | None = None,
-        _caller: str = ANONYMOUS,
+        _ctx: Context = NO_CONTEXT,
     ) -> dict[str, Any]:
-        info = self.access.managed(ref, _caller)
+        info = self.access.managed(ref, _ctx.caller)
         for holder in [info["node"], *info["replicas"]]:
             if self.directory.node_state(holder) == "online":
                 with contextlib.suppress(ObjectNotHere):
-                    self.node_call(holder, "delete", {"obj": info["id"]}, _deadline)
+                    self.node_call(holder, "delete", {"obj": info["id"]}, _ctx.deadline)
         result = {"id": info["id"], "deleted": True}
-        self.directory.delete_object(info["id"], rid=_rid, result=result)
+        self.directory.delete_object(info["id"], rid=_ctx.rid, result=result)
         log.info("deleted %s %s", info["class"], info["id"])
         return result
 
@@ -293,48 +289,48 @@ class DirectoryApi:
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
 
-    @method(changes=True, context=("deadline", "caller"))
+    @method(changes=True, context=("ctx",))
     def bind(
         self,
         ref: str,
         device: str,
         method: str,
-        _deadline: float | None = None,
-        _caller: str = ANONYMOUS,
+        _ctx: Context = NO_CONTEXT,
     ) -> dict[str, Any]:
         """Feed device ``device``'s metrics to ``method`` of the object, on its
         node: the caller must manage the object and be the device (or an admin)."""
-        info = self.access.managed(ref, _caller)
+        info = self.access.managed(ref, _ctx.caller)
         topic = self._metrics_topic(device)
-        self.rights.check_device(device, _caller)
+        self.rights.check_device(device, _ctx.caller)
         self.node_call(
-            info["node"], "bind", {"obj": info["id"], "topic": topic, "method": method}, _deadline
+            info["node"],
+            "bind",
+            {"obj": info["id"], "topic": topic, "method": method},
+            _ctx.deadline,
         )
         return {**info, "topic": topic}
 
-    @method(changes=True, context=("deadline", "caller"))
-    def unbind(
-        self, ref: str, device: str, _deadline: float | None = None, _caller: str = ANONYMOUS
-    ) -> dict[str, Any]:
-        info = self.access.managed(ref, _caller)
+    @method(changes=True, context=("ctx",))
+    def unbind(self, ref: str, device: str, _ctx: Context = NO_CONTEXT) -> dict[str, Any]:
+        info = self.access.managed(ref, _ctx.caller)
         topic = self._metrics_topic(device)
-        self.node_call(info["node"], "unbind", {"obj": info["id"], "topic": topic}, _deadline)
+        self.node_call(info["node"], "unbind", {"obj": info["id"], "topic": topic}, _ctx.deadline)
         return {**info, "topic": topic}
 
     # -- listings ----------------------------------------------------------------------
-    @method(context=("caller",))
-    def nodes(self, _caller: str = ANONYMOUS) -> list[dict[str, Any]]:
-        return self.access.nodes(self.directory.nodes(), _caller)
+    @method(context=("ctx",))
+    def nodes(self, _ctx: Context = NO_CONTEXT) -> list[dict[str, Any]]:
+        return self.access.nodes(self.directory.nodes(), _ctx.caller)
 
     @method
     def classes(self) -> dict[str, Any]:
         return self.directory.classes()
 
-    @method(context=("caller",))
+    @method(context=("ctx",))
     def objects(
-        self, cls: str | None = None, node: str | None = None, _caller: str = ANONYMOUS
+        self, cls: str | None = None, node: str | None = None, _ctx: Context = NO_CONTEXT
     ) -> list[dict[str, Any]]:
         found = self.directory.objects(
             canonical_class_path(cls) if isinstance(cls, str) else cls, node
         )
-        return self.access.objects(found, _caller)
+        return self.access.objects(found, _ctx.caller)

@@ -38,7 +38,6 @@ from continuum_mqtt.service import (
     accept,
     call_subscriptions,
     encode,
-    private_client_id,
     split_call,
 )
 
@@ -85,7 +84,7 @@ class Gateway:
         for warning in check_directory(db_path):  # raises DirectoryRefused
             log.warning("%s", warning)
         if isinstance(transport, BrokerURL):
-            transport = MqttTransport(transport, private_client_id(f"gw-{gateway_id}", transport))
+            transport = MqttTransport.for_service(transport, f"gw-{gateway_id}")
         self.transport: Transport = transport
         self.topics = Topics(root)
         self.gateway_id = gateway_id

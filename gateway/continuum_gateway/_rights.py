@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from continuum_mqtt import Forbidden, UnknownObject
-from continuum_mqtt.service import ANONYMOUS, Access, Rights, method
+from continuum_mqtt.service import ANONYMOUS, NO_CONTEXT, Access, Context, Rights, method
 
 from ._directory import Directory
 
@@ -83,65 +83,32 @@ class AccessApi:
         self.directory = access.directory
         self.node_call = node_call
 
-    @method(changes=True, context=("deadline", "rid", "caller"))
-    def grant(
-        self,
-        ref: str,
-        user: str,
-        _deadline: float | None = None,
-        _rid: str | None = None,
-        _caller: str = ANONYMOUS,
-    ) -> dict[str, Any]:
+    @method(changes=True, context=("ctx",))
+    def grant(self, ref: str, user: str, _ctx: Context = NO_CONTEXT) -> dict[str, Any]:
         """Let ``user`` (a username, or ``*``: everyone) call the object."""
-        return self._regrant(ref, user, True, _caller, _deadline, _rid)
+        info = self.access.managed(ref, _ctx.caller)
+        return self._set_access(info, info["owner"], [*info["grants"], user], _ctx, "grant")
 
-    @method(changes=True, context=("deadline", "rid", "caller"))
-    def revoke(
-        self,
-        ref: str,
-        user: str,
-        _deadline: float | None = None,
-        _rid: str | None = None,
-        _caller: str = ANONYMOUS,
-    ) -> dict[str, Any]:
-        return self._regrant(ref, user, False, _caller, _deadline, _rid)
+    @method(changes=True, context=("ctx",))
+    def revoke(self, ref: str, user: str, _ctx: Context = NO_CONTEXT) -> dict[str, Any]:
+        info = self.access.managed(ref, _ctx.caller)
+        grants = [g for g in info["grants"] if g != user]
+        return self._set_access(info, info["owner"], grants, _ctx, "revoke")
 
-    def _regrant(
-        self, ref: str, user: str, add: bool, caller: str, deadline: float | None, rid: str | None
-    ) -> dict[str, Any]:
-        info = self.access.managed(ref, caller)
-        grants = [g for g in info["grants"] if g != user] + ([user] if add else [])
-        return self._set_access(
-            info, info["owner"], grants, deadline, rid, "grant" if add else "revoke"
-        )
-
-    @method(changes=True, context=("deadline", "rid", "caller"))
-    def set_owner(
-        self,
-        ref: str,
-        owner: str,
-        _deadline: float | None = None,
-        _rid: str | None = None,
-        _caller: str = ANONYMOUS,
-    ) -> dict[str, Any]:
+    @method(changes=True, context=("ctx",))
+    def set_owner(self, ref: str, owner: str, _ctx: Context = NO_CONTEXT) -> dict[str, Any]:
         """Give the object to ``owner`` (admins only: e.g. objects of a 0.1
         directory, which belong to the anonymous account)."""
-        if not self.rights.is_admin(_caller):
-            raise Forbidden("only an admin may change an object's owner", caller=_caller)
+        if not self.rights.is_admin(_ctx.caller):
+            raise Forbidden("only an admin may change an object's owner", caller=_ctx.caller)
         info = self.directory.resolve(ref)
-        return self._set_access(info, owner, info["grants"], _deadline, _rid, "set_owner")
+        return self._set_access(info, owner, info["grants"], _ctx, "set_owner")
 
     def _set_access(
-        self,
-        info: dict[str, Any],
-        owner: str,
-        grants: list[str],
-        deadline: float | None,
-        rid: str | None,
-        method: str,
+        self, info: dict[str, Any], owner: str, grants: list[str], ctx: Context, method: str
     ) -> dict[str, Any]:
-        access = Access.of(owner, grants)  # checks the names
-        self.node_call(info["node"], "access", {"obj": info["id"], **access.wire()}, deadline)
+        access = Access.of(owner, grants)  # checks the names, drops repeats
+        self.node_call(info["node"], "access", {"obj": info["id"], **access.wire()}, ctx.deadline)
         return self.directory.set_access(
-            info["id"], access.owner, list(access.grants), rid=rid, method=method
+            info["id"], access.owner, list(access.grants), rid=ctx.rid, method=method
         )
