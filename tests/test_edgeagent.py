@@ -530,7 +530,7 @@ def test_agent_feed_reaches_its_forecaster_across_a_node_sigkill(
     last = final_seq(agent)
     with c.client(timeout=30) as client:
         fc = client.get("dev-n/forecaster")
-        wait_for(lambda: fc.info()["rows"] >= last, timeout=30)
+        wait_for(lambda: fc.info()["rows"] >= last, timeout=90)
         assert fc.info()["rows"] == last
         assert len(fc.tail(last)) == last
 
@@ -575,6 +575,34 @@ def test_outbox_bounds_counters_and_seq_survive_reopening(
     again.remove([8, 9, 10])
     again.close()
     assert Outbox(path).next_seq == 11  # even with the outbox empty
+
+
+def test_acks_whose_deletion_failed_are_counted_out_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The full-disk agent crashed on ``len(outbox) < 0``: acknowledgements whose
+    deletion failed (disk full) were counted out again for samples already gone
+    (dropped by the bounds, or resent and acknowledged a second time)."""
+    from continuum_edgeagent._outbox import Outbox
+
+    ob = Outbox(str(tmp_path / "o.sqlite"))
+    for seq in range(1, 11):
+        ob.add(seq, time.time(), b"x")
+    real_commit = ob._commit
+    monkeypatch.setattr(ob, "_commit", lambda work: False)  # the disk is full
+    ob.remove([1, 2, 3, 4, 5, 6, 7])  # acknowledged, not deleted
+    assert len(ob) == 3
+    monkeypatch.setattr(ob, "_commit", real_commit)  # space again, bounds first
+    assert ob.enforce(max_samples=2, max_age=None, drop_oldest=True) > 0
+    assert len(ob) == len(ob.after(0, 100)) >= 0
+    ob.remove([])  # the retry of the failed deletions
+    assert len(ob) == len(ob.after(0, 100)) == 2
+    # resent after a reconnect and acknowledged again while the disk is full
+    ob.remove([8, 9])
+    monkeypatch.setattr(ob, "_commit", lambda work: False)
+    ob.remove([8, 9])
+    assert len(ob) == len(ob.after(0, 100)) == 1
+    ob.close()
 
 
 def test_outbox_ages_by_uptime_so_a_wall_clock_jump_drops_nothing(

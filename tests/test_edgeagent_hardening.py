@@ -291,7 +291,7 @@ def test_full_disk_under_the_running_agent(tmp_path: Path) -> None:
             stored = full["outbox"]["depth"]
             broker = LocalBroker(port=port, persistence_dir=persist).start()
             # what was stored goes out although nothing can be written
-            wait_for(lambda: agent.status()["acked"] >= full["acked"] + stored, timeout=30)
+            wait_for(lambda: agent.status()["acked"] >= full["acked"] + stored, timeout=90)
             assert agent.proc.poll() is None
             filler.unlink()
             # storing again, and sending: a sample taken after the space came back

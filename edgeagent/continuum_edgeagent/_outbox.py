@@ -103,6 +103,8 @@ class Outbox(OutboxFile):
                 return
             if not self._commit(dict):
                 self._retry_at = time.monotonic() + RETRY_REMOVE
+                # a resent sample acknowledged again is no longer waiting
+                self._forget_absent_acks()
 
     @property
     def unremoved(self) -> int:
@@ -239,7 +241,25 @@ class Outbox(OutboxFile):
             self.dropped_age += aged
             self.dropped_full += full
             self._count -= aged + full
+            if (aged or full) and self._unremoved:
+                self._forget_absent_acks()
             return aged + full
+
+    def _forget_absent_acks(self) -> None:
+        """Keep in the acknowledgements waiting to be deleted (their deletion
+        failed: the disk is full) only samples still stored: not one dropped by
+        the bounds meanwhile, nor a resent one acknowledged a second time (else
+        :meth:`__len__` counts them out twice, and went below 0)."""
+        waiting = list(self._unremoved)
+        present: set[int] = set()
+        for i in range(0, len(waiting), 500):  # SQLite's bound on variables
+            chunk = waiting[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(f"SELECT seq FROM samples WHERE seq IN ({marks})", chunk)
+            present.update(r[0] for r in rows)
+        for seq in waiting:
+            if seq not in present:
+                self._unremoved.pop(seq, None)
 
     # -- reading ------------------------------------------------------------------
     def after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
