@@ -167,14 +167,20 @@ def machine(args: argparse.Namespace | None = None) -> dict[str, Any]:
     }
 
 
-def run_or_interrupted(run: Callable[[Any], dict[str, Any]], args: Any) -> dict[str, Any] | None:
-    """``run(args)``, unwound by Ctrl-C, SIGTERM or SIGHUP: None then (logged)."""
+def run_or_interrupted(
+    run: Callable[[Any], dict[str, Any]], args: Any, cols: Columns | str | None = None
+) -> dict[str, Any] | None:
+    """``run(args)``, unwound by Ctrl-C, SIGTERM or SIGHUP: None then (logged);
+    with ``cols``, its ``table`` printed."""
     try:
         with terminate_as_interrupt():
-            return run(args)
+            result = run(args)
     except KeyboardInterrupt:
         log("interrupted; every process stopped")
         return None
+    if cols is not None:
+        print(format_table(result["table"], cols))
+    return result
 
 
 @contextlib.contextmanager

@@ -1336,7 +1336,7 @@ class Fuzzer:
         # A node republishes its status when the number of objects it holds or
         # its quarantine changes (protocol.md section 15): not a reconnect. The
         # same status again, or an offline one, is.
-        counts = {k: body.pop(k, None) for k in ("objects", "quarantined")}
+        counts = {k: body.pop(k, None) for k in ("objects", "quarantined", "resident", "evicted")}
         with self._lock:
             seen = self.status_seen.setdefault(name, [])
             last = self._last_status.get(name)

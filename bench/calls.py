@@ -385,10 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         < 1
     ):
         build_parser().error("counts and --window must be at least 1")
-    result = common.run_or_interrupted(run, args)
+    result = common.run_or_interrupted(run, args, COLUMNS)
     if result is None:
         return 130
-    print(common.format_table(result["table"], COLUMNS))
     failed = [g["goal"] for g in result["goals"] if not g["pass"]]
     print(
         f"\ngoals: {len(result['goals']) - len(failed)}/{len(result['goals'])} pass"

@@ -491,10 +491,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error(f"--phases: a comma separated list of {', '.join(known)}")
     if min(args.phase_seconds, args.workers, args.hogs, args.window, args.flood_rate) <= 0:
         build_parser().error("seconds and counts must be above 0")
-    result = common.run_or_interrupted(run, args)
+    result = common.run_or_interrupted(run, args, COLUMNS)
     if result is None:
         return 130
-    print(common.format_table(result["table"], COLUMNS))
     samples = result["phases"][-1].get("samples")
     if samples:
         print(

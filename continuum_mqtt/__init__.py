@@ -18,6 +18,7 @@ from ._protocol import DEFAULT_ROOT, PROTOCOL_VERSION
 
 if TYPE_CHECKING:
     from ._client import Client
+    from ._fanout import FanOutResult
     from ._local import LocalClient
     from ._model import (
         ActiveObject,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "ClassStub": "._proxy",
     "Client": "._client",
+    "FanOutResult": "._fanout",
     "ObjectProxy": "._proxy",
     "RemoteMethod": "._proxy",
     "LocalClient": "._local",
@@ -69,6 +71,7 @@ __all__ = [
     "CancelScope",
     "ClassStub",
     "Client",
+    "FanOutResult",
     "LocalClient",
     "ObjectProxy",
     "RemoteMethod",

@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any
 
 from ._codec import encode
+from ._errors import ContinuumError, PayloadTooLarge, UnknownMethod, error_from_envelope
 from ._mqtt import BrokerURL, new_client_id
 from ._protocol import DEFAULT_ROOT, Request, Topics
 from ._proxy import ObjectProxy, _Directory
@@ -77,6 +78,7 @@ class Client(_Directory, _Routing):
         )
         self._locations = {}  # the location cache (_routing)
         self._caller = self.broker.username or None
+        self._node_topics = {}  # node -> call topic (_routing)
         # the nodes' (and, as GATEWAY, the gateway's) retained statuses and wills
         self._liveness = Liveness(self.topics, gateway=True)
         self._conn: MqttTransport | None = None
@@ -176,3 +178,48 @@ class Client(_Directory, _Routing):
             log.debug("object %s is on offline node %s", info["id"], info.get("node"))
         self._locations[info["id"]] = info["node"]
         return ObjectProxy(self, info["id"], info["class"], info.get("aliases"), info.get("owner"))
+
+    # -- fan-out (_fanout) -----------------------------------------------------------
+    _RESOLVE_CHUNK = 250  # references per resolve_many request (its reply: < 1 MiB)
+
+    def _node_of(self, proxy: ObjectProxy) -> str | None:
+        return self._locations.get(proxy._id) if proxy._id is not None else None
+
+    def _known(self, ref: str) -> ObjectProxy | None:
+        return ObjectProxy(self, ref, "") if ref in self._locations else None
+
+    def _placed(self, proxy: ObjectProxy) -> bool:
+        return proxy._id in self._locations  # else _call would resolve it, blocking
+
+    def _resolve_many(
+        self, refs: list[str], timeout: float
+    ) -> dict[str, ObjectProxy | ContinuumError]:
+        """Resolve ``refs`` with ``resolve_many`` (protocol.md §16), chunks in
+        parallel; one ``resolve`` per reference from a gateway without it
+        (or for a chunk whose answer would be too large)."""
+        n = self._RESOLVE_CHUNK
+        chunks = [refs[i : i + n] for i in range(0, len(refs), n)]
+        futures = [self._gateway_future("resolve_many", timeout, refs=c) for c in chunks]
+        out: dict[str, ObjectProxy | ContinuumError] = {}
+        for chunk, fut in zip(chunks, futures, strict=True):
+            try:
+                infos = fut.result()
+            except (UnknownMethod, PayloadTooLarge):  # no resolve_many; a reply over 1 MiB
+                infos = None
+            except ContinuumError as exc:
+                out.update(dict.fromkeys(chunk, exc))
+                continue
+            if infos is None:  # one resolve each, all in flight
+                singles = [self._gateway_future("resolve", timeout, ref=r) for r in chunk]
+                infos = []
+                for f in singles:
+                    try:
+                        infos.append(f.result())
+                    except ContinuumError as exc:
+                        infos.append({"error": exc.to_envelope()})
+            for ref, info in zip(chunk, infos, strict=False):
+                if isinstance(info, dict) and "error" in info:
+                    out[ref] = error_from_envelope(info["error"])
+                elif isinstance(info, dict) and "id" in info:
+                    out[ref] = self._proxy(info)
+        return out

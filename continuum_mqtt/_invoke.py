@@ -170,6 +170,7 @@ def describe_class(cls: type) -> dict[str, Any]:
             "readonly": spec.readonly,
             "snapshot": spec.snapshot,
             **({"open": True} if spec.open else {}),
+            **({"long": True} if spec.long else {}),
             **_parameters(_signature(fn), drop_self=True),
             "doc": _first_paragraph(inspect.getdoc(fn)),
         }

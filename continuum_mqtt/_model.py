@@ -53,13 +53,18 @@ class ActiveSpec:
     """Any caller may call it, on any instance, not only the object's owner and
     the accounts it granted (protocol.md section 21): e.g. ``predict`` of a
     shared model. Objects of a class with open methods are visible to all."""
+    long: bool = False
+    """The method computes for long (trains a model...): a node runs at most
+    its long-call budget of such calls at once (``--long-workers``), so light
+    calls keep the other workers and cores (docs/architecture.md, "Threads and
+    long calls"). A hint about scheduling only: the call behaves the same."""
 
 
 @overload
 def active(fn: F, /) -> F: ...
 @overload
 def active(
-    *, readonly: bool = False, snapshot: bool = False, open: bool = False
+    *, readonly: bool = False, snapshot: bool = False, open: bool = False, long: bool = False
 ) -> Callable[[F], F]: ...
 def active(
     fn: F | None = None,
@@ -68,15 +73,16 @@ def active(
     readonly: bool = False,
     snapshot: bool = False,
     open: bool = False,
+    long: bool = False,
 ) -> F | Callable[[F], F]:
     """Mark a public method as callable remotely, bare (``@active``) or with options
     (``@active(readonly=True)``, ``@active(snapshot=True)``, ``@active(open=True)``,
-    see :class:`ActiveSpec`).
+    ``@active(long=True)``, see :class:`ActiveSpec`).
     The function itself is returned unchanged, with the metadata stored on it, so
     it runs the same in local mode and on a node."""
     if readonly and snapshot:
         raise TypeError("a readonly method changes nothing to snapshot")
-    spec = ActiveSpec(readonly=readonly, snapshot=snapshot, open=open)
+    spec = ActiveSpec(readonly=readonly, snapshot=snapshot, open=open, long=long)
 
     def mark(f: F) -> F:
         if not callable(f):

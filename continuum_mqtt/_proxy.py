@@ -9,9 +9,11 @@ Edge-safe: imports nothing outside the standard library.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from ._fanout import FanOutResult, FanOutTarget, ProgressFn2, run_fan_out
 from ._protocol import canonical_class_path
 
 if TYPE_CHECKING:
@@ -157,8 +159,11 @@ class ClassStub:
         return f"<ClassStub {self.class_path}>"
 
 
-class _Directory:
-    """The directory operations both clients share, over ``_gateway``."""
+class _Directory(FanOutTarget):
+    """The directory operations both clients share, over ``_gateway``, and
+    the fan-out over their ``_call``."""
+
+    timeout: float
 
     def _gateway(self, op: str, /, **kwargs: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -230,3 +235,50 @@ class _Directory:
     def objects(self, cls: str | None = None, node: str | None = None) -> list[dict[str, Any]]:
         """Objects in the directory, optionally of one class or on one node."""
         return self._gateway("objects", cls=cls, node=node)
+
+    # -- fan-out -----------------------------------------------------------------
+    def fan_out(
+        self,
+        objects: Iterable[ObjectProxy | str],
+        method: str,
+        *args: Any,
+        window: int = 32,
+        timeout: float | None = None,
+        on_progress: ProgressFn2 | None = None,
+        **kwargs: Any,
+    ) -> FanOutResult:
+        """Call ``method(*args, **kwargs)`` on every object of ``objects``
+        (proxies, ids, aliases: those not known here are resolved in bulk),
+        where each lives: at most ``window`` calls in flight per node, all
+        within ``timeout`` seconds (default: the client's), each carrying the
+        time left. Returns a :class:`FanOutResult` with each object's value
+        or error (one failure raises nothing). ``on_progress(done, total)``
+        runs in this thread, at most every 50 ms. ``window``, ``timeout`` and
+        ``on_progress`` are reserved keyword names."""
+        return run_fan_out(
+            self,
+            objects,
+            method,
+            list(args),
+            kwargs,
+            window=window,
+            timeout=self.timeout if timeout is None else timeout,
+            on_progress=on_progress,
+        )
+
+    async def afan_out(
+        self, objects: Iterable[ObjectProxy | str], method: str, *args: Any, **kwargs: Any
+    ) -> FanOutResult:
+        """:meth:`fan_out` for asyncio (the same arguments): waits in a worker
+        thread; ``on_progress`` runs in the event loop."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        cb = kwargs.pop("on_progress", None)
+        if cb is not None:
+
+            def on_progress(done: int, total: int) -> None:
+                loop.call_soon_threadsafe(cb, done, total)
+
+            kwargs["on_progress"] = on_progress
+        return await asyncio.to_thread(self.fan_out, list(objects), method, *args, **kwargs)

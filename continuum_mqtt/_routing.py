@@ -39,6 +39,7 @@ class _Routing:
     _liveness: Liveness
     _locations: dict[str, str]  # object id -> node, as the gateway last said
     _caller: str | None  # the broker username: requests go to <call topic>/<username>
+    _node_topics: dict[str, str]  # node -> the topic of calls to it, built once
 
     def _gateway(self, op: str, /, **kwargs: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -99,8 +100,11 @@ class _Routing:
                 fut.set_exception(exc)
                 return fut
         offline = self._liveness.state(node) == "offline"
+        topic = self._node_topics.get(node)
+        if topic is None:
+            topic = self._node_topics[node] = self.topics.node_call(node, self._caller)
         fut = self._requester.send(
-            self.topics.node_call(node, self._caller),
+            topic,
             req,
             timeout or self.timeout,
             on_progress,

@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(args.seeds):
             t = time.perf_counter()
             trained = fc.train.options(on_progress=ProgressBar(f"seed {seed}"))(
-                epochs=args.epochs, seed=seed
+                epochs=args.epochs,
+                seed=seed,
+                paper=True,  # the paper's model (Table 5)
             )
             client_train = time.perf_counter() - t
             t = time.perf_counter()

@@ -3,6 +3,7 @@ an executor that runs submitted work at once (deterministic tests)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -97,6 +98,34 @@ class Shared(ActiveObject):
     def update(self, weight: float) -> float:
         self.weight = weight
         return weight
+
+
+class Keeper(Tally):
+    """A counter for eviction tests in a node process: while the file
+    ``$CONTINUUM_TEST_SLOW_PICKLE/<name>`` exists, pickling it (a checkpoint)
+    first writes ``<that file>.in`` and then hangs, so that a test can
+    SIGKILL the node in the middle of an eviction's checkpoint."""
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__()
+        self.name = name
+        self.fed: list[Any] = []  # the seqs of the samples it was fed
+
+    @active
+    def ingest(self, sample: dict[str, Any]) -> None:
+        self.fed.append(sample.get("seq"))
+
+    @active(readonly=True)
+    def samples(self) -> list[Any]:
+        return self.fed
+
+    def __getstate__(self) -> dict[str, Any]:
+        gate = os.environ.get("CONTINUUM_TEST_SLOW_PICKLE")
+        if gate and self.name and os.path.exists(os.path.join(gate, self.name)):
+            with open(os.path.join(gate, self.name + ".in"), "w") as f:
+                f.write("pickling")
+            time.sleep(120)
+        return dict(self.__dict__)
 
 
 class Echo(ActiveObject, stateless=True):

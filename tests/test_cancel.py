@@ -298,12 +298,12 @@ def test_sigterm_stops_a_node_in_the_middle_of_a_huge_training(bare_cluster: Clu
         fc.load_csv("node_3_utilisation.csv")
         # past its deadline, the training stops: the object serves the next call
         with pytest.raises(continuum_mqtt.DeadlineExpired):
-            fc.train.options(timeout=2)(epochs=10_000)
+            fc.train.options(timeout=2)(epochs=10_000, paper=True)  # no early stopping
         assert fc.info.options(timeout=60)()["trained"] is False
         # SIGTERM in the middle of another one: the node exits, well within the bound
         epochs: list[int] = []
         fut = fc.train.options(timeout=600, on_progress=lambda u: epochs.append(u["epoch"])).future(
-            epochs=10_000
+            epochs=10_000, paper=True
         )
         wait_for(lambda: len(epochs) >= 2, 60)
         proc = c.procs["n1"]

@@ -20,7 +20,8 @@ PAPER = {"epochs": 100, "batch_size": 64, "lookback": 6, "hidden": 64, "num_laye
 
 
 def test_the_papers_settings_and_each_limit_itself_are_valid() -> None:
-    assert TrainParams.from_kwargs(**PAPER) == TrainParams()
+    assert TrainParams.from_kwargs(paper=True, **PAPER) == TrainParams.paper()
+    assert TrainParams.from_kwargs(**PAPER).residual  # the default beside the paper's
     limits = TrainParams.limits
     for name in ("epochs", "batch_size", "lookback", "hidden", "num_layers"):
         assert getattr(TrainParams.from_kwargs(**{name: limits[name]}), name) == limits[name]

@@ -27,19 +27,15 @@ from continuum_mqtt.service import Rights, class_path, encode
 
 from . import _nodekit
 from ._cluster import Cluster, wait_for
-from ._nodekit import NodeUnderTest, wait_until
+from ._nodekit import NodeUnderTest, Tally, wait_until
 
 OPEN: dict[str, threading.Event] = {}  # gate -> opened by the test
 INSIDE: dict[str, int] = {}  # gate -> calls inside it now
 _count_lock = threading.Lock()
 
 
-class Gated(ActiveObject):
+class Gated(Tally):
     """A counter whose ``hold`` blocks until the test opens its gate."""
-
-    def __init__(self) -> None:
-        self.value = 0
-        self.seen: list[Any] = []
 
     @active
     def hold(self, gate: str) -> int:
@@ -62,14 +58,6 @@ class Gated(ActiveObject):
     def fail(self, pad: str = "") -> None:
         self.value += 1  # changed, then failed: a checkpoint keeps it as it is
         raise ValueError("boom")
-
-    @active(readonly=True)
-    def get(self) -> int:
-        return self.value
-
-    @active
-    def ingest(self, sample: dict[str, Any]) -> None:
-        self.seen.append(sample.get("seq"))
 
 
 class GatedPool(ActiveObject, stateless=True):

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from continuum_gateway._api import DirectoryApi
 from continuum_gateway._directory import Directory
-from continuum_gateway._rights import AccessApi
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,6 +30,8 @@ from continuum_mqtt.service import (
     scoped_id,
     split_call,
 )
+
+from ._gatewaykit import directory_api
 
 users = st.sampled_from(["dev-a", "dev-b", "dev-c", "ops", ANONYMOUS])
 names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=12)
@@ -95,19 +96,7 @@ class Model:
 
 
 def _api(tmp: Path) -> tuple[DirectoryApi, Dispatcher]:
-    directory = Directory(str(tmp / f"dir-{next(_seq)}.db"))
-    directory.node_status("n1", {"state": "online", "classes": {COUNTER: {"methods": {}}}})
-    pool = ThreadPoolExecutor(1)
-    api = DirectoryApi(
-        directory,
-        Topics("t"),
-        lambda node, method, kwargs, deadline: {"id": kwargs.get("obj")},
-        pool=pool,
-        alias_pool=pool,
-        rights=Rights([ADMIN]),
-    )
-    node_call = api.node_call
-    return api, Dispatcher("gateway").register(api).register(AccessApi(api.access, node_call))
+    return directory_api(tmp / f"dir-{next(_seq)}.db", [COUNTER], [ADMIN])
 
 
 _seq = itertools.count()

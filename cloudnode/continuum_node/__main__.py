@@ -134,11 +134,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --state-dir: journaled calls between full checkpoints of an object (default: %(default)s)",
     )
     p.add_argument(
+        "--max-resident",
+        type=_count,
+        default=None,
+        help="with --state-dir: objects kept loaded; beyond, the least recently used idle ones "
+        "are evicted to the state dir and reloaded on their next call or feed sample "
+        "(default: no bound)",
+    )
+    p.add_argument(
+        "--memory-budget",
+        type=_count,
+        default=None,
+        metavar="MIB",
+        help="with --state-dir: while the node's RSS is above this many MiB, idle objects are "
+        "evicted, least recently used first (default: no budget). Without --state-dir "
+        "nothing can be evicted: the budgets only warn",
+    )
+    p.add_argument(
+        "--intra-op-threads",
         "--torch-threads",
-        type=int,
+        dest="intra_op_threads",
+        type=_count,
         default=max(1, (os.cpu_count() or 2) - 1),
-        help="intra-op threads for torch, set once at start (default: cores - 1 = %(default)s, "
+        help="threads one computation may use (OpenMP/BLAS intra-op threads), whatever a "
+        "hosted class imports and whenever: OMP_NUM_THREADS, MKL_NUM_THREADS, "
+        "OPENBLAS_NUM_THREADS, NUMEXPR_NUM_THREADS... are set to it before the modules load "
+        "(those already set in the environment stand), and torch.set_num_threads as soon as "
+        "torch is imported, at load or inside a method (default: cores - 1 = %(default)s, "
         "leaving a core to the network and the broker)",
+    )
+    p.add_argument(
+        "--interop-threads",
+        type=_count,
+        default=None,
+        help="torch inter-op threads, set when torch is imported (default: torch's)",
+    )
+    p.add_argument(
+        "--long-workers",
+        type=_count,
+        default=None,
+        help="calls of methods marked @active(long=True) (training...) that may run at once; "
+        "the other workers stay for light calls (default: (cores - 1) // --intra-op-threads, "
+        "at least 1)",
     )
     p.add_argument(
         "--switch-interval",
@@ -188,6 +225,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
+    from ._threads import default_long_workers, hold_torch_threads, set_thread_env
+
+    # Before any hosted module loads: the OpenMP/BLAS runtimes read these when
+    # they load, and size each thread's team from them (a worker thread that
+    # touches torch later would otherwise get a team of one thread per core).
+    set_thread_env(args.intra_op_threads)
+    hold_torch_threads(args.intra_op_threads, args.interop_threads)
     from ._node import Node, load_classes
     from ._store import StateDirInUse
 
@@ -196,13 +240,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ImportError, AttributeError) as exc:
         log.error("cannot load application classes: %s", exc)
         return 2
-    if "torch" in sys.modules:
-        # One intra-op team, sized once, before any call runs: each worker thread
-        # that touches torch would otherwise get its own OpenMP team and the
-        # cores end up oversubscribed (the reference slowed 1.9 s -> 5.3 s).
-        torch = sys.modules["torch"]
-        torch.set_num_threads(args.torch_threads)
-        log.info("torch: %d intra-op thread(s)", torch.get_num_threads())
     transport = MqttTransport.for_service(
         args.broker,
         f"node-{args.node_id}",
@@ -227,9 +264,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_caller_bytes=args.max_caller_bytes,
             max_node_bytes=args.max_node_bytes,
             checkpoint_every=args.checkpoint_every,
+            max_resident=args.max_resident,
+            memory_budget=args.memory_budget and args.memory_budget << 20,
             stop_timeout=args.stop_timeout,
             rights=rights_from(args),
             pool_group=args.pool_group,
+            long_workers=args.long_workers or default_long_workers(args.intra_op_threads),
         )
     except StateDirInUse as exc:  # two nodes on one state dir would corrupt it
         log.error("%s", exc)

@@ -14,6 +14,13 @@ A worker task runs up to ``batch`` jobs of the actor it took, and yields
 earlier when the next job belongs to a caller at its share or when other
 callers wait for a worker; then it takes the next turn in a new task.
 
+Jobs may be *long* (``long(actor, job)``: a method marked
+``@active(long=True)``): with a long-call budget (:meth:`Scheduler.limit_long`),
+at most ``long_workers`` of them run at once, node-wide; a long job beyond
+waits in line while the light jobs of its caller's other actors, and of the
+other callers, take the free workers. So a training storm keeps at most that
+many cores computing and the others for the network and light calls.
+
 What may wait is bounded per actor (``max_queue``), in all
 (``max_node_queue``), and, for each caller and in bytes, by the
 :class:`~continuum_node._quotas.Ledger`: :meth:`Scheduler.offer` checks the
@@ -63,6 +70,10 @@ def _weightless(job: Any) -> int:
     return 0
 
 
+def _never(actor: Any, job: Any) -> bool:
+    return False
+
+
 class Scheduler(Generic[A, J]):
     """Runs ``run(actor, job)`` for every queued job, per actor in order.
 
@@ -104,6 +115,9 @@ class Scheduler(Generic[A, J]):
         self._running: dict[str, int] = {}  # caller -> its jobs running
         self._active = 0  # worker tasks submitted and not finished
         self._closed = False
+        self.long: Callable[[A, J], bool] = _never
+        self.long_workers = sys.maxsize  # long jobs that may run at once
+        self._long = 0  # long jobs running
 
     @property
     def queued(self) -> int:
@@ -112,6 +126,22 @@ class Scheduler(Generic[A, J]):
     def running(self, caller: str) -> int:
         """Jobs of ``caller`` running now."""
         return self._running.get(caller, 0)
+
+    @property
+    def long_running(self) -> int:
+        """Long jobs running now."""
+        return self._long
+
+    def limit_long(self, long: Callable[[A, J], bool], workers: int) -> None:
+        """Run at most ``workers`` jobs for which ``long(actor, job)`` holds at
+        once (set before the first job is queued)."""
+        if workers < 1:
+            raise ValueError("the long-call budget must be at least 1")
+        self.long, self.long_workers = long, workers
+
+    def _blocked(self, actor: A) -> bool:
+        """Whether ``actor``'s first job is long and the budget is spent."""
+        return self._long >= self.long_workers and self.long(actor, actor.mailbox[0])
 
     def full(self, actor: A) -> bool:
         """Whether ``actor``'s mailbox or the node's count is at its bound."""
@@ -182,7 +212,12 @@ class Scheduler(Generic[A, J]):
         actor.scheduled = True
         who = self.caller(actor.mailbox[0])
         self._line_up(actor, who)
-        if self._closed or self._active >= self.workers or self.running(who) >= self.caller_workers:
+        if (
+            self._closed
+            or self._active >= self.workers
+            or self.running(who) >= self.caller_workers
+            or self._blocked(actor)
+        ):
             return False  # a worker that finishes takes it
         self._active += 1
         return True
@@ -197,14 +232,27 @@ class Scheduler(Generic[A, J]):
         line.append(actor)
         actor.ready_as = who
 
-    def _take(self, actor: A) -> tuple[J, str]:
+    def _take(self, actor: A) -> tuple[J, str, bool]:
+        long = self.long(actor, actor.mailbox[0])
         job = actor.mailbox.popleft()
         self._queued -= 1
         who = self.caller(job)
         self._running[who] = self._running.get(who, 0) + 1
-        return job, who
+        self._long += long
+        return job, who, long
 
-    def _pick(self) -> tuple[A, J, str] | None:
+    def _unblocked(self, line: deque[A]) -> A | None:
+        """The first actor of ``line`` whose first job may start (all but the
+        long ones while the budget is spent), taken out of the line."""
+        if self._long < self.long_workers:
+            return line.popleft()
+        for i, actor in enumerate(line):
+            if not actor.mailbox or not self.long(actor, actor.mailbox[0]):
+                del line[i]
+                return actor
+        return None
+
+    def _pick(self) -> tuple[A, J, str, bool] | None:
         """The first job of the first actor in line of the next caller in turn
         that is below its share; that caller goes to the back of the turns."""
         turns = self._turns
@@ -216,7 +264,11 @@ class Scheduler(Generic[A, J]):
                 turns.rotate(-1)
                 continue
             line = self._lines[who]
-            actor = line.popleft()
+            found = self._unblocked(line)
+            if found is None:  # only long jobs, and the budget is spent
+                turns.rotate(-1)
+                continue
+            actor = found
             actor.ready_as = None
             if line:
                 turns.rotate(-1)
@@ -226,8 +278,7 @@ class Scheduler(Generic[A, J]):
             if not actor.mailbox:  # (cannot happen while the bookkeeping holds)
                 actor.scheduled = False
                 continue
-            job, who = self._take(actor)
-            return actor, job, who
+            return (actor, *self._take(actor))
         return None
 
     def _waiting(self, but: str | None = None) -> bool:
@@ -238,7 +289,7 @@ class Scheduler(Generic[A, J]):
         """Whether every worker is taken and another caller waits for one."""
         return self._active >= self.workers and self._waiting(who)
 
-    def _after(self, actor: A, more: bool) -> tuple[J, str] | None:
+    def _after(self, actor: A, more: bool) -> tuple[J, str, bool] | None:
         """After a job of ``actor``: its next job for this worker, if ``more``
         may run and its caller may have one more worker while nobody else
         waits; else the actor gets in line (or rests, with an empty mailbox)."""
@@ -251,6 +302,7 @@ class Scheduler(Generic[A, J]):
             and not self._closed
             and self.running(who) < self.caller_workers
             and not self._others_wait(who)
+            and not self._blocked(actor)
         ):
             return self._take(actor)
         self._line_up(actor, who)
@@ -272,9 +324,10 @@ class Scheduler(Generic[A, J]):
             if picked is None:
                 self._active -= 1
                 return
-        actor, job, who = picked
+        actor, job, who, long = picked
         for n in range(1, self.batch + 1):
             self._run_one(actor, job)
+            wake = False
             with self._lock:
                 self.ledger.release(who, self.size(job))
                 left = self._running[who] - 1
@@ -282,13 +335,21 @@ class Scheduler(Generic[A, J]):
                     self._running[who] = left
                 else:
                     del self._running[who]
+                if long:
+                    self._long -= 1
                 following = self._after(actor, n < self.batch)
                 if following is None:
                     if self._closed or not self._waiting():
                         self._active -= 1
                         return
                     break
-            job, who = following
+                if long and self._active < self.workers and self._waiting():
+                    # a long job waiting for the budget may start beside this actor's next
+                    self._active += 1
+                    wake = True
+            if wake:
+                self._start()
+            job, who, long = following
         self._start()  # the next turn, in a new task (other work of the pool gets in)
 
     def _run_one(self, actor: A, job: J) -> None:

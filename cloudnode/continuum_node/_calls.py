@@ -10,7 +10,9 @@ bounds and with ``busy`` when the mailbox or the node is full
 mailbox. Workers serve the callers in turn, none beyond its share
 (:mod:`continuum_node._actors`). :meth:`Calls.run` runs one job on a
 worker: the method, then for a mutating one the commit (durability, then
-replicas) before the reply. Pool calls go through the same mailboxes (one
+replicas) before the reply; an object evicted to the state dir is
+reloaded first, on that worker (:attr:`Calls.pinned`,
+:mod:`continuum_node._eviction`). Pool calls go through the same mailboxes (one
 per call) and bounds. A feed sample is acknowledged once committed; one
 that finds no room waits for it (:mod:`continuum_node._backlog`); one that
 cannot be made durable is held for the disk (:mod:`continuum_node._held`).
@@ -25,9 +27,11 @@ runs in none: at a shutdown it is not acknowledged, and comes again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 from continuum_mqtt import (
@@ -158,6 +162,9 @@ class Calls:
         # resumes the topics parked for it)
         self.backlog: Backlog[Resident, FeedJob] = Backlog(self._offer_sample, backlog)
         self.room: Callable[[], None] | None = None
+        # around each job of an object: reloads it if evicted (the node sets
+        # Eviction.pinned; continuum_node._eviction)
+        self.pinned: Callable[[Resident], AbstractContextManager[bool]] = _loaded
 
     # -- network thread ------------------------------------------------------------
     def route(self, req: Request, chan: ReplyChannel, size: int = 0) -> None:
@@ -167,7 +174,7 @@ class Calls:
             return
         try:
             res = self.residents.primary(req.obj)
-            spec = lookup_method(type(res.instance), req.method)
+            spec = lookup_method(res.klass, req.method)  # (the object may be evicted)
             self.rights.check_call(res.access, req.caller, f"{req.method} of {res.id}", spec.open)
         except ContinuumError as exc:
             chan.error(exc)
@@ -218,12 +225,27 @@ class Calls:
         res = actor
         if not self.residents.holds(res):  # deleted, fenced or quarantined since
             self._gone(res, job)
-        elif isinstance(job, FeedJob):
-            self._run_sample(res, job)
         else:
-            self._run_call(res, job)
+            with self.pinned(res) as loaded:  # an evicted object is reloaded first
+                if not loaded:  # quarantined (or gone) instead
+                    self._gone(res, job)
+                elif isinstance(job, FeedJob):
+                    self._run_sample(res, job)
+                elif not self._answered(res, job):
+                    self._run_call(res, job)
         if self.backlog.drain(res) and self.room is not None:  # room for samples that wait
             self.room()
+
+    def _answered(self, res: Resident, job: CallJob) -> bool:
+        """A call routed while its object was evicted (its outcomes in its
+        files) that was answered before: answer it again."""
+        rid = job.req.id
+        done = None if rid is None else res.outcomes.get(rid)
+        if done is None:
+            return False
+        self._forget(res, rid)
+        answer(job.chan, done)
+        return True
 
     def _run_call(self, res: Resident, job: CallJob) -> None:
         req, chan = job.req, job.chan
@@ -339,6 +361,12 @@ class Calls:
     def has_room(self, res: Resident) -> bool:
         """Whether ``res`` takes samples of a parked topic again."""
         return self.backlog.has_room(res)
+
+
+@contextlib.contextmanager
+def _loaded(res: Resident) -> Iterator[bool]:
+    """A node that never evicts: every object is loaded."""
+    yield True
 
 
 def run_pooled(

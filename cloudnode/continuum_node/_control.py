@@ -151,7 +151,7 @@ class Control:
         res = self.residents.held(_text("obj", obj))
         if not isinstance(topic, str) or not self.topics.is_metrics(topic):
             raise BadRequest(f"only device metrics topics can feed objects, not {topic!r}")
-        lookup_method(type(res.instance), _text("method", method))
+        lookup_method(res.klass, _text("method", method))  # (it may be evicted)
         with res.state:
             with res.lock:
                 res.feeds[topic] = method
@@ -203,6 +203,7 @@ class Control:
 
     @method(name="list")
     def listing(self, **_ignored: Any) -> list[dict[str, Any]]:
-        """Every object held, replicas and quarantined ones included (any
-        kwargs ignored, as before)."""
+        """Every object held, replicas and quarantined ones included, each
+        with whether it is ``resident`` (False: evicted to the state dir);
+        any kwargs ignored, as before."""
         return self.residents.listing()

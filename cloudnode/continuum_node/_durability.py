@@ -49,8 +49,11 @@ class Durability:
     checkpoint_every: int = 1000
 
     def persist(self, res: Resident) -> None:
-        """Checkpoint the whole object (durable node only)."""
+        """Checkpoint the whole object (durable node only; an evicted one is
+        reloaded first: a control change to it keeps its stub's fields)."""
         if self.store is not None:
+            if res.instance is None and not self.wake(res):
+                raise self.residents.not_here(res.id)
             self.store.checkpoint(res.id, res.record())
             res.journaled = 0
 
@@ -111,14 +114,37 @@ class Durability:
         try:
             fresh = self.revive(*self.store.reload(res.id))
         except Unloadable as exc:
-            with self.residents.lock:
-                self.residents.pop(res.id)
-            self.bindings.refeed(res, fed, set())
-            self.residents.quarantine.add(exc.quarantined)
+            self._quarantine(res, fed, exc)
             return
         res.take_state_of(fresh)
         self.bindings.refeed(res, fed, res.fed_topics)
         log.warning("%s rolled back to its last durable state (seq %d)", res.id, res.seq)
+
+    def _quarantine(self, res: Resident, fed: set[str], exc: Unloadable) -> None:
+        with self.residents.lock:
+            self.residents.pop(res.id)
+        self.bindings.refeed(res, fed, set())
+        self.residents.quarantine.add(exc.quarantined)
+
+    def wake(self, res: Resident) -> bool:
+        """Reload an evicted object's instance and outcomes from its files
+        (the stub's feeds, aliases, access and role stand); False when they
+        cannot be loaded (it is quarantined) or it left the node."""
+        with res.state:
+            if res.instance is not None:
+                return True
+            assert self.store is not None, "only a durable node evicts"
+            if not self.residents.holds(res):
+                return False
+            try:
+                fresh = self.revive(*self.store.reload(res.id))
+            except Unloadable as exc:
+                log.error("%s cannot be reloaded: %s", res.id, exc)
+                self._quarantine(res, res.fed_topics, exc)
+                return False
+            res.take_instance_of(fresh)
+        log.debug("%s reloaded (seq %d)", res.id, res.seq)
+        return True
 
     @staticmethod
     def revive(rec: dict[str, Any], journal: list[dict[str, Any]]) -> Resident:
@@ -133,29 +159,39 @@ class Durability:
         res.journaled = len(journal)
         return res
 
-    def restore(self, classes: dict[str, type]) -> None:
+    def restore(self, classes: dict[str, type], resident: int | None = None) -> None:
         """At start: every object in the store, loaded (primaries fed again) or
-        quarantined."""
-        if self.store is None:
+        quarantined; beyond ``resident`` loaded objects, primaries are left
+        evicted (a stub: :mod:`continuum_node._eviction`), one read at a time."""
+        store = self.store
+        if store is None:
             return
         quarantine = self.residents.quarantine
-        found = self.store.inventory()
-        for q in found.quarantined:
-            quarantine.add(q)
-        for rec, journal in found.objects:
+        loaded = [0]
+
+        def restore_one(found: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
+            rec, journal = found
             rec["class"] = canonical_class_path(rec.get("class", ""))
             if rec["class"] not in classes:
                 why = f"class {rec.get('class')} is not hosted by this node (see --module)"
                 quarantine.add(Quarantined.from_record(rec, why, "class"))
-                continue
+                return
             res = self.revive(rec, journal)
+            if resident is not None and res.role == "primary" and loaded[0] >= resident:
+                res.drop()  # its files hold it: reloaded on its next job
+                store.release(res.id)
+            else:
+                loaded[0] += 1
             self.residents.put(res)
             self.bindings.refeed(res, set(), res.fed_topics)
+
+        for q in store.inventory(restore_one).quarantined:
+            quarantine.add(q)
         if len(self.residents) or len(quarantine):
             log.info(
                 "restored %d object(s) from %s, %d quarantined",
                 len(self.residents),
-                self.store.dir,
+                store.dir,
                 len(quarantine),
             )
 

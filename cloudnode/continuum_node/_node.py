@@ -12,6 +12,7 @@ concept with its own tests:
                            (exactly-once, busy, deadline, commit, reply)
 :mod:`._backlog`           feed samples waiting for room in a mailbox
 :mod:`._durability`        commit, checkpoint, rollback, restore over the store
+:mod:`._eviction`          bounded residency: evict idle objects, reload them
 :mod:`._replication`       syncs to replicas, applying them, promotion, fencing
 :mod:`._feeds`             bindings, the samples' reorder buffer and their acks
 :mod:`._control`           the control methods, through a Dispatcher
@@ -55,12 +56,14 @@ from ._calls import Calls
 from ._classes import load_classes
 from ._control import Control
 from ._durability import Durability
+from ._eviction import Eviction
 from ._feeds import FEED_HOLD, Bindings, FeedRouter
 from ._quotas import Quotas
 from ._replication import Replication
 from ._resident import Residents
 from ._status import Status, offline
 from ._store import Store
+from ._threads import is_long
 
 __all__ = ["Node", "load_classes"]
 
@@ -83,7 +86,10 @@ class Node:
     ``caller_workers`` the workers one caller's jobs may hold at once (None:
     half of ``workers``, at least 1); ``max_caller_calls``,
     ``max_caller_bytes``, ``max_node_bytes`` the bounds of
-    :mod:`continuum_node._quotas`."""
+    :mod:`continuum_node._quotas`; ``long_workers`` how many calls of methods
+    marked ``@active(long=True)`` may run at once (None: no such bound);
+    ``max_resident`` and ``memory_budget`` (bytes of RSS) the residency budget
+    of :mod:`continuum_node._eviction` (None: unbounded)."""
 
     def __init__(
         self,
@@ -112,6 +118,9 @@ class Node:
         max_caller_calls: int = Quotas.max_caller_calls,
         max_caller_bytes: int = Quotas.max_caller_bytes,
         max_node_bytes: int = Quotas.max_node_bytes,
+        long_workers: int | None = None,
+        max_resident: int | None = None,
+        memory_budget: int | None = None,
     ) -> None:
         self.node_id = node_id
         self.transport = transport
@@ -175,6 +184,15 @@ class Node:
                 max_caller_bytes=max_caller_bytes,
             ),
         )
+        if long_workers is not None:
+            self.calls.scheduler.limit_long(partial(is_long, classes=classes), long_workers)
+        self.eviction = Eviction(
+            self.residents,
+            self.durability,
+            max_resident=max_resident,
+            memory_budget=memory_budget,
+        )
+        self.calls.pinned = self.eviction.pinned
         self.feeds = FeedRouter(
             self.bindings, self.calls.enqueue_sample, transport.ack, max_payload, feed_hold
         )
@@ -234,7 +252,7 @@ class Node:
                 log.debug("warmed up %s in %.2f s", path, time.perf_counter() - t0)
             if self.topics.pool_call(path) in self._pools:
                 self._pools[self.topics.pool_call(path)] = cls()
-        self.durability.restore(self.classes)
+        self.durability.restore(self.classes, self.eviction.max_resident)
         if self._tick > 0:
             threading.Thread(
                 target=self._ticker, name=f"continuum-feeds-{self.node_id}", daemon=True
@@ -291,8 +309,10 @@ class Node:
             self.tick()
 
     def tick(self) -> None:
-        """Republish a changed status, retry samples held for the disk, release
-        samples held for a gap that did not fill in time."""
+        """Evict beyond the residency budget, republish a changed status,
+        retry samples held for the disk, release samples held for a gap that
+        did not fill in time."""
+        self.eviction.tick()
         if self.transport.connected:
             self.status.refresh()
         self.calls.release_held()

@@ -3,11 +3,17 @@ the node's table of them.
 
 An object's *record* (:meth:`Resident.record`) is everything that makes it up:
 what checkpoints hold and what a primary ships to its replicas.
+
+A durable node may *evict* an idle object (:mod:`continuum_node._eviction`):
+its instance and outcomes are dropped (they are in its files) and the
+resident stays as a stub (id, class, owner and grants, feeds, aliases,
+replicas, mailbox) until a job reloads it.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from continuum_mqtt import ContinuumError, ObjectNotHere
@@ -16,7 +22,18 @@ from continuum_mqtt.service import ANONYMOUS, Access, ExactlyOnce, MemoryOutcome
 from ._actors import Actor
 from ._quarantine import Quarantine, list_entry
 
-__all__ = ["Resident", "Residents"]
+__all__ = ["EVICTED", "Resident", "Residents"]
+
+
+class _Evicted(MemoryOutcomes):
+    """The outcomes of an evicted object: in its files, none in memory (a
+    call reloads them before it runs); nothing may be stored here."""
+
+    def put(self, rid: str, method: str, outcome: Outcome) -> None:
+        raise AssertionError("an evicted object's outcomes are in its files")
+
+
+EVICTED = _Evicted(max_entries=0)
 
 
 class Resident(Actor):
@@ -30,12 +47,15 @@ class Resident(Actor):
         "id",
         "instance",
         "journaled",
+        "klass",
         "once",
         "outcomes",
+        "pins",
         "replicas",
         "role",
         "seq",
         "state",
+        "used",
     )
 
     def __init__(
@@ -64,6 +84,9 @@ class Resident(Actor):
         self.journaled = 0  # calls in the journal since the last checkpoint
         self.cls_path = cls_path
         self.instance = instance
+        self.klass: type = type(instance)  # kept while evicted (instance None)
+        self.used = time.monotonic()  # its last job (least recently used goes first)
+        self.pins = 0  # jobs running on it (under ``lock``): never evicted meanwhile
         self.feeds: dict[str, str] = dict(feeds or {})  # topic -> active method
         # exactly-once: the outcomes of recent mutating calls by request id (in
         # the record), and the ids queued or running
@@ -80,11 +103,22 @@ class Resident(Actor):
         return f"<{self.cls_path} {self.id} ({self.role})>"
 
     @property
+    def resident(self) -> bool:
+        """Whether its instance is in memory (False: evicted to its files)."""
+        return self.instance is not None
+
+    def drop(self) -> None:
+        """Evict: forget the instance and outcomes (its files hold them)."""
+        self.instance = None
+        self.outcomes = self.once.store = EVICTED
+
+    @property
     def fed_topics(self) -> set[str]:
         """The topics that feed it now: a replica is fed only once promoted."""
         return set(self.feeds) if self.role == "primary" else set()
 
     def record(self) -> dict[str, Any]:
+        assert self.instance is not None, f"{self.id} is evicted: its record is in its files"
         return {
             "id": self.id,
             "class": self.cls_path,
@@ -120,18 +154,32 @@ class Resident(Actor):
         again)."""
         with self.lock:
             self.instance, self.seq, self.journaled = other.instance, other.seq, other.journaled
+            self.klass = other.klass
             self.outcomes = self.once.store = other.outcomes
             self.feeds, self.aliases, self.access = other.feeds, other.aliases, other.access
             self.role, self.replicas = other.role, other.replicas
 
+    def take_instance_of(self, other: Resident) -> None:
+        """Reloaded after an eviction (``other``: a fresh load): take its
+        instance and outcomes; the feeds, aliases, access and role kept in
+        the stub stand (a control change may have set them just now)."""
+        with self.lock:
+            self.instance, self.klass = other.instance, other.klass
+            self.seq, self.journaled = other.seq, other.journaled
+            self.outcomes = self.once.store = other.outcomes
+
     def listing(self) -> dict[str, Any]:
-        """Its node control ``list`` entry (protocol §17)."""
-        return {
+        """Its node control ``list`` entry (protocol §17): ``resident`` false
+        while it is evicted (absent while loaded, as from nodes that never evict)."""
+        entry = {
             **list_entry(
                 self.id, self.cls_path, self.feeds, self.role, self.replicas, self.aliases
             ),
             **self.access.wire(),
         }
+        if self.instance is None:
+            entry["resident"] = False
+        return entry
 
 
 class Residents:
@@ -193,6 +241,10 @@ class Residents:
     def listing(self) -> list[dict[str, Any]]:
         """The node control ``list`` answer: held objects, then quarantined ones."""
         return [r.listing() for r in self.all()] + [q.listing() for q in self.quarantine.all()]
+
+    def resident(self) -> int:
+        """Objects whose instance is in memory (status ``resident``)."""
+        return sum(1 for r in self.all() if r.instance is not None)
 
     def count(self) -> int:
         """Objects held, any role, quarantined included (status ``objects``)."""

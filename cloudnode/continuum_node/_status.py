@@ -1,8 +1,9 @@
 """The node's status manifest (protocol §15).
 
 The manifest is published retained on ``<root>/node/<n>/status`` at every
-(re)connect, and again whenever the number of objects held or the quarantine
-changes; the last will (and a clean stop) replace it with ``offline``.
+(re)connect, and again whenever the number of objects held, of those
+resident (the others are evicted: :mod:`continuum_node._eviction`) or the
+quarantine changes; the last will (and a clean stop) replace it with ``offline``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Status:
         self._publish = publish
         self.max_payload = max_payload
         self.started = time.time()
-        self._seen: tuple[int, int] | None = None  # (objects, quarantine changes)
+        self._seen: tuple[int, int, int] | None = None  # (objects, resident, quarantine changes)
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -55,11 +56,14 @@ class Status:
             "max_payload": self.max_payload,
             "classes": {path: describe_class(cls) for path, cls in sorted(self.classes.items())},
             "objects": self.residents.count(),
+            "resident": (resident := self.residents.resident()),
+            "evicted": len(self.residents) - resident,
             "quarantined": self.residents.quarantine.status(),
         }
 
-    def _now(self) -> tuple[int, int]:
-        return (len(self.residents), self.residents.quarantine.changed)
+    def _now(self) -> tuple[int, int, int]:
+        residents = self.residents
+        return (len(residents), residents.resident(), residents.quarantine.changed)
 
     def announce(self) -> None:
         """Publish the manifest (at every connect)."""
@@ -67,7 +71,7 @@ class Status:
         self._publish(encode(self.manifest()))
 
     def refresh(self) -> None:
-        """Publish the manifest again if its object count or quarantine changed."""
+        """Publish the manifest again if its object counts or quarantine changed."""
         now = self._now()
         if now != self._seen:
             self._seen = now

@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,10 @@ class Store:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
+    def release(self, oid: str) -> None:
+        """Close the object's journal (it was evicted; reopened when appended to)."""
+        self._close_journal(oid)
+
     def delete(self, oid: str) -> None:
         self._close_journal(oid)
         for suffix in ("snapshot", "journal"):
@@ -216,10 +221,13 @@ class Store:
         """Every healthy object's checkpoint and the journal entries after it."""
         return self.inventory().objects
 
-    def inventory(self) -> Inventory:
+    def inventory(self, each: Callable[[Loaded], None] | None = None) -> Inventory:
         """Every object: loaded, or quarantined (damaged files moved aside now;
         objects quarantined by earlier runs included). Torn journal tails are
-        cut off here, before anything is appended."""
+        cut off here, before anything is appended. With ``each``, every loaded
+        object is given to it as it is read, not kept in ``objects`` (a node
+        with a residency budget keeps only a stub of most: one object's state
+        in memory at a time)."""
         out = Inventory(quarantined=load_quarantined(self.dir))
         held = {q.id for q in out.quarantined}
         for path in sorted(self.dir.glob("*.snapshot")):
@@ -228,13 +236,18 @@ class Store:
                 log.error("%s: left alone, the object is quarantined", path.name)
                 continue
             try:
-                out.objects.append(self._load(oid))
+                loaded = self._load(oid)
             except Unloadable as exc:
                 try:
                     self._set_aside(exc)
                 except OSError as err:  # still quarantined; judged again next start
                     log.error("%s: cannot move its files aside: %s", oid, err)
                 out.quarantined.append(exc.quarantined)
+                continue
+            if each is None:
+                out.objects.append(loaded)
+            else:
+                each(loaded)
         for tmp in self.dir.glob("*.tmp"):
             tmp.unlink(missing_ok=True)
         for journal in self.dir.glob("*.journal"):

@@ -48,7 +48,7 @@ def local(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     configure_torch_threads(args.threads)
     values = _series(args.csv)
-    _, m = train_local(values, epochs=args.epochs, seed=args.seed)
+    _, m = train_local(values, epochs=args.epochs, seed=args.seed, paper=True)
     total = time.perf_counter() - t0
     return {
         "train_s": m["train_seconds"],

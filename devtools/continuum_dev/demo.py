@@ -137,13 +137,13 @@ def fresh_vs_burst(
         F = c.stub("continuum_node.forecast.Forecaster")
         f = F.create()
         f.load_csv(DATASET)
-        fresh = f.train(epochs=epochs, seed=0)["train_seconds"]
+        fresh = f.train(epochs=epochs, seed=0, paper=True)["train_seconds"]
         others = [F.create() for _ in range(4)]
         for o in others:
             o.load_csv(DATASET)
 
         def worker(o: Any) -> None:
-            o.train(epochs=burst_epochs, seed=1)
+            o.train(epochs=burst_epochs, seed=1, paper=True)
             for _ in range(calls):
                 o.evaluate()
                 o.predict()
@@ -153,7 +153,7 @@ def fresh_vs_burst(
             t.start()
         for t in threads:
             t.join()
-        after = f.train(epochs=epochs, seed=0)["train_seconds"]
+        after = f.train(epochs=epochs, seed=0, paper=True)["train_seconds"]
         for o in [f, *others]:
             c.delete(o)
     return {"fresh_train_s": fresh, "after_burst_train_s": after}

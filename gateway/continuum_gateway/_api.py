@@ -23,6 +23,7 @@ from continuum_mqtt import (
     ObjectNotHere,
     QuotaExceeded,
     UnknownClass,
+    UnknownObject,
 )
 from continuum_mqtt.service import (
     ANONYMOUS,
@@ -243,6 +244,28 @@ class DirectoryApi:
     @method(context=("ctx",))
     def resolve(self, ref: str, _ctx: Context = NO_CONTEXT) -> dict[str, Any]:
         return self.access.resolve(ref, _ctx.caller)
+
+    MAX_RESOLVE_MANY = 1000
+
+    @method(context=("ctx",))
+    def resolve_many(self, refs: list[str], _ctx: Context = NO_CONTEXT) -> list[dict[str, Any]]:
+        """``resolve`` for up to 1,000 references at once: for each, in order,
+        its object info, or ``{"error": envelope}`` (the error ``resolve``
+        would give, with the same visibility rules)."""
+        if not isinstance(refs, list) or len(refs) > self.MAX_RESOLVE_MANY:
+            raise BadRequest(f"refs must be a list of at most {self.MAX_RESOLVE_MANY} references")
+        self.rights.check_caller(_ctx.caller)
+        opened = self.access.open_classes()
+        out: list[dict[str, Any]] = []
+        for ref in refs:
+            try:
+                info = self.directory.resolve(ref)
+                if not self.access.visible(info, _ctx.caller, opened):
+                    raise UnknownObject(f"no object with id or alias {ref!r}", ref=ref)
+                out.append(info)
+            except ContinuumError as exc:
+                out.append({"error": exc.to_envelope()})
+        return out
 
     @method(changes=True, context=("ctx",))
     def alias(self, ref: str, name: str, _ctx: Context = NO_CONTEXT) -> dict[str, Any]:

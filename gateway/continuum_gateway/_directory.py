@@ -131,6 +131,9 @@ class Directory:
                     "objects": counts.get(r["id"], 0),
                     "host": manifest.get("host"),
                     "pid": manifest.get("pid"),
+                    # its loaded and evicted objects (bounded residency), as its
+                    # last status said; absent from a node that does not report them
+                    **{k: manifest[k] for k in ("resident", "evicted") if k in manifest},
                 }
             )
         return out

@@ -9,6 +9,18 @@ Model and data (paper, Sections 4.1.1-4.1.2): ``LSTM(2 -> 64)`` + ``Linear(64 ->
 on the last step; look-back 6, batch 64, Adam lr 1e-3, MSE, 100 epochs;
 chronological 80/20 split, min-max scaling fitted on the training part, windows
 built on each part separately (1,585 / 392 windows on ``node_3_utilisation.csv``).
+``train(paper=True)`` (:data:`PAPER`) trains exactly that. The default
+(``TrainParams()``) keeps the network's size and the optimiser but predicts
+the change from the last value (the LSTM sees the levels and their one-step
+changes), with a Huber loss in units of each variable's one-step changes,
+early stopping on the last 10% of the training windows (at most 200 epochs),
+gradient clipping and predicted changes rounded to the step the variable is
+recorded in: it beats persistence on both bundled series, both variables, MSE
+and MAE, where the paper's settings do not (orangepi). ``train(warm_start=True)``
+continues from the previous weights (10 epochs by default).
+
+Each object keeps a bounded series (``max_rows``, ``max_age``) in float64
+arrays; memory per object and the accuracy table are in ``datasets/README.md``.
 
 Node configuration (never a caller's argument): ``$CONTINUUM_FORECAST_DATA``,
 the folders whose ``*.csv`` files ``Forecaster.load_csv`` reads besides the
@@ -41,12 +53,12 @@ from ._errors import SeriesTooShort, UnknownDataset
 from ._forecaster import Forecaster
 from ._model import (
     LSTMNet,
-    TrainParams,
     configure_torch_threads,
     model_size_mb,
     state_hash,
     train_local,
 )
+from ._params import PAPER, TrainParams
 
 # The public class path is ``continuum_node.forecast.Forecaster`` (what a node loads
 # with ``--module continuum_node.forecast`` and what an edge stub names).
@@ -55,6 +67,7 @@ Forecaster.__module__ = __name__
 __all__ = [
     "BUNDLED_DIR",
     "DATA_ENV",
+    "PAPER",
     "Forecaster",
     "LSTMNet",
     "MinMaxScaler",

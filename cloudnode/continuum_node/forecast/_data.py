@@ -42,7 +42,9 @@ __all__ = [
     "persistence_predictions",
     "prepare",
     "read_series_csv",
+    "resolution",
     "smape",
+    "snap",
 ]
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "datasets"
@@ -143,22 +145,41 @@ class Prepared:
     """The unscaled test rows (for the persistence baseline and de-normalised targets)."""
     n_train: int
     n_test: int
+    resolution: np.ndarray | None = None
+    """Per variable, the step the training rows are recorded in (0: none found),
+    see :func:`resolution`."""
 
     def without_training_windows(self) -> Prepared:
-        """A copy without ``x_train``/``y_train`` (``n_train`` kept): all that
-        evaluation and prediction need, and what a trained object keeps, so its
-        snapshots stay small."""
+        """A copy without the windows (``n_train``, ``n_test`` and the test rows
+        kept): all that evaluation and prediction need (:meth:`test_windows`
+        builds the test windows again), and what a trained object keeps, so it
+        stays small in memory and in snapshots."""
         k = self.x_train.shape[2] if self.x_train.ndim == 3 else 2
+        empty_x, empty_y = np.empty((0, self.lookback, k), np.float32), np.empty((0, k), np.float32)
         return replace(
             self,
-            x_train=np.empty((0, self.lookback, k), np.float32),
-            y_train=np.empty((0, k), np.float32),
+            x_train=empty_x,
+            y_train=empty_y,
+            x_test=empty_x,
+            y_test=empty_y,
+            test_raw=np.array(self.test_raw),  # a copy: not a view keeping the whole series
         )
 
+    def test_windows(self) -> np.ndarray:
+        """``x_test``, built again from the test rows when it was dropped."""
+        if len(self.x_test) or self.n_test == 0:
+            return self.x_test
+        return make_windows(self.scaler.transform(self.test_raw), self.lookback)[0]
 
-def prepare(values: np.ndarray, lookback: int = 6, train_frac: float = 0.8) -> Prepared:
-    """The paper's pipeline: chronological split, scaler fitted on the training part,
-    windows built on each part separately."""
+
+def prepare(
+    values: np.ndarray,
+    lookback: int = 6,
+    train_frac: float = 0.8,
+    scaler: MinMaxScaler | None = None,
+) -> Prepared:
+    """The paper's pipeline: chronological split, scaler fitted on the training part
+    (or ``scaler``, e.g. a warm start's), windows built on each part separately."""
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2 or values.shape[1] != 2:
         raise ValueError("the series must be a list of [cpu, mem] rows")
@@ -171,15 +192,55 @@ def prepare(values: np.ndarray, lookback: int = 6, train_frac: float = 0.8) -> P
             training_rows=len(train_raw),
             lookback=int(lookback),
         )
-    scaler = MinMaxScaler.fit(train_raw)
+    if scaler is None:
+        scaler = MinMaxScaler.fit(train_raw)
     x_train, y_train = make_windows(scaler.transform(train_raw), lookback)
     if len(test_raw):
         x_test, y_test = make_windows(scaler.transform(test_raw), lookback)
     else:
         x_test, y_test = make_windows(np.empty((0, 2)), lookback)
     return Prepared(
-        scaler, lookback, x_train, y_train, x_test, y_test, test_raw, len(x_train), len(x_test)
+        scaler,
+        lookback,
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        test_raw,
+        len(x_train),
+        len(x_test),
+        resolution(train_raw),
     )
+
+
+def resolution(values: np.ndarray, max_decimals: int = 4) -> np.ndarray:
+    """Per column, the largest ``10**-k`` (``k <= max_decimals``) that every value is
+    a whole multiple of (0.0 when none): the step a sensor or an agent records
+    the variable in (memory in 0.1 % steps, say). A predicted change smaller
+    than half of it would be recorded as no change at all."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1, 2)
+    out = np.zeros(values.shape[1])
+    for j in range(values.shape[1]):
+        col = values[:, j]
+        for k in range(max_decimals + 1):
+            q = 10.0**-k
+            steps = col / q
+            if len(col) and np.all(np.abs(steps - np.round(steps)) < 1e-6):
+                out[j] = q
+                break
+    return out
+
+
+def snap(pred: np.ndarray, last: np.ndarray, step: np.ndarray | None) -> np.ndarray:
+    """``pred`` with its change from ``last`` rounded to a whole number of
+    ``step`` per variable (variables whose step is 0 unchanged)."""
+    pred = np.asarray(pred, dtype=np.float64)
+    if step is None or not np.any(step > 0):
+        return pred
+    last = np.asarray(last, dtype=np.float64).reshape(pred.shape)
+    q = np.where(step > 0, step, 1.0)
+    snapped = last + np.round((pred - last) / q) * q
+    return np.where(step > 0, snapped, pred)
 
 
 def persistence_predictions(test_raw: np.ndarray, lookback: int) -> tuple[np.ndarray, np.ndarray]:

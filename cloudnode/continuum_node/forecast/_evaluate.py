@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._data import Prepared, metrics_per_variable, persistence_predictions
+from ._data import Prepared, metrics_per_variable, persistence_predictions, snap
 
 if TYPE_CHECKING:
     from ._model import Trained
@@ -35,9 +35,17 @@ def _forward_numpy(model: nn.Module, x: np.ndarray) -> np.ndarray:
 def test_predictions(trained: Trained) -> tuple[np.ndarray, np.ndarray]:
     """``(predictions, targets)`` of the test windows, de-normalised, shape ``(n, 2)``."""
     prep = trained.prepared
-    pred = prep.scaler.inverse_transform(_forward_numpy(trained.model, prep.x_test))
+    pred = prep.scaler.inverse_transform(_forward_numpy(trained.model, prep.test_windows()))
+    pred = _snapped(trained, pred.reshape(-1, 2), prep.test_raw[prep.lookback - 1 : -1])
     true = prep.test_raw[prep.lookback :]
-    return pred.reshape(-1, 2), true.reshape(-1, 2)
+    return pred, true.reshape(-1, 2)
+
+
+def _snapped(trained: Trained, pred: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Predicted changes rounded to the series' recorded step (``params.snap``)."""
+    if not getattr(trained.params, "snap", False) or len(pred) == 0:
+        return pred
+    return snap(pred, last, trained.prepared.resolution)
 
 
 def evaluate_model(trained: Trained) -> dict[str, Any]:
@@ -71,5 +79,5 @@ def predict_next(trained: Trained, window: np.ndarray) -> list[float]:
         raise ValueError(f"need at least {lookback} rows to predict, have {len(window)}")
     scaled = trained.prepared.scaler.transform(window[-lookback:])
     out = _forward_numpy(trained.model, scaled[None, :, :].astype(np.float32))
-    pred = trained.prepared.scaler.inverse_transform(out)[0]
+    pred = _snapped(trained, trained.prepared.scaler.inverse_transform(out), window[-1:])[0]
     return [float(pred[0]), float(pred[1])]

@@ -3,6 +3,7 @@ active object living on a cloud node (the paper's offloaded workload)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -18,19 +19,16 @@ from ._data import (
     read_series_csv,
 )
 from ._evaluate import baseline_metrics, evaluate_model, predict_next, test_predictions
-from ._model import (
-    LSTMNet,
-    Trained,
-    TrainParams,
-    fit,
-    resolve_device,
-    train_summary,
-    warm_up_torch,
-)
+from ._model import LSTMNet, Trained, fit, resolve_device, train_summary, warm_up_torch
 from ._model import model_size_mb as _size_mb
 from ._model import state_hash as _hash
+from ._params import PAPER, TrainParams
+from ._series import DEFAULT_MAX_ROWS, Series, Stamps
 
-__all__ = ["Forecaster"]
+__all__ = ["WARM_EPOCHS", "Forecaster"]
+
+WARM_EPOCHS = 10
+"""``train(warm_start=True)``'s default epochs."""
 
 
 class Forecaster(ActiveObject):
@@ -40,6 +38,17 @@ class Forecaster(ActiveObject):
     ``device``: ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda"``
     (falls back to CPU when CUDA is not available). ``rows``: initial rows, as for
     :meth:`append`. Every result is a plain Python value (CBOR-encodable).
+
+    Retention: the object keeps at most ``max_rows`` rows (default 10,000: 35
+    days of 5-minute samples; ``None``: no limit) and, with ``max_age``
+    (seconds, default ``None``), none older than that before the newest
+    timestamp; older rows are dropped as new ones arrive. Rows are stored as
+    float64 arrays (24 bytes a row with its timestamp). A trained model keeps
+    its float32 weights, its scaler and its test rows, no optimizer state and
+    no loss history (``train`` returns it). Measured with 2,000 rows (node_3):
+    48 KiB untrained and 141 KiB trained, 70.5 KiB of it the weights
+    (tracemalloc plus the tensors; the figures and the command are in
+    ``datasets/README.md``).
 
     Node configuration, never a caller's: the folders ``load_csv`` reads
     (``$CONTINUUM_FORECAST_DATA``, then the bundled datasets) and the limits
@@ -51,14 +60,20 @@ class Forecaster(ActiveObject):
     leaving the object as it was.
     """
 
-    def __init__(self, device: str = "auto", rows: list[Any] | None = None) -> None:
+    def __init__(
+        self,
+        device: str = "auto",
+        rows: list[Any] | None = None,
+        max_rows: int | None = DEFAULT_MAX_ROWS,
+        max_age: float | None = None,
+    ) -> None:
         self.requested_device = device
         self._device = resolve_device(device)
-        self._values: list[list[float]] = []
-        self._stamps: list[str | float | None] = []
+        self._series = Series(max_rows, max_age)
         self._trained: Trained | None = None
         self._trained_rows = 0
-        self._test_stamps: list[str | float | None] = []
+        self._trained_total = 0  # Series.total when trained: stale when it moved
+        self._test_stamps = Stamps(np.empty(0), None, {})
         self._last_seq: dict[str, int] = {}
         self.source: str | None = None
         if rows:
@@ -77,9 +92,7 @@ class Forecaster(ActiveObject):
         """Append rows streamed from a device: ``[cpu, mem]``, ``[cpu, mem, ts]`` or
         ``{"cpu": .., "mem": ..[, "ts": ..]}``. All-or-nothing; returns the new length."""
         values, stamps = parse_rows(rows)
-        self._values.extend(values)
-        self._stamps.extend(stamps)
-        return len(self._values)
+        return self._series.extend(values, stamps)
 
     @active
     def ingest(self, sample: dict[str, Any]) -> int:
@@ -96,16 +109,15 @@ class Forecaster(ActiveObject):
                 raise TypeError("seq must be an int")
             last = self._last_seq.get(dev)
             if last is not None and seq <= last:
-                return len(self._values)
+                return len(self._series)
         row = {"cpu": sample.get("cpu"), "mem": sample.get("mem"), "ts": sample.get("ts")}
         if row["cpu"] is None or row["mem"] is None:
             raise ValueError("a sample needs 'cpu' and 'mem'")
         values, stamps = parse_rows([row])
-        self._values.extend(values)
-        self._stamps.extend(stamps)
+        n = self._series.extend(values, stamps)
         if seq is not None:
             self._last_seq[dev] = seq
-        return len(self._values)
+        return n
 
     @active(snapshot=True)
     def load_csv(self, name: str, replace: bool = True) -> int:
@@ -117,16 +129,15 @@ class Forecaster(ActiveObject):
         to it); returns the new length."""
         values, stamps = read_series_csv(find_dataset(name))
         if replace:
-            self._values, self._stamps = [], []
-        self._values.extend(values)
-        self._stamps.extend(stamps)
+            self._series.clear()
+        n = self._series.extend(values, stamps)
         self.source = name
-        return len(self._values)
+        return n
 
     @active
     def clear(self) -> int:
         """Drop the series (a trained model is kept); returns 0."""
-        self._values, self._stamps = [], []
+        self._series.clear()
         self.source = None
         return 0
 
@@ -135,27 +146,42 @@ class Forecaster(ActiveObject):
         """The last ``n`` rows ``[cpu, mem]``."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError("n must be a non-negative int")
-        return [list(r) for r in self._values[-n:]] if n else []
+        return self._series.tail(n).tolist() if n else []
 
     # -- model -------------------------------------------------------------------
 
-    @active(snapshot=True)
+    @active(snapshot=True, long=True)
     def train(
         self,
-        epochs: int = 100,
+        epochs: int | None = None,
         seed: int = 0,
-        lr: float = 1e-3,
-        batch_size: int = 64,
-        lookback: int = 6,
-        hidden: int = 64,
-        num_layers: int = 1,
-        train_frac: float = 0.8,
-        shuffle: bool = True,
+        *,
+        paper: bool = False,
+        warm_start: bool = False,
+        **params: Any,
     ) -> dict[str, Any]:
-        """Train a fresh model on the current series (the paper's settings by
-        default), seeded and deterministic. Sends ``{"epoch", "epochs", "loss"}``
-        progress after every epoch. Returns ``train_seconds, final_loss, losses,
-        epochs, n_train, n_test, state_hash, device, threads, params``.
+        """Train the model on the current series, seeded and deterministic (on CPU).
+        Sends ``{"epoch", "epochs", "loss"}`` progress after every epoch. Returns
+        ``train_seconds, final_loss, losses, epochs, epochs_run, best_epoch,
+        val_loss, warm_start, n_train, n_test, state_hash, device, threads, params``.
+
+        ``params`` are :class:`TrainParams` fields (``lr``, ``batch_size``,
+        ``lookback``, ``hidden``, ``num_layers``, ``train_frac``, ``shuffle``,
+        ``residual``, ``val_frac``, ``patience``, ``clip``, ``huber``). The default
+        (``TrainParams()``) is the paper's network trained to beat persistence:
+        residual prediction, early stopping on a validation split, up to 200
+        epochs; ``paper=True`` starts from the paper's exact settings instead
+        (100 epochs, level prediction, :data:`PAPER`).
+
+        ``warm_start=True``: continue from the current model's weights (a fresh
+        optimizer, ``epochs`` default 10) on the current series, with the
+        scaler fitted at the first training kept (the weights were learnt in
+        its units; values beyond its range scale beyond [0, 1], which the
+        residual model handles since it predicts changes). With a validation
+        split the weights before the first epoch compete too, so the validation
+        loss never gets worse. Without a model it trains from scratch. The
+        architecture (``lookback``, ``hidden``, ``num_layers``, ``residual``)
+        must be the model's.
 
         Limits (``TrainParams.limits``, node configuration): epochs <= 10,000,
         batch_size <= 1,024, lookback <= 288, hidden <= 256, num_layers <= 4,
@@ -164,31 +190,37 @@ class Forecaster(ActiveObject):
         After every epoch it calls ``continuum_mqtt.check_cancelled()``: a call
         whose deadline passed, or whose node is stopping, ends there with
         ``cancelled`` and the object keeps its previous model."""
-        params = TrainParams.from_kwargs(
-            epochs=epochs,
-            seed=seed,
-            lr=lr,
-            batch_size=batch_size,
-            lookback=lookback,
-            hidden=hidden,
-            num_layers=num_layers,
-            train_frac=train_frac,
-            shuffle=shuffle,
-        )
-        prepared = prepare(np.asarray(self._values, dtype=np.float64), lookback, train_frac)
+        if not isinstance(warm_start, bool):
+            raise TypeError("warm_start must be a bool")
+        previous = self._trained if warm_start else None
+        if previous is not None:
+            base = previous.params.to_dict()
+            for name in ("epochs", "seed", "shuffle"):
+                base.pop(name)
+            params = {**base, **params}
+            if epochs is None:
+                epochs = WARM_EPOCHS
+        if epochs is not None:
+            params["epochs"] = epochs
+        p = TrainParams.from_kwargs(paper=paper, seed=seed, **params)
+        scaler = previous.prepared.scaler if previous is not None else None
+        prepared = prepare(self._series.values(), p.lookback, p.train_frac, scaler)
 
         def report(epoch: int, total: int, loss: float) -> None:
             progress({"epoch": epoch, "epochs": total, "loss": loss})
             check_cancelled()  # nothing of self changed yet: it is assigned below
 
-        trained = fit(prepared, params, self._device, report)
+        trained = fit(prepared, p, self._device, report, previous.model if previous else None)
+        summary = train_summary(trained)
         trained.prepared = prepared.without_training_windows()
+        trained.losses = trained.losses[-1:]  # the call's result has them all
         self._trained = trained
-        self._trained_rows = len(self._values)
+        self._trained_rows = len(self._series)
+        self._trained_total = self._series.total
         # timestamps of the test targets, kept for forecast_series whatever the series becomes
-        first = len(self._values) - len(prepared.test_raw) + lookback
-        self._test_stamps = self._stamps[first:] if prepared.n_test else []
-        return train_summary(trained)
+        first = len(self._series) - len(prepared.test_raw) + p.lookback
+        self._test_stamps = self._series.stamps(first if prepared.n_test else len(self._series))
+        return summary
 
     @active(readonly=True)
     def evaluate(self) -> dict[str, Any]:
@@ -202,7 +234,7 @@ class Forecaster(ActiveObject):
         test targets (those of the last training; the current series if untrained)."""
         if self._trained is not None:
             return baseline_metrics(self._trained.prepared)
-        return baseline_metrics(prepare(np.asarray(self._values, dtype=np.float64)))
+        return baseline_metrics(prepare(self._series.values()))
 
     @active(readonly=True)
     def predict(self, window: list[Any] | None = None) -> list[float]:
@@ -210,10 +242,10 @@ class Forecaster(ActiveObject):
         the series (or of ``window``, rows as for :meth:`append`), de-normalised."""
         trained = self._need_model()
         if window is None:
-            rows = self._values[-trained.prepared.lookback :]
+            rows = self._series.tail(trained.prepared.lookback)
         else:
-            rows, _ = parse_rows(window)
-        return predict_next(trained, np.asarray(rows, dtype=np.float64))
+            rows = np.asarray(parse_rows(window)[0], dtype=np.float64)
+        return predict_next(trained, rows)
 
     @active(readonly=True)
     def forecast_series(self) -> dict[str, Any]:
@@ -224,7 +256,7 @@ class Forecaster(ActiveObject):
         pred, true = test_predictions(trained)
         prep = trained.prepared
         naive, _ = persistence_predictions(prep.test_raw, prep.lookback)
-        stamps = self._test_stamps
+        stamps = self._test_stamps.to_list()
         has_stamps = len(stamps) == len(true) and any(s is not None for s in stamps)
         out: dict[str, Any] = {"timestamps": stamps if has_stamps else None}
         for j, var in enumerate(("cpu", "mem")):
@@ -250,16 +282,19 @@ class Forecaster(ActiveObject):
         """Series length, source, device, and whether (and on what) the model is trained."""
         trained = self._trained
         out: dict[str, Any] = {
-            "rows": len(self._values),
+            "rows": len(self._series),
+            "rows_total": self._series.total,
+            "max_rows": self._series.max_rows,
+            "max_age": self._series.max_age,
             "source": self.source,
-            "has_timestamps": any(s is not None for s in self._stamps),
+            "has_timestamps": self._series.has_stamps(),
             "device": str(self._device),
             "requested_device": self.requested_device,
             "cuda_available": bool(torch.cuda.is_available()),
             "threads": int(torch.get_num_threads()),
             "trained": trained is not None,
             "trained_rows": self._trained_rows if trained else 0,
-            "stale": trained is not None and self._trained_rows != len(self._values),
+            "stale": trained is not None and self._trained_total != self._series.total,
         }
         if trained is not None:
             out.update(
@@ -268,6 +303,8 @@ class Forecaster(ActiveObject):
                     "n_test": trained.prepared.n_test,
                     "params": trained.params.to_dict(),
                     "final_loss": float(trained.final_loss),
+                    "best_epoch": int(trained.best_epoch),
+                    "warm_start": bool(trained.warm_start),
                     "train_seconds": float(trained.train_seconds),
                     "scaler": trained.prepared.scaler.to_dict(),
                     "model_size_mb": _size_mb(trained.model),
@@ -290,24 +327,34 @@ class Forecaster(ActiveObject):
         state.pop("_device", None)
         trained = state.get("_trained")
         if trained is not None and trained.device != "cpu":
-            cpu_model = LSTMNet(2, trained.params.hidden, 2, trained.params.num_layers)
-            cpu_model.load_state_dict({k: v.cpu() for k, v in trained.model.state_dict().items()})
-            state["_trained"] = Trained(
-                cpu_model,
-                trained.prepared,
-                trained.params,
-                "cpu",
-                trained.train_seconds,
-                trained.losses,
+            cpu_model = LSTMNet(
+                2, trained.params.hidden, 2, trained.params.num_layers, trained.model.residual
             )
+            cpu_model.load_state_dict({k: v.cpu() for k, v in trained.model.state_dict().items()})
+            state["_trained"] = dataclasses.replace(trained, model=cpu_model, device="cpu")
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
         state.pop("data_dir", None)  # older objects kept a caller-chosen folder: ignored
+        if "_values" in state:  # before retention: Python lists, kept for ever
+            state["_series"] = Series.from_lists(state.pop("_values"), state.pop("_stamps"))
+            state.setdefault("_trained_total", state.get("_trained_rows", 0))
+        old_stamps = state.get("_test_stamps", [])
+        if isinstance(old_stamps, list):
+            state["_test_stamps"] = Series.from_lists(
+                [[0.0, 0.0]] * len(old_stamps), old_stamps, max_rows=None
+            ).stamps()
         self.__dict__.update(state)
         self.__dict__.setdefault("_last_seq", {})
-        self.__dict__.setdefault("_test_stamps", [])
+        trained = self._trained
+        if trained is not None:  # before compaction: test windows, every loss
+            trained.prepared = trained.prepared.without_training_windows()
+            trained.losses = trained.losses[-1:]
+            known = vars(trained.params)
+            if any(f.name not in known for f in dataclasses.fields(TrainParams)):
+                # trained before the options existed: with the paper's settings
+                trained.params = dataclasses.replace(PAPER, **known)
         self._device = resolve_device(self.requested_device)
         if self._trained is not None and self._trained.device != str(self._device):
             self._trained.model.to(self._device)

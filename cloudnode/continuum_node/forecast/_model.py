@@ -16,26 +16,26 @@ concurrent trainings on different objects do not disturb each other.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from continuum_mqtt import BadArguments
-
 from ._data import Prepared, prepare
 from ._evaluate import baseline_metrics, evaluate_model
+from ._params import TrainParams
 
 __all__ = [
     "LSTMNet",
-    "TrainParams",
+    "TrainParams",  # re-exported from ._params
     "Trained",
     "configure_torch_threads",
     "fit",
@@ -81,135 +81,67 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 class LSTMNet(nn.Module):
-    """LSTM over the look-back window, a linear head on the last time step."""
+    """LSTM over the look-back window, a linear head on the last time step.
+
+    ``residual``: the head predicts the change from the window's last value in
+    units of ``step_scale`` (a buffer: the per-variable scale of one-step
+    changes), and the output is that last value plus the change; the output is
+    a level either way, so evaluation and prediction do not depend on it.
+    """
+
+    step_scale: torch.Tensor  # a buffer, residual models only
 
     def __init__(
-        self, input_size: int = 2, hidden: int = 64, output_size: int = 2, num_layers: int = 1
+        self,
+        input_size: int = 2,
+        hidden: int = 64,
+        output_size: int = 2,
+        num_layers: int = 1,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         self.hidden = hidden
-        self.lstm = nn.LSTM(input_size, hidden, num_layers=num_layers, batch_first=True)
+        self.residual = residual
+        lstm_in = 2 * input_size if residual else input_size
+        self.lstm = nn.LSTM(lstm_in, hidden, num_layers=num_layers, batch_first=True)
         self.fc = nn.Linear(hidden, output_size)
+        if residual:
+            self.register_buffer("step_scale", torch.ones(output_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.lstm(x)
-        return self.fc(out[:, -1, :])
+        if not self.residual:
+            out, _ = self.lstm(x)
+            return self.fc(out[:, -1, :])
+        steps = torch.diff(x, dim=1, prepend=x[:, :1, :]) / self.step_scale
+        out, _ = self.lstm(torch.cat([x, steps], dim=2))
+        return x[:, -1, :] + self.fc(out[:, -1, :]) * self.step_scale
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("residual", False)  # pickled before residual existed
 
     @torch.no_grad()
     def reset_parameters_(self, gen: torch.Generator) -> None:
         """PyTorch's default initialisation, drawn from ``gen`` instead of the global
         RNG: LSTM weights and biases ~ U(-1/sqrt(hidden), 1/sqrt(hidden)); the linear
         layer's weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (what its default
-        Kaiming-uniform with a=sqrt(5) amounts to)."""
+        Kaiming-uniform with a=sqrt(5) amounts to). A residual model's head then
+        starts at zero: the untrained model is persistence."""
         for name, p in self.named_parameters():
             if name.startswith("lstm."):
                 bound = 1.0 / math.sqrt(self.hidden)
             else:
                 bound = 1.0 / math.sqrt(self.fc.in_features)
             p.uniform_(-bound, bound, generator=gen)
-
-
-@dataclass(frozen=True)
-class TrainParams:
-    """Hyper-parameters of one training run (the paper's values by default).
-
-    :attr:`limits` bounds what a caller may ask for (memory, checkpoint size
-    and time grow with them): node configuration, which an operator may change
-    from a module of their own loaded with ``--module`` (``TrainParams.limits
-    ["epochs"] = 50_000``).
-    """
-
-    limits: ClassVar[dict[str, int]] = {
-        "epochs": 10_000,
-        "batch_size": 1024,
-        "lookback": 288,  # a day of 5-minute samples
-        "hidden": 256,
-        "num_layers": 4,
-        # batch_size * lookback * hidden * num_layers: what one batch's
-        # activations scale with (at 2**22, training took 190-300 MB more
-        # memory on CPU, measured; the other limits alone would allow GBs)
-        "batch_work": 2**22,
-    }
-    """The upper limits (inclusive); beyond one, ``bad_arguments`` naming it.
-    The paper's settings (100, 64, 6, 64, 1: a batch work of 24,576) are far
-    below."""
-
-    epochs: int = 100
-    seed: int = 0
-    lr: float = 1e-3
-    batch_size: int = 64
-    lookback: int = 6
-    hidden: int = 64
-    num_layers: int = 1
-    train_frac: float = 0.8
-    shuffle: bool = True
-    """The reference code's DataLoader shuffles the training windows every epoch."""
-
-    @classmethod
-    def from_kwargs(cls, **kwargs: Any) -> TrainParams:
-        """Checked construction from remote keyword arguments."""
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(kwargs) - set(known))
-        if unknown:
-            raise TypeError(f"unknown training parameter(s): {', '.join(unknown)}")
-        values: dict[str, Any] = {}
-        for name, value in kwargs.items():
-            kind = known[name].type  # a string: annotations are postponed
-            if kind == "bool":
-                if not isinstance(value, bool):
-                    raise TypeError(f"{name} must be a bool")
-            elif isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"{name} must be a number")
-            elif kind == "int":
-                if not isinstance(value, int):
-                    raise TypeError(f"{name} must be an int")
-            else:
-                value = float(value)
-            values[name] = value
-        params = cls(**values)
-        params._check()
-        return params
-
-    def _check(self) -> None:
-        if self.epochs < 0:
-            raise ValueError("epochs must be >= 0")
-        if not 0 <= self.seed < 2**63:
-            raise ValueError("seed must be in [0, 2**63)")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError("lr must be a positive number")
-        for name in ("batch_size", "lookback", "hidden", "num_layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if not 0.0 < self.train_frac < 1.0:
-            raise ValueError("train_frac must be in (0, 1)")
-        limits = self.limits
-        for name in ("epochs", "batch_size", "lookback", "hidden", "num_layers"):
-            value, limit = getattr(self, name), limits[name]
-            if value > limit:
-                raise BadArguments(
-                    f"{name} is above this node's limit of {limit}",
-                    param=name,
-                    limit=limit,
-                )
-        work = self.batch_size * self.lookback * self.hidden * self.num_layers
-        if work > limits["batch_work"]:
-            raise BadArguments(
-                f"batch_size * lookback * hidden * num_layers = {work} is above this "
-                f"node's limit of {limits['batch_work']} (batch_work)",
-                param="batch_work",
-                limit=limits["batch_work"],
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["lr"] = float(d["lr"])
-        d["train_frac"] = float(d["train_frac"])
-        return d
+        if self.residual:
+            self.fc.weight.zero_()
+            self.fc.bias.zero_()
 
 
 @dataclass
 class Trained:
-    """A model trained by :func:`fit` and what it was trained on."""
+    """A model trained by :func:`fit` and what it was trained on. A forecaster
+    keeps ``losses`` trimmed to the last one (the call's result has them all)."""
 
     model: LSTMNet
     prepared: Prepared
@@ -217,6 +149,11 @@ class Trained:
     device: str
     train_seconds: float
     losses: list[float]
+    best_epoch: int = -1
+    """The epoch whose weights were kept (0: the initial ones); -1: the last."""
+    val_loss: float = math.nan
+    """The kept weights' validation loss (scaled units); NaN without validation."""
+    warm_start: bool = False
 
     @property
     def final_loss(self) -> float:
@@ -226,13 +163,60 @@ class Trained:
 # -- training ----------------------------------------------------------------
 
 
+def step_scale(prepared: Prepared) -> np.ndarray:
+    """Per-variable RMS of the one-step changes of the training windows' targets
+    (scaled units; 1 where there is no change): the residual head's unit."""
+    y = prepared.y_train.astype(np.float64)
+    if len(y) == 0:
+        return np.ones(2, np.float32)
+    d = y - prepared.x_train[:, -1, :].astype(np.float64)
+    rms = np.sqrt(np.mean(d * d, axis=0))
+    return np.where(rms > 0, rms, 1.0).astype(np.float32)
+
+
+def _new_model(prepared: Prepared, params: TrainParams, gen: torch.Generator) -> LSTMNet:
+    model = LSTMNet(2, params.hidden, 2, params.num_layers, params.residual)
+    model.reset_parameters_(gen)
+    if params.residual:
+        model.step_scale.copy_(torch.from_numpy(step_scale(prepared)))
+    return model
+
+
+def _loss(model: LSTMNet, params: TrainParams) -> Callable[[torch.Tensor, torch.Tensor], Any]:
+    """The paper's MSE on scaled levels; a residual model's errors are in units of
+    its ``step_scale`` per variable (each variable weighs by how predictable its
+    changes are, not by its range), with a Huber loss when ``params.huber``."""
+    if not model.residual:
+        return nn.MSELoss()
+    base: nn.Module = nn.HuberLoss(delta=params.huber) if params.huber > 0 else nn.MSELoss()
+    scale = model.step_scale
+
+    def loss(pred: torch.Tensor, target: torch.Tensor) -> Any:
+        return base(pred / scale, target / scale)
+
+    return loss
+
+
+def _check_warm(init: LSTMNet, params: TrainParams) -> None:
+    shape = (init.hidden, init.lstm.num_layers, init.residual)
+    if shape != (params.hidden, params.num_layers, params.residual):
+        raise ValueError(
+            "warm start needs the previous model's hidden, num_layers and residual "
+            f"(hidden={init.hidden}, num_layers={init.lstm.num_layers}, "
+            f"residual={init.residual})"
+        )
+
+
 def fit(
     prepared: Prepared,
     params: TrainParams,
     device: torch.device | str = "cpu",
     on_epoch: EpochCallback | None = None,
+    init: LSTMNet | None = None,
 ) -> Trained:
-    """Train a fresh model on ``prepared``: the one training loop of the package.
+    """Train a model on ``prepared``: the one training loop of the package;
+    from scratch, or from a copy of ``init``'s weights (a warm start: ``init``
+    itself is left untouched).
 
     A manual slice loop over tensors built once (measured faster than a
     ``DataLoader``, which collates 64 single samples per batch). Each epoch
@@ -240,22 +224,46 @@ def fit(
     windows in one indexing op and walks them in contiguous batches of
     ``batch_size`` (the last one partial, as ``DataLoader(drop_last=False)``).
     The reported loss of an epoch is the sample-weighted mean of the batch MSEs
-    (scaled units), synchronised once per epoch, not per batch.
+    (scaled units), synchronised once per epoch, not per batch. With
+    ``params.val_frac`` the last windows validate after every epoch (and before
+    the first); the best weights are kept and ``params.patience`` epochs
+    without improvement end the training.
     """
     if prepared.lookback != params.lookback:
         raise ValueError("prepared data and parameters disagree on lookback")
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(params.seed)
-    model = LSTMNet(2, params.hidden, 2, params.num_layers)
-    model.reset_parameters_(gen)
+    if init is not None:
+        _check_warm(init, params)
+        model = copy.deepcopy(init).cpu()
+    else:
+        model = _new_model(prepared, params, gen)
     model.to(dev)
-    x = torch.from_numpy(prepared.x_train).to(dev)
-    y = torch.from_numpy(prepared.y_train).to(dev)
-    n, bs = len(x), params.batch_size
+    x_all = torch.from_numpy(prepared.x_train).to(dev)
+    y_all = torch.from_numpy(prepared.y_train).to(dev)
+    n_val = int(len(x_all) * params.val_frac)
+    if n_val < 1 or len(x_all) - n_val < 1:
+        n_val = 0
+    n = len(x_all) - n_val
+    x, y = x_all[:n], y_all[:n]
+    x_val, y_val = x_all[n:], y_all[n:]
+    bs = params.batch_size
     starts = range(0, n, bs)
     optimizer = _adam(model, params.lr)
-    loss_fn = nn.MSELoss()
+    loss_fn = _loss(model, params)
+
+    def validate() -> float:
+        model.eval()
+        with torch.no_grad():
+            value = float(loss_fn(model(x_val), y_val))
+        model.train()
+        return value
+
     losses: list[float] = []
+    best_val, best_epoch, best_state = math.inf, -1, None
+    if n_val:
+        best_val, best_epoch = validate(), 0
+        best_state = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     t0 = time.perf_counter()
     with torch.enable_grad():
@@ -271,17 +279,30 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(model(xb), yb)
                 loss.backward()
+                if params.clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), params.clip)
                 optimizer.step()
                 total += loss.detach() * len(xb)
             epoch_loss = float(total) / n
             losses.append(epoch_loss)
             if on_epoch is not None:
                 on_epoch(epoch, params.epochs, epoch_loss)
+            if n_val:
+                val = validate()
+                if val < best_val:
+                    best_val, best_epoch = val, epoch
+                    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+                elif params.patience and epoch - best_epoch >= params.patience:
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0
     model.eval()
-    return Trained(model, prepared, params, str(dev), seconds, losses)
+    return Trained(
+        model, prepared, params, str(dev), seconds, losses, best_epoch, best_val, init is not None
+    )
 
 
 def warm_up_torch() -> None:
@@ -335,6 +356,7 @@ def train_local(
     *,
     device: str = "cpu",
     on_epoch: EpochCallback | None = None,
+    paper: bool = False,
     **params: Any,
 ) -> tuple[LSTMNet, dict[str, Any]]:
     """Train and evaluate in this process with the same code as ``Forecaster.train``
@@ -342,12 +364,12 @@ def train_local(
     bit-identical to an offloaded run on CPU.
 
     ``series`` is a list of ``[cpu, mem]`` rows; ``params`` are :class:`TrainParams`
-    fields. Returns ``(model, metrics)`` with ``metrics`` holding
+    fields (``paper=True``: starting from the paper's settings). Returns ``(model, metrics)`` with ``metrics`` holding
     ``train_seconds, final_loss, losses, n_train, n_test, state_hash, device,
     params, model_size_mb, evaluation`` (the dict of ``evaluate``) and
     ``baseline`` (persistence), all plain Python values.
     """
-    p = TrainParams.from_kwargs(**params)
+    p = TrainParams.from_kwargs(paper=paper, **params)
     prepared = prepare(np.asarray(series, dtype=np.float64), p.lookback, p.train_frac)
     trained = fit(prepared, p, resolve_device(device), on_epoch)
     metrics = train_summary(trained)
@@ -364,6 +386,10 @@ def train_summary(trained: Trained) -> dict[str, Any]:
         "final_loss": float(trained.final_loss),
         "losses": [float(v) for v in trained.losses],
         "epochs": int(trained.params.epochs),
+        "epochs_run": len(trained.losses),
+        "best_epoch": int(trained.best_epoch),
+        "val_loss": None if math.isnan(trained.val_loss) else float(trained.val_loss),
+        "warm_start": bool(trained.warm_start),
         "n_train": int(trained.prepared.n_train),
         "n_test": int(trained.prepared.n_test),
         "state_hash": state_hash(trained.model),

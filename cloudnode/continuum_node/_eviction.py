@@ -1,0 +1,203 @@
+"""Bounded residency: idle objects are evicted to the node's state dir and
+reloaded on their next job (protocol §15, §17; docs/architecture.md
+"Bounded residency").
+
+A node's budget is a number of resident objects (``max_resident``) and/or a
+memory budget (``memory_budget`` bytes of the process's RSS, read with
+psutil). At every tick of the node, :meth:`Eviction.tick` evicts the least
+recently used idle primaries beyond it: beyond ``max_resident``, as many as
+are over; over the memory budget, a tenth of the resident ones per tick
+(RSS is what the operator sizes a machine by, but freed memory shows in it
+only after the allocator returns it, so the pass goes in steps rather than
+computing a target from per-object estimates, which cannot see what an
+instance holds outside Python objects: tensors, arrays).
+
+*Evicting* needs a store (``--state-dir``): every committed change of an
+object is durable already (journaled or checkpointed before its caller or
+device heard of it), so the files are the truth before the instance goes.
+An object whose journal has grown past ``replay`` entries is checkpointed
+first, so that a reload does not replay them. Only an idle object is
+evicted: under its state lock (no control change, no mutating call), with
+no job queued nor running (its mailbox empty, no worker pinned to it).
+Replicas are never evicted (a primary's syncs apply to them in memory).
+A SIGKILL at any point loses nothing: the checkpoint is written atomically
+and nothing else is written.
+
+*Reloading* happens on a worker, never on the network thread: a call or
+sample for an evicted object is routed (rights, exactly-once in flight)
+from what the stub keeps and queued as for any object; the worker that takes
+it pins the object (:meth:`Eviction.pinned`) and reloads it first
+(:meth:`~continuum_node._durability.Durability.wake`). A call whose request
+id turns out to be answered already (its outcome was in the files) gets that
+outcome again. Objects that cannot be reloaded are quarantined, as at a
+start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from continuum_mqtt import StorageError
+
+from ._durability import Durability
+from ._resident import Resident, Residents
+
+__all__ = ["REPLAY", "Eviction", "rss"]
+
+log = logging.getLogger("continuum.node.eviction")
+
+REPLAY = 64  # journal entries past which an object is checkpointed before it is evicted
+MEMORY_STEP = 10  # over the memory budget: evict 1/MEMORY_STEP of the resident objects a tick
+
+
+def rss() -> int:
+    """The node process's resident set size, in bytes."""
+    import psutil  # the node extra installs it; only a node with a memory budget reads it
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def _trim() -> None:
+    """Give freed memory back to the system (glibc keeps it otherwise)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class Eviction:
+    """The node's residency budget over ``residents`` and ``durability``
+    (its store); ``measure()``: the process's memory, in bytes."""
+
+    def __init__(
+        self,
+        residents: Residents,
+        durability: Durability,
+        *,
+        max_resident: int | None = None,
+        memory_budget: int | None = None,
+        replay: int = REPLAY,
+        measure: Callable[[], int] = rss,
+    ) -> None:
+        self.residents = residents
+        self.durability = durability
+        self.max_resident = max_resident
+        self.memory_budget = memory_budget
+        self.replay = replay
+        self.measure = measure
+        self.evictions = 0  # since the start
+        self.reloads = 0
+        self._warned = False
+
+    @property
+    def bounded(self) -> bool:
+        return self.max_resident is not None or self.memory_budget is not None
+
+    # -- workers: reload on demand -----------------------------------------------------
+    @contextlib.contextmanager
+    def pinned(self, res: Resident) -> Iterator[bool]:
+        """Around a job of ``res``: it is not evicted meanwhile, and is
+        reloaded first if it was; yields False when it cannot be (it was
+        quarantined, or left the node)."""
+        with res.lock:
+            res.pins += 1
+        try:
+            res.used = time.monotonic()
+            if res.instance is not None:
+                yield True
+                return
+            loaded = self.durability.wake(res)
+            if loaded:
+                self.reloads += 1
+            yield loaded
+        finally:
+            with res.lock:
+                res.pins -= 1
+
+    # -- the ticker: evict beyond the budget -------------------------------------------
+    def tick(self) -> int:
+        """Evict the least recently used idle primaries beyond the budget;
+        returns how many went."""
+        if not self.bounded:
+            return 0
+        loaded = [r for r in self.residents.all() if r.instance is not None]
+        over = 0 if self.max_resident is None else len(loaded) - self.max_resident
+        if self.memory_budget is not None and loaded and self._over_memory():
+            over = max(over, max(1, len(loaded) // MEMORY_STEP))
+        if over <= 0:
+            return 0
+        if self.durability.store is None:
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "over the residency budget (%d objects loaded), but a node without"
+                    " --state-dir cannot evict: nothing is evicted",
+                    len(loaded),
+                )
+            return 0
+        gone = 0
+        for res in sorted((r for r in loaded if r.role == "primary"), key=_last_used):
+            if gone >= over:
+                break
+            try:
+                if self.evict(res):
+                    gone += 1
+            except Exception:  # never stop the node's ticker: keep it loaded
+                log.exception("cannot evict %s", res.id)
+        if gone and self.memory_budget is not None:
+            _trim()
+        return gone
+
+    def _over_memory(self) -> bool:
+        assert self.memory_budget is not None
+        try:
+            return self.measure() > self.memory_budget
+        except Exception:  # (psutil missing or failing: the budget cannot be read)
+            if not self._warned:
+                self._warned = True
+                log.exception("cannot read the node's memory: --memory-budget ignored")
+            return False
+
+    def evict(self, res: Resident) -> bool:
+        """Evict ``res`` if it is an idle primary held here and can be made
+        durable; whether it was."""
+        store = self.durability.store
+        if store is None or res.role != "primary" or res.instance is None:
+            return False
+        if not res.state.acquire(blocking=False):  # a change is being made: not idle
+            return False
+        try:
+            if _busy(res) or not self.residents.holds(res):
+                return False
+            if res.journaled > self.replay:
+                try:
+                    self.durability.persist(res)
+                except StorageError as exc:  # the files stand as they were: keep it loaded
+                    log.warning("%s: not evicted, cannot checkpoint it: %s", res.id, exc)
+                    return False
+            with res.lock:  # a worker pins under it: no job starts on it meanwhile
+                if _busy(res):
+                    return False
+                res.drop()
+            store.release(res.id)
+        finally:
+            res.state.release()
+        self.evictions += 1
+        log.debug("evicted %s", res.id)
+        return True
+
+    def counts(self) -> dict[str, Any]:
+        """For the status manifest."""
+        resident = self.residents.resident()
+        return {"resident": resident, "evicted": len(self.residents) - resident}
+
+
+def _busy(res: Resident) -> bool:
+    return bool(res.pins or res.scheduled or res.mailbox)
+
+
+def _last_used(res: Resident) -> float:
+    return res.used
