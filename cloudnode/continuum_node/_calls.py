@@ -175,7 +175,7 @@ class Calls:
         try:
             res = self.residents.primary(req.obj)
             spec = lookup_method(res.klass, req.method)  # (the object may be evicted)
-            self.rights.check_call(res.access, req.caller, f"{req.method} of {res.id}", spec.open)
+            self.rights.check_call(res.access, req.caller, req.method, res.id, spec.open)
         except ContinuumError as exc:
             chan.error(exc)
             return

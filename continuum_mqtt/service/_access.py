@@ -92,10 +92,14 @@ class Rights:
         if caller == ANONYMOUS and not self.allow_anonymous:
             raise Forbidden("this deployment requires a broker account (a username)")
 
-    def check_call(self, access: Access, caller: str, what: str, open_method: bool) -> None:
+    def check_call(
+        self, access: Access, caller: str, method: str, obj: str, open_method: bool
+    ) -> None:
+        """A call of ``method`` on the object ``obj`` (on every call: the
+        message is only made for a refusal)."""
         self.check_caller(caller)
         if not self.may_call(access, caller, open_method):
-            raise Forbidden(f"{caller} may not call {what}", caller=caller)
+            raise Forbidden(f"{caller} may not call {method} of {obj}", caller=caller)
 
     def check_manage(self, access: Access, caller: str, what: str) -> None:
         if not self.may_manage(access, caller):

@@ -26,7 +26,6 @@ from continuum_mqtt import (
     UnknownObject,
 )
 from continuum_mqtt.service import (
-    ANONYMOUS,
     NO_CONTEXT,
     Context,
     Rights,
@@ -71,8 +70,8 @@ class DirectoryApi:
         self.directory = directory
         self.rights = rights or Rights()
         self.access = DirectoryRights(directory, self.rights)
-        # objects an account may own (0: no limit; admins and the anonymous
-        # account of a development broker have none)
+        # objects an account may own (0: no limit; admins, the anonymous caller
+        # of a development broker included, have none)
         self.max_objects = max_objects
         self.topics = topics
         self.node_call = node_call
@@ -146,7 +145,7 @@ class DirectoryApi:
         return info
 
     def _check_quota(self, caller: str) -> None:
-        if not self.max_objects or caller == ANONYMOUS or self.rights.is_admin(caller):
+        if not self.max_objects or self.rights.is_admin(caller):  # anonymous: an admin
             return
         if self.directory.owned(caller) >= self.max_objects:
             raise QuotaExceeded(
