@@ -18,17 +18,22 @@ from ._protocol import DEFAULT_ROOT, PROTOCOL_VERSION
 
 if TYPE_CHECKING:
     from ._client import Client
+    from ._datasets import Dataset, create_dataset, open_dataset
+    from ._edgelstm import EdgeLSTM, ExportError
     from ._fanout import FanOutResult
     from ._local import LocalClient
     from ._model import (
         ActiveObject,
         ActiveSpec,
+        CallContext,
         CancelScope,
         active,
         cancelled,
         check_cancelled,
+        current_call,
         progress,
     )
+    from ._offload import Offloaded, Offloader
     from ._proxy import ClassStub, ObjectProxy, RemoteMethod
 
 # Loaded on first use: the object model and local mode need `inspect` and
@@ -38,16 +43,25 @@ if TYPE_CHECKING:
 _LAZY = {
     "ClassStub": "._proxy",
     "Client": "._client",
+    "EdgeLSTM": "._edgelstm",
+    "ExportError": "._edgelstm",
+    "Offloaded": "._offload",
+    "Offloader": "._offload",
     "FanOutResult": "._fanout",
+    "Dataset": "._datasets",
+    "create_dataset": "._datasets",
+    "open_dataset": "._datasets",
     "ObjectProxy": "._proxy",
     "RemoteMethod": "._proxy",
     "LocalClient": "._local",
     "ActiveObject": "._model",
     "ActiveSpec": "._model",
     "active": "._model",
+    "CallContext": "._model",
     "CancelScope": "._model",
     "cancelled": "._model",
     "check_cancelled": "._model",
+    "current_call": "._model",
     "progress": "._model",
 }
 
@@ -68,17 +82,26 @@ __all__ = [
     "PROTOCOL_VERSION",
     "ActiveObject",
     "ActiveSpec",
+    "CallContext",
     "CancelScope",
     "ClassStub",
     "Client",
+    "Dataset",
+    "EdgeLSTM",
+    "ExportError",
     "FanOutResult",
     "LocalClient",
     "ObjectProxy",
+    "Offloaded",
+    "Offloader",
     "RemoteMethod",
     "active",
     "cancelled",
     "check_cancelled",
     "connect",
+    "create_dataset",
+    "current_call",
+    "open_dataset",
     "progress",
     *_errors.__all__,  # the error classes, error_class, error_from_envelope
 ]

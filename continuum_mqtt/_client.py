@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any
 
 from ._codec import encode
+from ._datasets import Dataset, create_dataset, open_dataset
 from ._errors import ContinuumError, PayloadTooLarge, UnknownMethod, error_from_envelope
 from ._mqtt import BrokerURL, new_client_id
 from ._protocol import DEFAULT_ROOT, Request, Topics
@@ -179,6 +180,16 @@ class Client(_Directory, _Routing):
         self._locations[info["id"]] = info["node"]
         return ObjectProxy(self, info["id"], info["class"], info.get("aliases"), info.get("owner"))
 
+    # -- datasets (_datasets) ------------------------------------------------------------
+    def create_dataset(self, name: str, class_path: str, count: int, **options: Any) -> Dataset:
+        """``count`` blocks of ``class_path`` placed across the live nodes, found
+        again by ``name`` (:func:`continuum_mqtt.create_dataset`, its options)."""
+        return create_dataset(self, name, class_path, count, **options)
+
+    def dataset(self, name: str) -> Dataset:
+        """The dataset ``name`` (:func:`continuum_mqtt.open_dataset`)."""
+        return open_dataset(self, name)
+
     # -- fan-out (_fanout) -----------------------------------------------------------
     _RESOLVE_CHUNK = 250  # references per resolve_many request (its reply: < 1 MiB)
 
@@ -190,6 +201,19 @@ class Client(_Directory, _Routing):
 
     def _placed(self, proxy: ObjectProxy) -> bool:
         return proxy._id in self._locations  # else _call would resolve it, blocking
+
+    def lookup(self, refs: list[str]) -> list[dict[str, Any] | ContinuumError]:
+        """The directory's entry of each of ``refs`` (ids or aliases), in
+        order: its object info (``id``, ``node``, ``owner``, ``grants``...:
+        gateway ``resolve_many``, protocol.md §16), or the error ``resolve``
+        would give; what this client's account may see only."""
+        n = self._RESOLVE_CHUNK
+        futures = [
+            self._gateway_future("resolve_many", self.timeout, refs=refs[i : i + n])
+            for i in range(0, len(refs), n)
+        ]
+        infos = [info for fut in futures for info in fut.result()]
+        return [error_from_envelope(i["error"]) if "error" in i else i for i in infos]
 
     def _resolve_many(
         self, refs: list[str], timeout: float

@@ -6,8 +6,9 @@ node that holds them, keeps at most ``window`` calls in flight per node (each
 completion sends that node's next call, from the thread that completed it) and
 returns a :class:`FanOutResult`: the value or the error of every object, never
 an exception for one failure. The whole operation has one deadline; every call
-carries the time left of it. On the wire these are ordinary calls
-(docs/protocol.md §20.11).
+carries the time left of it. ``per_object`` adds keyword arguments of one
+object's own to its call (a block's seed, its part of a parameter sweep). On
+the wire these are ordinary calls (docs/protocol.md §20.11).
 
 Edge-safe: imports the standard library only.
 """
@@ -18,7 +19,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
@@ -149,6 +150,8 @@ class _Run:
     result: FanOutResult
     queues: dict[str | None, deque[tuple[str, ObjectProxy]]] = field(default_factory=dict)
     keys_of: dict[str, list[str]] = field(default_factory=dict)  # object id -> its references
+    per_object: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # key -> kwargs
+    own: dict[str, dict[str, Any]] = field(default_factory=dict)  # object id -> its kwargs
     lock: threading.Lock = field(default_factory=threading.Lock)
     outstanding: int = 0  # calls not yet finished (queued or in flight)
 
@@ -162,6 +165,9 @@ class _Run:
             keys.append(key)
             return
         self.keys_of[oid] = [key]
+        extra = self.per_object.get(key)
+        if extra:
+            self.own[oid] = {**self.kwargs, **extra}
         node = self.target._node_of(proxy)
         self.queues.setdefault(node, deque()).append((oid, proxy))
         self.result.nodes[node or ""] = self.result.nodes.get(node or "", 0) + 1
@@ -187,7 +193,8 @@ class _Run:
                 self._record(key, None, DeadlineExpired("the fan-out's deadline passed; not sent"))
                 continue
             try:
-                fut = self.target._call(proxy, self.method, self.args, self.kwargs, left, None)
+                kwargs = self.own.get(key, self.kwargs)
+                fut = self.target._call(proxy, self.method, self.args, kwargs, left, None)
             except Exception as exc:  # still this object's error, never the round's
                 self._record(key, None, _as_error(exc))
                 continue
@@ -296,8 +303,11 @@ def run_fan_out(
     window: int,
     timeout: float,
     on_progress: ProgressFn2 | None = None,
+    per_object: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> FanOutResult:
-    """Call ``method(*args, **kwargs)`` on every object (see the module doc)."""
+    """Call ``method(*args, **kwargs)`` on every object (see the module doc);
+    ``per_object`` maps an object's key (its reference as given, the id of a
+    proxy) to keyword arguments added to (or replacing) ``kwargs`` for it."""
     if window < 1:
         raise ValueError("window must be at least 1")
     from ._proxy import ObjectProxy
@@ -337,7 +347,7 @@ def run_fan_out(
                     if isinstance(got, ContinuumError)
                     else DeadlineExpired(f"{ref} was not resolved within the fan-out's deadline")
                 )
-    run = _Run(target, method, args, kwargs, window, deadline, result)
+    run = _Run(target, method, args, kwargs, window, deadline, result, per_object=per_object or {})
     for key, proxy in proxies.items():
         run.add(key, proxy)
     total = len(result.ids) + len(result.errors)

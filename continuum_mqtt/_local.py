@@ -6,7 +6,8 @@ offloaded (the paper's "develop locally, offload later"). Deadlines too: a
 call's timeout runs from its submission; a call still waiting for its object
 then is not run (``deadline_expired``), and a running one is cancelled at its
 next :func:`~continuum_mqtt.check_cancelled` (as is every running call when
-the client closes).
+the client closes). A call's :func:`~continuum_mqtt.current_call` is the
+caller ``anonymous``, an admin (there are no accounts here).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from ._errors import (
     UnknownObject,
 )
 from ._invoke import bind_arguments, describe_class, invoke, remote_error, roundtrip
-from ._model import ActiveObject, CancelScope
-from ._protocol import Request, check_create
+from ._model import ActiveObject, CallContext, CancelScope
+from ._protocol import ANONYMOUS, Request, check_create
 from ._proxy import ObjectProxy, _Directory
 from .service._dispatch import Dispatcher, method
 from .service._requester import ProgressFn
@@ -189,14 +190,17 @@ class _LocalDirectory:
         return {p: {**describe_class(c), "nodes": [_NODE]} for p, c in sorted(self.loaded.items())}
 
     @method
-    def objects(self, cls: str | None = None, node: str | None = None) -> list[dict[str, Any]]:
+    def objects(
+        self, cls: str | None = None, node: str | None = None, residency: bool = False
+    ) -> list[dict[str, Any]]:
         out = []
         for oid, o in self.held.items():
             if cls not in (None, o.cls) or node not in (None, _NODE):
                 continue
             info = self.info(oid)
             del info["node_state"]
-            out.append({**info, "created": o.created})
+            seen = {"resident": True, "used": o.created} if residency else {}
+            out.append({**info, "created": o.created, **seen})
         return out
 
 
@@ -310,6 +314,7 @@ class LocalClient(_Directory):
         with obj.lock:
             if scope.reason() == "deadline":
                 raise DeadlineExpired(f"deadline passed before {method} started; not run")
-            with scope:
+            # no accounts here: every call is the admin caller "anonymous" (§21)
+            with scope, CallContext(ANONYMOUS, True, oid).scope():
                 result = invoke(obj.instance, method, args, kwargs, sink)
         return roundtrip(result)

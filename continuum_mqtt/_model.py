@@ -1,6 +1,6 @@
 """The object model: :class:`ActiveObject`, the :func:`active` marker, and what a
-running method may ask of its call: :func:`progress`, :func:`cancelled` and
-:func:`check_cancelled`.
+running method may ask of its call: :func:`progress`, :func:`cancelled`,
+:func:`check_cancelled` and :func:`current_call` (who called it).
 
 Nothing here imports a heavy library; cloud-side classes subclass
 :class:`ActiveObject` and mark the methods that may be called remotely.
@@ -8,10 +8,11 @@ Nothing here imports a heavy library; cloud-side classes subclass
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -24,12 +25,14 @@ if TYPE_CHECKING:
 __all__ = [
     "ActiveObject",
     "ActiveSpec",
+    "CallContext",
     "CancelScope",
     "active",
     "active_methods",
     "cancelled",
     "check_cancelled",
     "class_path",
+    "current_call",
     "progress",
 ]
 
@@ -241,3 +244,45 @@ def check_cancelled() -> None:
             "the node is shutting down" if why == "shutdown" else "the call's deadline passed",
             reason=why,
         )
+
+
+# -- the call's context -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """Who called the active method now running (:func:`current_call`):
+    ``caller``, the broker account of the request (its topic's caller level,
+    ``"anonymous"`` without one: docs/protocol.md section 21); ``admin``,
+    whether that caller has admin rights on the node running the call; ``obj``,
+    the id of the object called (None for a pool call). Read-only: the node,
+    and local mode, set it around every call they run."""
+
+    caller: str
+    admin: bool = False
+    obj: str | None = None
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[CallContext]:
+        """Make this the context of the code run inside ``with``: what a node
+        (thread or worker process) and local mode do around each call."""
+        token = _call_context.set(self)
+        try:
+            yield self
+        finally:
+            _call_context.reset(token)
+
+
+_call_context: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
+    "continuum_call_context", default=None
+)
+
+
+def current_call() -> CallContext | None:
+    """The :class:`CallContext` of the active call now running (its caller,
+    whether an admin, the object), or None outside one: a plain local method
+    call, a constructor, a feed sample (docs/protocol.md section 19), a
+    journal replay. A method that acts on others' behalf (a driver fanning
+    out to blocks with the node's own client) checks its caller's rights with
+    it before it acts."""
+    return _call_context.get()

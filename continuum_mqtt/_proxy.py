@@ -9,7 +9,7 @@ Edge-safe: imports nothing outside the standard library.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -228,12 +228,30 @@ class _Directory(FanOutTarget):
         """Every node the directory knows, with its state and classes."""
         return self._gateway("nodes")
 
+    def drain(self, node: str) -> dict[str, Any]:
+        """Place no more objects on ``node`` and move the objects whose
+        primary it is to other nodes (admins only): ``{"node", "draining",
+        "moved", "left": [ids that stayed], "reason", "reasons"}``."""
+        return self._gateway("drain", node=node)
+
+    def undrain(self, node: str) -> dict[str, Any]:
+        """Let objects be placed on ``node`` again (admins only)."""
+        return self._gateway("undrain", node=node)
+
     def classes(self) -> dict[str, Any]:
         """Classes hosted by live nodes, with their active methods."""
         return self._gateway("classes")
 
-    def objects(self, cls: str | None = None, node: str | None = None) -> list[dict[str, Any]]:
-        """Objects in the directory, optionally of one class or on one node."""
+    def objects(
+        self, cls: str | None = None, node: str | None = None, *, residency: bool = False
+    ) -> list[dict[str, Any]]:
+        """Objects in the directory, optionally of one class or on one node.
+        ``residency=True``: each also says whether it is ``resident`` in its
+        node's memory (False: evicted to the node's state dir) and when it was
+        ``used`` last (Unix s), asked of the nodes at the time (both None when
+        its node is offline or did not answer)."""
+        if residency:
+            return self._gateway("objects", cls=cls, node=node, residency=True)
         return self._gateway("objects", cls=cls, node=node)
 
     # -- fan-out -----------------------------------------------------------------
@@ -245,6 +263,7 @@ class _Directory(FanOutTarget):
         window: int = 32,
         timeout: float | None = None,
         on_progress: ProgressFn2 | None = None,
+        per_object: Mapping[str, Mapping[str, Any]] | None = None,
         **kwargs: Any,
     ) -> FanOutResult:
         """Call ``method(*args, **kwargs)`` on every object of ``objects``
@@ -253,8 +272,10 @@ class _Directory(FanOutTarget):
         within ``timeout`` seconds (default: the client's), each carrying the
         time left. Returns a :class:`FanOutResult` with each object's value
         or error (one failure raises nothing). ``on_progress(done, total)``
-        runs in this thread, at most every 50 ms. ``window``, ``timeout`` and
-        ``on_progress`` are reserved keyword names."""
+        runs in this thread, at most every 50 ms. ``per_object`` maps an
+        object's key (as given; a proxy's id) to keyword arguments of its own
+        call, over ``kwargs``. ``window``, ``timeout``, ``on_progress`` and
+        ``per_object`` are reserved keyword names."""
         return run_fan_out(
             self,
             objects,
@@ -264,6 +285,7 @@ class _Directory(FanOutTarget):
             window=window,
             timeout=self.timeout if timeout is None else timeout,
             on_progress=on_progress,
+            per_object=per_object,
         )
 
     async def afan_out(

@@ -3,7 +3,6 @@ signals, systemd notifications and durable files (stdlib only)."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -12,7 +11,10 @@ import sys
 import threading
 import tomllib
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # imported where used: the edge agent's daemon never parses with it
+    import argparse
 
 __all__ = [
     "ConfigError",
@@ -149,6 +151,8 @@ def _config_value(
         if key.replace("-", "_") == action.dest:
             return value
         return action.const if value else action.default
+    import argparse
+
     if isinstance(action, argparse._AppendAction):
         if not isinstance(value, list):
             parser.error(f"{bad}: {value!r} is not a list")

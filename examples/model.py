@@ -25,14 +25,16 @@ THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def runtime() -> dict[str, Any]:
-    """torch's thread counts as the calling thread sees them, and the thread
-    variables of the process environment (imports torch)."""
+    """torch's thread counts as the calling thread sees them, the thread and
+    process it runs in, and the thread variables of the process environment
+    (imports torch)."""
     import torch
 
     return {
         "torch_threads": int(torch.get_num_threads()),
         "interop_threads": int(torch.get_num_interop_threads()),
         "thread": threading.current_thread().name,
+        "pid": os.getpid(),
         "env": {name: os.environ.get(name) for name in THREAD_ENV},
     }
 

@@ -191,6 +191,7 @@ def _inventory(tmp: Path, ports: dict[str, int], wheel: Path, pw: dict[str, str]
             {
                 "name": "svc-gateway",
                 "acl": "gateway",
+                "fleet_metrics": True,  # reads dev/+/status, dev/+/forecast (docs/metrics.md)
                 "password_hash": hash_password(pw["svc-gateway"]),
             },
             {
@@ -216,6 +217,13 @@ def _inventory(tmp: Path, ports: dict[str, int], wheel: Path, pw: dict[str, str]
         "gateway_broker_host": "127.0.0.1",
         "gateway_broker_port": port,
         "gateway_password": pw["svc-gateway"],
+        # Prometheus endpoints (docs/metrics.md) and the scrape files, here on this host
+        "gateway_metrics_port": ports["gw_metrics"],
+        "gateway_metrics_host": "127.0.0.1",
+        "gateway_prometheus_dir": f"{d['etc']}/prometheus",
+        "cloudnode_metrics_port": ports["node_metrics"],
+        "cloudnode_metrics_host": "127.0.0.1",
+        "cloudnode_prometheus_dir": f"{d['etc']}/prometheus",
         "cloudnode_manage_user": False,
         "cloudnode_user": "root",
         "cloudnode_group": "root",
@@ -308,8 +316,9 @@ def deploy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     users = ("svc-gateway", f"svc-{NODE}", ADMIN, DEV_A, DEV_B, DEV_C, DEV_S)
     # a quote and a backslash: the env file and the password file must keep them
     pw = {u: f'{uuid.uuid4().hex[:12]}"\\{u}' for u in users}
-    ports = {"tls": stable_port(), "bridge": stable_port(), "site": stable_port()}
-    assert len(set(ports.values())) == 3
+    names = ("tls", "bridge", "site", "gw_metrics", "node_metrics")
+    ports = {name: stable_port() for name in names}
+    assert len(set(ports.values())) == len(names)
     port = ports["tls"]
     # what the OS provides: the unit directory, mosquitto's run directory
     (tmp / "units").mkdir()
@@ -538,6 +547,39 @@ def test_rendered_files(deploy: Deployment) -> None:
     # no account may publish on a bare call topic but the services and admins
     assert not re.search(r"^pattern write \S+/call$", acl, re.M)
     assert node["pool_group"] not in acl
+
+
+def test_prometheus_scrape_files_name_the_ports_the_services_get(deploy: Deployment) -> None:
+    d = deploy
+    prom = Path(d.hostvars["gateway_prometheus_dir"])
+    gateway = tomllib.loads((d.path("gateway_conf_dir") / "gateway.toml").read_text())
+    node = tomllib.loads((d.path("cloudnode_conf_dir") / "cloudnode.toml").read_text())
+    assert gateway["metrics_port"] == d.hostvars["gateway_metrics_port"]
+    assert gateway["fleet_metrics"] == 100
+    assert node["metrics_port"] == d.hostvars["cloudnode_metrics_port"]
+    for svc, cfg in (("gateway", gateway), ("node", node)):
+        scrape = (prom / f"continuum-{svc}.yml").read_text()
+        assert f"job_name: continuum-{svc}" in scrape
+        assert f'"{prom}/targets/continuum-{svc}-*.json"' in scrape
+        (target,) = json.loads((prom / "targets" / f"continuum-{svc}-{HOST}.json").read_text())
+        assert target["targets"] == [f"{HOST}:{cfg['metrics_port']}"]
+        assert target["labels"]["continuum_root"] == ROOT
+    acl = (d.path("broker_conf_dir") / "continuum.acl").read_text()
+    assert f"topic read {ROOT}/dev/+/status\n" in acl
+
+
+def test_metrics_endpoints_of_the_deployed_services(services: Deployment) -> None:
+    import urllib.request
+
+    def scrape(port: int) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            return str(resp.read().decode())
+
+    gw_port = services.hostvars["gateway_metrics_port"]
+    _wait(lambda: 'continuum_gateway_nodes{state="online"} 1.0' in scrape(gw_port), 30)
+    assert "continuum_fleet_devices" in scrape(gw_port)
+    node = scrape(services.hostvars["cloudnode_metrics_port"])
+    assert f'continuum_node_info{{node="{NODE}"}} 1.0' in node
 
 
 def test_units(deploy: Deployment) -> None:

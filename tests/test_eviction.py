@@ -55,6 +55,10 @@ def test_the_least_recently_used_beyond_the_budget_are_evicted(node: NodeUnderTe
     assert node.node.eviction.tick() == 3
     assert _resident(node) == {"o0": False, "o1": True, "o2": False, "o3": False, "o4": True}
     assert _res(node, "o0").instance is None
+    rows = node.result(node.ctl("residency"))
+    assert sorted(oid for oid, resident, _ in rows if not resident) == ["o0", "o2", "o3"]
+    used = {oid: at for oid, _, at in rows}
+    assert used["o1"] > used["o0"]  # o1 ran last but o4
     assert node.node.eviction.tick() == 0  # within the budget now
 
 
@@ -275,6 +279,16 @@ def test_five_objects_on_a_node_that_keeps_two(bare_cluster: Cluster) -> None:
             ),
             timeout=30,
         )
+        # client.objects(residency=True): the gateway asks the node
+        wait_for(
+            lambda: (
+                sorted(o["resident"] for o in client.objects(residency=True))
+                == [False, False, False, True, True]
+            ),
+            timeout=30,
+        )
+        assert all("resident" not in o for o in client.objects())
+        assert all(o["used"] >= o["created"] - 1 for o in client.objects(residency=True))
         assert [o.get() for o in objs] == [3 * (i + 1) for i in range(5)]
 
         # a sample to an evicted object: processed, acknowledged once durable
@@ -303,6 +317,14 @@ def test_five_objects_on_a_node_that_keeps_two(bare_cluster: Cluster) -> None:
         assert sink.samples() == list(range(1, 21))
     # the acknowledged samples are in its files: a SIGKILL loses none
     c.stop("n1", signal.SIGKILL)
+    with c.client() as client:  # meanwhile its objects' residency is unknown
+        wait_for(
+            lambda: (
+                {(o["resident"], o["used"]) for o in client.objects(residency=True)}
+                == {(None, None)}
+            ),
+            timeout=30,
+        )
     start_durable(c, "n1", modules=("tests._nodekit",))
     with c.client() as client:
         assert client.get("k0").samples() == list(range(1, 21))

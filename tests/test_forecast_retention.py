@@ -267,6 +267,7 @@ def test_a_trained_object_keeps_no_training_history() -> None:
     assert len(trained.prepared.x_train) == len(trained.prepared.x_test) == 0
     assert trained.prepared.test_raw.base is None  # a copy, not a view of the series
     assert all(t.dtype == torch.float32 for t in trained.model.state_dict().values())
+    assert all(p.grad is None for p in trained.model.parameters())  # no gradients kept
 
 
 def _rss_per_object(n: int, train: bool) -> float:

@@ -1,6 +1,6 @@
 """A cloud node without the forecaster needs no torch, numpy or pandas: the
 ``node`` extra alone runs any application class (the forecaster is an
-application with its own extra, ``forecast``)."""
+application with its own extra, ``forecast``, as is ``continuum_node.ml``, extra ``ml``)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ IMPORT_ALL = textwrap.dedent(
     import continuum_node, continuum_node.__main__
     def walk(path, prefix):
         for info in pkgutil.iter_modules(path, prefix):
-            if info.name == "continuum_node.forecast" or info.name.startswith("continuum_node.forecast."):
-                continue
+            if info.name.split(".")[:2] in (["continuum_node", "forecast"], ["continuum_node", "ml"]):
+                continue  # applications with extras of their own (forecast, ml)
             mod = importlib.import_module(info.name)
             if info.ispkg:
                 walk(mod.__path__, info.name + ".")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from continuum_mqtt.service import (
     MqttTransport,
     add_common_arguments,
+    add_metrics_arguments,
     add_rights_arguments,
     parse_args,
     rights_from,
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_common_arguments(p)
     add_rights_arguments(p)
+    add_metrics_arguments(p)
     p.add_argument(
         "--id",
         dest="node_id",
@@ -142,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: no bound)",
     )
     p.add_argument(
+        "--status-every",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="how often the node measures its load (memory, queued and running jobs, load "
+        "average) for its status, republished when it changed (default: 10 s; 0: only at "
+        "each connect). Each status costs the gateway a directory write",
+    )
+    p.add_argument(
         "--memory-budget",
         type=_count,
         default=None,
@@ -176,6 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="calls of methods marked @active(long=True) (training...) that may run at once; "
         "the other workers stay for light calls (default: (cores - 1) // --intra-op-threads, "
         "at least 1)",
+    )
+    p.add_argument(
+        "--long-calls",
+        choices=("thread", "process"),
+        default="thread",
+        help="where long calls (@active(long=True)) run: 'thread', a worker thread of the "
+        "node; 'process', one of --long-workers worker processes started with the node (the "
+        "object goes there and back as a snapshot each call), so that their Python code "
+        "never holds the node's interpreter lock: light calls keep their latency during a "
+        "training storm, for the workers' memory (each imports the hosted modules) and a "
+        "snapshot round trip per long call (default: %(default)s)",
     )
     p.add_argument(
         "--switch-interval",
@@ -215,6 +237,11 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _has_long(cls: type) -> bool:
+    methods = getattr(cls, "__active_methods__", None) or {}
+    return any(getattr(spec, "long", False) for spec in methods.values())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["quarantine"]:
@@ -240,6 +267,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ImportError, AttributeError) as exc:
         log.error("cannot load application classes: %s", exc)
         return 2
+    from . import peer
+
+    # the node's own client (continuum_node.peer.peer: drivers...), here and in
+    # the long-call workers (before LongCalls: their setup carries the settings)
+    peer.configure(args.broker, args.root)
+    long_workers = args.long_workers or default_long_workers(args.intra_op_threads)
+    long_calls = None
+    if args.long_calls == "process" and any(_has_long(c) for c in classes.values()):
+        from ._longproc import LongCalls
+
+        long_calls = LongCalls(
+            long_workers,
+            modules=args.modules,
+            paths=args.paths,
+            threads=args.intra_op_threads,
+            interop=args.interop_threads,
+        )
     transport = MqttTransport.for_service(
         args.broker,
         f"node-{args.node_id}",
@@ -269,11 +313,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop_timeout=args.stop_timeout,
             rights=rights_from(args),
             pool_group=args.pool_group,
-            long_workers=args.long_workers or default_long_workers(args.intra_op_threads),
+            long_workers=long_workers,
+            long_calls=long_calls,
+            status_every=max(0.0, args.status_every),
         )
     except StateDirInUse as exc:  # two nodes on one state dir would corrupt it
         log.error("%s", exc)
         return 2
+    if args.metrics_port is not None:  # prometheus_client only then (docs/metrics.md)
+        from ._metrics import install
+
+        try:
+            install(node, args.metrics_port, args.metrics_host)
+        except OSError as exc:
+            log.error(
+                "cannot serve metrics on %s:%s: %s", args.metrics_host, args.metrics_port, exc
+            )
+            return 2
     code = serve(node)
     if not node.drained:
         # Methods that ignore cancellation still run in the pool's threads,

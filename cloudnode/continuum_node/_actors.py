@@ -128,6 +128,12 @@ class Scheduler(Generic[A, J]):
         return self._running.get(caller, 0)
 
     @property
+    def busy(self) -> int:
+        """Jobs running now, every caller's."""
+        with self._lock:
+            return sum(self._running.values())
+
+    @property
     def long_running(self) -> int:
         """Long jobs running now."""
         return self._long

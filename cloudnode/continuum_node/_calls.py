@@ -17,12 +17,12 @@ per call) and bounds. A feed sample is acknowledged once committed; one
 that finds no room waits for it (:mod:`continuum_node._backlog`); one that
 cannot be made durable is held for the disk (:mod:`continuum_node._held`).
 
-A call runs in a :class:`~continuum_mqtt.CancelScope` of its deadline and
-the node's shutdown event: a method that calls
-:func:`continuum_mqtt.check_cancelled` stops there with ``cancelled``. A
-mutating call stopped so is committed as a checkpoint, never journaled (a
-replay would not stop where it did: see :func:`stopped`). A feed sample
-runs in none: at a shutdown it is not acknowledged, and comes again.
+A call runs with its caller (:func:`continuum_mqtt.current_call`) and in a
+:class:`~continuum_mqtt.CancelScope` of its deadline and the node's shutdown
+event: a method calling :func:`continuum_mqtt.check_cancelled` stops there
+with ``cancelled``. A mutating call stopped so is committed as a checkpoint,
+never journaled (a replay would not stop where it did: :func:`stopped`). A
+feed sample runs in neither: at a shutdown it is not acknowledged, and comes again.
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from continuum_mqtt import (
     BadRequest,
+    CallContext,
     Cancelled,
     CancelScope,
     ContinuumError,
@@ -62,6 +63,9 @@ from ._held import HeldFeeds
 from ._quotas import Quotas, refusal
 from ._replication import Replication
 from ._resident import Resident, Residents
+
+if TYPE_CHECKING:
+    from ._longproc import LongCalls
 
 __all__ = ["CallJob", "Calls", "Job", "PoolJob", "not_started", "run_pooled", "stopped"]
 
@@ -165,10 +169,15 @@ class Calls:
         # around each job of an object: reloads it if evicted (the node sets
         # Eviction.pinned; continuum_node._eviction)
         self.pinned: Callable[[Resident], AbstractContextManager[bool]] = _loaded
+        # long calls in worker processes (--long-calls process; continuum_node._longproc)
+        self.long_calls: LongCalls | None = None
+        self.metrics: Any = None  # continuum_node._metrics.NodeMetrics (--metrics-port)
 
     # -- network thread ------------------------------------------------------------
     def route(self, req: Request, chan: ReplyChannel, size: int = 0) -> None:
         """A request on the node's call topic (``size``: its payload's bytes)."""
+        if self.metrics is not None:
+            self.metrics.call(req, chan)
         if req.obj is None:
             chan.error(BadRequest("a call needs the field 'obj'"))
             return
@@ -193,6 +202,8 @@ class Calls:
     def route_pooled(self, instance: Any, req: Request, chan: ReplyChannel, size: int = 0) -> None:
         """A request on a pool's call topic: a mailbox of its own, so that pool
         calls run in parallel, in their caller's share and bounds."""
+        if self.metrics is not None:
+            self.metrics.call(req, chan, instance)
         try:
             self.rights.check_caller(req.caller)  # --no-anonymous holds for pools too
         except ContinuumError as exc:
@@ -219,7 +230,8 @@ class Calls:
     # -- workers -------------------------------------------------------------------
     def run(self, actor: Actor, job: Job) -> None:
         if isinstance(job, PoolJob):
-            run_pooled(job.instance, job.req, job.chan, self.shutdown)
+            with CallContext(job.caller, self.rights.is_admin(job.caller)).scope():
+                run_pooled(job.instance, job.req, job.chan, self.shutdown)
             return
         assert isinstance(actor, Resident)
         res = actor
@@ -275,12 +287,21 @@ class Calls:
         answer(chan, outcome)
 
     def _invoke(self, res: Resident, req: Request, chan: ReplyChannel | None = None) -> Outcome:
-        """Run the method: a call (``chan``) in the scope of its deadline and
-        the node's shutdown, with its progress updates; a feed sample bare."""
+        """Run the method: a call (``chan``) in the scope of its deadline, the
+        node's shutdown and its caller, with its progress updates; a feed sample bare."""
         try:
             if chan is None:
                 return (True, invoke(res.instance, req.method, req.args, req.kwargs))
-            with CancelScope(chan.deadline, self.shutdown):
+            spec = lookup_method(type(res.instance), req.method)
+            call = CallContext(req.caller, self.rights.is_admin(req.caller), res.id)
+            if spec.long and self.long_calls is not None:  # in a worker process
+                obj, outcome = self.long_calls.run(
+                    res.instance, req, chan.deadline, chan.progress, call
+                )
+                if not spec.readonly:
+                    res.instance = obj
+                return outcome
+            with CancelScope(chan.deadline, self.shutdown), call.scope():
                 value = invoke(res.instance, req.method, req.args, req.kwargs, chan.progress)
             return (True, value)
         except ContinuumError as exc:
@@ -296,6 +317,8 @@ class Calls:
         if spec.readonly:
             self._sample_outcome(res, req)
             job.done()
+            if self.metrics is not None:
+                self.metrics.sample(req)
             return
         try:
             with res.state:  # run and commit as one change (see Resident.state)
@@ -309,6 +332,8 @@ class Calls:
             log.exception("cannot persist %s after a feed sample; not acknowledged", res.id)
             return
         job.done()
+        if self.metrics is not None:
+            self.metrics.sample(req)
 
     def _sample_outcome(self, res: Resident, req: Request) -> Outcome:
         outcome = self._invoke(res, req)

@@ -1,5 +1,6 @@
 """The node's control methods (protocol §17): create, delete, bind, unbind,
-promote, aliases and list, sent by the gateway on ``<root>/node/<n>/ctl``.
+promote, replicas, aliases, access, list and residency, sent by the gateway
+on ``<root>/node/<n>/ctl``.
 
 Arguments come in ``kwargs`` and are bound against the method's signature
 before it runs: a missing or unknown one is the caller's fault
@@ -10,6 +11,7 @@ method's own error).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from continuum_mqtt import BadRequest, UnknownClass
@@ -175,6 +177,23 @@ class Control:
     def promote(self, obj: str, replicas: list[str] | None = None) -> dict[str, Any]:
         return self.replication.promote(_text("obj", obj), _node_ids(replicas))
 
+    @method
+    def replicas(self, obj: str, replicas: list[str] | None = None) -> dict[str, Any]:
+        """Replace the replicas of our primary ``obj``; the live ones get its
+        whole state now, and every later change as usual (the gateway's
+        ``drain`` moves an object without a replica this way, then promotes
+        the new copy)."""
+        res = self.residents.held(_text("obj", obj))  # a primary
+        nodes = [r for r in _node_ids(replicas) if r != self.node_id]
+        with res.state:
+            with res.lock:
+                res.replicas = list(dict.fromkeys(nodes))
+            self.durability.persist_or_rollback(res)
+            if res.replicas:
+                self.replication.replicate(res)
+        log.info("%s %s: replicas now %s", res.cls_path, obj, res.replicas)
+        return {"id": obj, "node": self.node_id, "replicas": res.replicas}
+
     @method(name="aliases")
     def set_aliases(self, obj: str, aliases: list[str]) -> dict[str, Any]:
         """Replace the names the directory knows the object by (kept with it so
@@ -207,3 +226,12 @@ class Control:
         with whether it is ``resident`` (False: evicted to the state dir);
         any kwargs ignored, as before."""
         return self.residents.listing()
+
+    @method
+    def residency(self) -> list[list[Any]]:
+        """``[id, resident, used]`` of every object held here: whether it is
+        loaded (False: evicted to the state dir) and when it last ran a job
+        (Unix seconds; its load at the node's start counts); the gateway's
+        ``objects(residency=True)``, protocol §17."""
+        offset = time.time() - time.monotonic()
+        return [[r.id, r.resident, round(r.used + offset, 3)] for r in self.residents.all()]

@@ -56,10 +56,16 @@ MEMORY_STEP = 10  # over the memory budget: evict 1/MEMORY_STEP of the resident 
 
 
 def rss() -> int:
-    """The node process's resident set size, in bytes."""
+    """The node's resident set size, in bytes: its process and its child
+    processes (the long-call workers of ``--long-calls process``)."""
     import psutil  # the node extra installs it; only a node with a memory budget reads it
 
-    return int(psutil.Process().memory_info().rss)
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for child in me.children():
+        with contextlib.suppress(psutil.Error):
+            total += child.memory_info().rss
+    return int(total)
 
 
 def _trim() -> None:

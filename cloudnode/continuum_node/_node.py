@@ -58,10 +58,11 @@ from ._control import Control
 from ._durability import Durability
 from ._eviction import Eviction
 from ._feeds import FEED_HOLD, Bindings, FeedRouter
+from ._longproc import LongCalls
 from ._quotas import Quotas
 from ._replication import Replication
 from ._resident import Residents
-from ._status import Status, offline
+from ._status import LOAD_EVERY, Status, node_load, offline
 from ._store import Store
 from ._threads import is_long
 
@@ -89,7 +90,11 @@ class Node:
     :mod:`continuum_node._quotas`; ``long_workers`` how many calls of methods
     marked ``@active(long=True)`` may run at once (None: no such bound);
     ``max_resident`` and ``memory_budget`` (bytes of RSS) the residency budget
-    of :mod:`continuum_node._eviction` (None: unbounded)."""
+    of :mod:`continuum_node._eviction` (None: unbounded); ``long_calls``
+    worker processes that run the long calls (None: they run on threads;
+    :mod:`continuum_node._longproc`), closed by :meth:`stop`; ``status_every``
+    how often the load fields of the status are measured (seconds; 0: only at
+    a connect), the status republished when they changed."""
 
     def __init__(
         self,
@@ -121,6 +126,8 @@ class Node:
         long_workers: int | None = None,
         max_resident: int | None = None,
         memory_budget: int | None = None,
+        long_calls: LongCalls | None = None,
+        status_every: float = LOAD_EVERY,
     ) -> None:
         self.node_id = node_id
         self.transport = transport
@@ -193,6 +200,7 @@ class Node:
             memory_budget=memory_budget,
         )
         self.calls.pinned = self.eviction.pinned
+        self.long_calls = self.calls.long_calls = long_calls
         self.feeds = FeedRouter(
             self.bindings, self.calls.enqueue_sample, transport.ack, max_payload, feed_hold
         )
@@ -213,6 +221,8 @@ class Node:
             self.residents,
             lambda payload: transport.publish(self._status_topic, payload, retain=True),
             max_payload,
+            load=self._load,
+            load_every=status_every,
         )
         # One instance per stateless class serves its pool (shared subscription).
         self._pools: dict[str, Any] = {
@@ -275,6 +285,8 @@ class Node:
         the process should exit without them (``continuum-node`` does)."""
         log.info("node %s stopping", self.node_id)
         self._stopping.set()
+        if self.long_calls is not None:
+            self.long_calls.cancel_all()
         self.calls.scheduler.close()  # queued calls never start
         with contextlib.suppress(RuntimeError, ValueError):
             self.transport.publish(self._status_topic, offline(self.node_id), retain=True).wait(2)
@@ -285,6 +297,8 @@ class Node:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._sync_pool.shutdown(wait=True, cancel_futures=True)
             self._ctl_pool.shutdown(wait=True, cancel_futures=True)
+            if self.long_calls is not None:
+                self.long_calls.close()
 
         waiter = threading.Thread(target=drain, name=f"continuum-stop-{self.node_id}", daemon=True)
         waiter.start()
@@ -298,6 +312,15 @@ class Node:
             )
             return
         self.durability.close()
+
+    def _load(self) -> dict[str, Any]:
+        """The load fields of the status (protocol §15)."""
+        scheduler = self.calls.scheduler
+        return node_load(
+            queued=scheduler.queued + len(self.calls.backlog),
+            running=scheduler.busy,
+            long_running=scheduler.long_running,
+        )
 
     def _on_connected(self) -> None:
         """On every (re)connect: announce ourselves, resend syncs in flight."""

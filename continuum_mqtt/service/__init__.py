@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from ._dispatch import CONTEXT, NO_CONTEXT, Context, Dispatcher, MethodSpec, method
     from ._fake import FakeBus, FakeTransport, topic_matches
     from ._liveness import GATEWAY, MAX_STATUS, Liveness, StatusChange, parse_status
+    from ._metrics import CallMeter, add_metrics_arguments, metrics_registry, start_metrics
     from ._mqtt import MqttTransport
     from ._once import Claim, ExactlyOnce, MemoryOutcomes, OutcomeStore
     from ._reply import Outcome, ReplyChannel, accept, answer, scoped_id
@@ -107,6 +108,11 @@ _LAZY: dict[str, tuple[str, str]] = {
     "MAX_ALIASES": ("._access", "MAX_ALIASES"),
     "MAX_ALIAS_CHARS": ("._access", "MAX_ALIAS_CHARS"),
     "Dispatcher": ("._dispatch", "Dispatcher"),
+    # metrics (prometheus_client imported only when used)
+    "CallMeter": ("._metrics", "CallMeter"),
+    "add_metrics_arguments": ("._metrics", "add_metrics_arguments"),
+    "metrics_registry": ("._metrics", "metrics_registry"),
+    "start_metrics": ("._metrics", "start_metrics"),
     "MethodSpec": ("._dispatch", "MethodSpec"),
     "method": ("._dispatch", "method"),
     # the protocol
@@ -182,6 +188,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Access",
     "BrokerURL",
+    "CallMeter",
     "Claim",
     "ConfigError",
     "Context",
@@ -211,6 +218,7 @@ __all__ = [
     "Transport",
     "accept",
     "add_common_arguments",
+    "add_metrics_arguments",
     "add_rights_arguments",
     "answer",
     "as_caller",
@@ -229,6 +237,7 @@ __all__ = [
     "is_json",
     "lookup_method",
     "method",
+    "metrics_registry",
     "new_client_id",
     "parse_args",
     "parse_status",
@@ -241,6 +250,7 @@ __all__ = [
     "set_nodelay",
     "setup_logging",
     "split_call",
+    "start_metrics",
     "topic_matches",
     "valid_topic_text",
     "varint",

@@ -118,6 +118,7 @@ class MqttTransport(Handlers):
         self._retain_as_published = retain_as_published
         self._connected = threading.Event()
         self._connect_error: str | None = None
+        self.connects = 0  # successful connections (metrics: reconnects)
         self._on_puback: Callable[[int, bool], None] | None = None
         c = paho.Client(
             callback_api_version=paho.CallbackAPIVersion.VERSION2,
@@ -256,6 +257,7 @@ class MqttTransport(Handlers):
             self._connected.set()
             return
         self._connect_error = None
+        self.connects += 1
         if self.subscriptions:
             client.subscribe([(t, self._options(q)) for t, q in self.subscriptions.items()])
         log.debug("%s connected to %s", self.client_id, self.url)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .._codec import JSON, decode, encode, is_json
@@ -38,7 +39,9 @@ Outcome = tuple[bool, Any]
 
 
 class ReplyChannel:
-    """Where the replies of one request go (nowhere when ``topic`` is None)."""
+    """Where the replies of one request go (nowhere when ``topic`` is None).
+    ``on_done(code)``, when set, runs once with the final reply's outcome
+    code (``"ok"`` or the error's code): a service's metrics hook."""
 
     __slots__ = (
         "_seq",
@@ -46,6 +49,7 @@ class ReplyChannel:
         "deadline",
         "json",
         "max_payload",
+        "on_done",
         "rid",
         "topic",
         "transport",
@@ -67,6 +71,7 @@ class ReplyChannel:
         self.rid: str | None = None
         self.deadline: float | None = None  # time.monotonic() value
         self._seq = 0
+        self.on_done: Callable[[str], None] | None = None
 
     def _publish(self, body: dict[str, Any]) -> bool:
         if self.topic is None:
@@ -91,6 +96,9 @@ class ReplyChannel:
             self._publish(result_reply(self.rid, value))
         except (UnencodableResult, PayloadTooLarge) as exc:
             self.error(exc)
+            return
+        if self.on_done is not None:
+            self._done("ok")
 
     def progress(self, value: Any) -> None:
         self._seq += 1
@@ -104,6 +112,13 @@ class ReplyChannel:
             self._publish(error_reply(self.rid, exc.to_envelope()))
         except (UnencodableResult, PayloadTooLarge):
             self._publish(error_reply(self.rid, exc.trimmed().to_envelope()))
+        if self.on_done is not None:
+            self._done(exc.code)
+
+    def _done(self, code: str) -> None:
+        hook, self.on_done = self.on_done, None
+        if hook is not None:
+            hook(code)
 
     def expired(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline

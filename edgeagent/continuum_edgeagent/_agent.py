@@ -39,6 +39,7 @@ __all__ = ["Agent", "status_path"]
 log = logging.getLogger("edgeagent")
 
 AGE_CHECK_EVERY = 60.0  # seconds between max_age sweeps of the outbox
+BACKLOG = 5  # samples waiting: from this many, the retained status goes out every status_interval
 _LIVE = ("sampling", "outbox", "jobs", "log_level", "status_interval")  # reloaded in place
 
 
@@ -63,7 +64,7 @@ class Agent:
         self._reload = False
         self._signal: int | None = None
         self._status_failing = False
-        self._published_counts: tuple[int, int, int] | None = None
+        self._published_counts: tuple[int, ...] | None = None
 
     # -- wiring ---------------------------------------------------------------------
     def _password(self) -> str | None:
@@ -138,28 +139,42 @@ class Agent:
         self.link.publish(self._topic("status"), encode(self._device_status("online")), retain=True)
         self._published_counts = self._counts()
 
-    def _publish_event(self, kind: str, body: dict[str, Any], retain: bool) -> None:
-        if self.link is not None:
-            self.link.publish(self._topic(kind), encode(body), retain=retain)
+    def _publish_event(self, kind: str, body: dict[str, Any], retain: bool) -> bool:
+        """Forecasts and alerts of the jobs; False: not connected (the jobs queue it)."""
+        link = self.link
+        return (
+            link is not None
+            and link.publish(self._topic(kind), encode(body), retain=retain) is not None
+        )
 
-    def _counts(self) -> tuple[int, int, int]:
+    def _counts(self) -> tuple[int, ...]:
+        """What a republished status follows: the counts, and the outbox depth
+        while it is BACKLOG or more (protocol §23)."""
         ob = self.outbox
-        return (ob.failed, ob.dropped, ob.resent) if ob is not None else (0, 0, 0)
+        if ob is None:
+            return (0, 0, 0, 0)
+        depth = len(ob)
+        return (ob.failed, ob.dropped, ob.resent, depth if depth >= BACKLOG else 0)
 
     def _device_status(self, state: str) -> dict[str, Any]:
-        failed, dropped, resent = self._counts()
+        ob, link = self.outbox, self.link or self._last_link
+        depth = len(ob) if ob is not None else 0
         return {
             "state": state,
             "dev": self.cfg.device,
             "ts": time.time(),
             "pid": os.getpid(),
-            "failed": failed,
-            "dropped": dropped,
-            "resent": resent,
+            "failed": ob.failed if ob is not None else 0,
+            "dropped": ob.dropped if ob is not None else 0,
+            "resent": ob.resent if ob is not None else 0,
+            "outbox": depth,
+            "oldest": ob.oldest_ts() if ob is not None and depth else None,
+            "connects": link.connects if link is not None else 0,
         }
 
     def _publish_counts(self) -> None:
-        """The retained ``online`` status again when failed, dropped or resent changed."""
+        """The retained ``online`` status again when failed, dropped or resent
+        changed, or while samples back up in the outbox."""
         link = self.link
         if link is None or not link.connected:
             self._published_counts = None  # said again after the next connect

@@ -92,6 +92,10 @@ class JobsConfig:
     train_interval: float = 0.0
     train_epochs: int = 20
     alert_band: float = 15.0
+    # fetch the model's edge export after each training and forecast on the
+    # board when the cloud is away or too slow (docs/protocol.md §24)
+    edge_fallback: bool = True
+    forecast_deadline: float = 5.0  # seconds a remote forecast may take
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "[jobs] train_interval": (0, 3650 * _DAY, " seconds"),
     "[jobs] train_epochs": (0, 10_000, ""),  # the forecaster's own limit (TrainParams.limits)
     "[jobs] alert_band": (0, 100, " percentage points"),
+    "[jobs] forecast_deadline": (0.01, 3600, " seconds"),
 }
 
 
@@ -353,4 +358,7 @@ train_every = 0                     # retrain after every N new samples
 train_interval = 0.0                # retrain every N seconds
 train_epochs = 20
 alert_band = 15.0                   # alert when cpu or mem leaves forecast +- band (points)
+edge_fallback = true                # keep the model's edge export; forecast on the board
+                                    # when the cloud is away, busy or too slow
+forecast_deadline = 5.0             # seconds a remote forecast may take, else on the board
 """

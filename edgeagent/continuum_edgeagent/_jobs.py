@@ -5,6 +5,13 @@ code. Setup (find or create the object by alias, feed it the device's
 metrics) runs in its own thread and retries until the deployment answers, so
 a board that boots offline samples from its first second. Calls are futures:
 sampling never waits for the cloud.
+
+After each training the agent fetches the model's edge export and keeps it in
+the state directory (:mod:`._edgemodel`); each forecast then runs where a
+:class:`continuum_mqtt.Offloader` says: on the node, or on the board (pure
+Python) while the link is down, the node busy or too slow. Forecasts and
+alerts say where they ran (``where``, ``offline``); those that cannot be
+published wait in :mod:`._eventqueue` for the link.
 """
 
 from __future__ import annotations
@@ -18,10 +25,13 @@ from concurrent.futures import Future
 from typing import Any
 
 import continuum_mqtt
+from continuum_mqtt import Offloaded, Offloader
 from continuum_mqtt.samples import SERIES_TOO_SHORT
 from continuum_mqtt.service import new_client_id
 
 from ._config import AgentConfig, ConfigError
+from ._edgemodel import EdgeModelStore
+from ._eventqueue import EventQueue
 from ._link import backoff_delay
 
 __all__ = ["Jobs"]
@@ -43,10 +53,18 @@ class Jobs:
     """Forecast, train and alert jobs for one device."""
 
     def __init__(
-        self, cfg: AgentConfig, publish: Callable[[str, dict[str, Any], bool], None]
+        self, cfg: AgentConfig, publish: Callable[[str, dict[str, Any], bool], bool]
     ) -> None:
         self.cfg = cfg
-        self.publish = publish
+        self._publish = publish
+        self.events = EventQueue(cfg.state_dir)
+        self.store = EdgeModelStore(cfg.state_dir) if cfg.jobs.edge_fallback else None
+        self.model = self.store.load() if self.store is not None else None
+        self.offload = Offloader(
+            self._predict_local if self.model is not None else None,
+            deadline=cfg.jobs.forecast_deadline,
+        )
+        self._fetching = False
         self.client: continuum_mqtt.Client | None = None
         self.proxy: Any = None
         self.state = "starting"  # starting, ready, error text
@@ -115,7 +133,10 @@ class Jobs:
                 try:
                     info = proxy.info()
                     self.trained = bool(info.get("trained"))
-                except continuum_mqtt.ContinuumError:
+                    model = self.model
+                    if self.trained and (model is None or model.state_hash != info["state_hash"]):
+                        self._fetch_export(proxy)  # trained while this agent was away
+                except (continuum_mqtt.ContinuumError, KeyError):
                     pass
                 with self._lock:
                     self.proxy = proxy
@@ -171,15 +192,23 @@ class Jobs:
             self.client.close()
 
     # -- per sample (the agent's thread) --------------------------------------------
+    def publish(self, kind: str, body: dict[str, Any], retain: bool) -> None:
+        """Publish now, after what waits in the event queue; else queue it."""
+        self.events.send(self._publish, kind, body, retain)
+
     def on_sample(self, seq: int, ts: float, metrics: dict[str, Any]) -> None:
         self._n += 1
         row = [float(metrics["cpu"]), float(metrics["mem"])]
         self._window.append(row)
+        if self.events:
+            self.events.flush(self._publish)
         self._check_alert(seq, ts, row)
+        j = self.cfg.jobs
         proxy = self.proxy
         if proxy is None:
+            if self.model is not None and j.forecast_every and self._n % j.forecast_every == 0:
+                self._local_forecast(seq, "no_object")  # not set up yet: the board's model
             return
-        j = self.cfg.jobs
         now = time.monotonic()
         if not self._training:
             since = self._n - self._last_train_n
@@ -218,6 +247,7 @@ class Jobs:
             if exc is None:
                 res = f.result()
                 self.trained = True
+                self._fetch_export(proxy)
                 with self._lock:
                     self.counts["trains"] += 1
                 log.info(
@@ -239,35 +269,83 @@ class Jobs:
 
         fut.add_done_callback(done)
 
+    # -- the edge model -------------------------------------------------------------
+    def _predict_local(self, window: list[list[float]]) -> list[float]:
+        model = self.model
+        if model is None:
+            raise RuntimeError("no edge model")
+        return model.predict(window)
+
+    def _fetch_export(self, proxy: Any) -> None:
+        """Fetch the model's edge export, keep it, forecast with it when offloading."""
+        if self.store is None or self._fetching:
+            return
+        self._fetching = True
+        store = self.store
+
+        def done(f: Future[Any]) -> None:
+            self._fetching = False
+            exc = f.exception()
+            if exc is None:
+                try:
+                    self.model = store.save(f.result())
+                except (ValueError, OSError) as e:  # ExportError is a ValueError
+                    exc = e
+                else:
+                    self.offload.local = self._predict_local
+                    log.info("edge model %s stored", self.model.state_hash[:12])
+                    return
+            if not self._lost(exc):
+                self._error("edge_export", exc)
+
+        proxy.edge_export.future().add_done_callback(done)
+
+    # -- forecasts ----------------------------------------------------------------
+    def _local_forecast(self, seq: int, reason: str) -> None:
+        try:
+            res = self.offload.run_local(reason, list(self._window))
+        except (ValueError, RuntimeError) as exc:  # fewer rows than the look-back
+            self._error("forecast", exc)
+            return
+        self._published_forecast(seq, res)
+
     def _forecast(self, seq: int, proxy: Any) -> None:
         self._forecasting = True
         window = list(self._window)
-        fut: Future[Any] = proxy.predict.future(window)
+        fut = self.offload.submit(proxy.predict, window, deadline=self.cfg.jobs.forecast_deadline)
 
-        def done(f: Future[Any]) -> None:
+        def done(f: Future[Offloaded]) -> None:
             self._forecasting = False
             exc = f.exception()
             if exc is not None:
                 if not self._lost(exc):
                     self._error("forecast", exc)
                 return
-            cpu, mem = (float(v) for v in f.result())
-            body = {
-                "dev": self.cfg.device,
-                "after_seq": seq,
-                "ts": time.time(),
-                "cpu": cpu,
-                "mem": mem,
-                "band": self.cfg.jobs.alert_band,
-            }
-            with self._lock:
-                self.counts["forecasts"] += 1
-                self.last_forecast = body
-                self._pending = body
-            self.publish("forecast", body, True)
-            log.debug("forecast after #%d: cpu %.1f%% mem %.1f%%", seq, cpu, mem)
+            self._published_forecast(seq, f.result())
 
         fut.add_done_callback(done)
+
+    def _published_forecast(self, seq: int, res: Offloaded) -> None:
+        cpu, mem = (float(v) for v in res.value)
+        body: dict[str, Any] = {
+            "dev": self.cfg.device,
+            "after_seq": seq,
+            "ts": time.time(),
+            "cpu": cpu,
+            "mem": mem,
+            "band": self.cfg.jobs.alert_band,
+            "where": res.where,
+            "offline": res.local,
+        }
+        if res.local:
+            body["reason"] = res.reason
+            body["model"] = self.model.state_hash if self.model is not None else None
+        with self._lock:
+            self.counts["forecasts"] += 1
+            self.last_forecast = body
+            self._pending = body
+        self.publish("forecast", body, True)
+        log.debug("forecast after #%d (%s): cpu %.1f%% mem %.1f%%", seq, res.where, cpu, mem)
 
     def _check_alert(self, seq: int, ts: float, row: list[float]) -> None:
         with self._lock:
@@ -286,6 +364,8 @@ class Jobs:
                     "actual": actual,
                     "forecast": expected,
                     "band": band,
+                    "where": fc.get("where", "remote"),
+                    "offline": bool(fc.get("offline")),
                 }
                 with self._lock:
                     self.counts["alerts"] += 1
@@ -312,4 +392,10 @@ class Jobs:
                 "last_forecast": self.last_forecast,
                 "last_alert": self.last_alert,
                 "last_error": self.last_error,
+                "offload": self.offload.stats(),
+                "edge_model": None
+                if self.model is None
+                else {"state_hash": self.model.state_hash, "trained_rows": self.model.trained_rows},
+                "events_queued": len(self.events),
+                "events_dropped": self.events.dropped,
             }

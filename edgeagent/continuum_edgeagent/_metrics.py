@@ -1,10 +1,14 @@
-"""The board's metrics, read with psutil (the fields of continuum_mqtt.samples)."""
+"""The board's metrics (the fields of continuum_mqtt.samples): on Linux read
+from /proc and /sys as psutil reads them (:mod:`._procfs`, without psutil's
+import), elsewhere with psutil."""
 
 from __future__ import annotations
 
 import logging
 import os
 from typing import Any
+
+from ._procfs import ProcFS, available
 
 __all__ = ["Sampler"]
 
@@ -15,13 +19,17 @@ class Sampler:
     """Reads one sample's metrics; optional fields the board lacks are left out."""
 
     def __init__(self, disk_path: str = "/") -> None:
+        self.disk_path = disk_path
+        self._warned: set[str] = set()
+        if available():
+            self._src: Any = ProcFS()  # takes the cpu baseline
+            self._has_temp = True
+            return
         import psutil
 
-        self._psutil = psutil
-        self.disk_path = disk_path
+        self._src = _PsutilSource(psutil)
         psutil.cpu_percent(None)  # the first reading is a baseline (0.0): take it now
         self._has_temp = hasattr(psutil, "sensors_temperatures")
-        self._warned: set[str] = set()
 
     def _optional(self, name: str, fn: Any) -> Any:
         try:
@@ -33,17 +41,16 @@ class Sampler:
             return None
 
     def read(self) -> dict[str, Any]:
-        ps = self._psutil
+        src = self._src
         out: dict[str, Any] = {
-            "cpu": float(ps.cpu_percent(None)),
-            "mem": float(ps.virtual_memory().percent),
+            "cpu": float(src.cpu_percent()),
+            "mem": float(src.mem_percent()),
         }
         out["load1"] = self._optional("load1", lambda: round(os.getloadavg()[0], 3))
-        out["disk"] = self._optional("disk", lambda: float(ps.disk_usage(self.disk_path).percent))
-        net = self._optional("net", ps.net_io_counters)
+        out["disk"] = self._optional("disk", lambda: float(src.disk_percent(self.disk_path)))
+        net = self._optional("net", src.net)
         if net is not None:
-            out["net_rx"] = int(net.bytes_recv)
-            out["net_tx"] = int(net.bytes_sent)
+            out["net_rx"], out["net_tx"] = int(net[0]), int(net[1])
         if self._has_temp:
             temp = self._optional("temp", self._temperature)
             if temp is None:
@@ -53,6 +60,29 @@ class Sampler:
         return {k: v for k, v in out.items() if v is not None}
 
     def _temperature(self) -> float | None:
-        readings = self._psutil.sensors_temperatures()
-        values = [t.current for ts in readings.values() for t in ts if t.current is not None]
+        values = self._src.temperatures()
         return round(max(values), 1) if values else None
+
+
+class _PsutilSource:
+    """The readings of :class:`._procfs.ProcFS`, from psutil (not Linux)."""
+
+    def __init__(self, psutil: Any) -> None:
+        self._ps = psutil
+
+    def cpu_percent(self) -> float:
+        return float(self._ps.cpu_percent(None))
+
+    def mem_percent(self) -> float:
+        return float(self._ps.virtual_memory().percent)
+
+    def disk_percent(self, path: str) -> float:
+        return float(self._ps.disk_usage(path).percent)
+
+    def net(self) -> tuple[int, int]:
+        n = self._ps.net_io_counters()
+        return int(n.bytes_recv), int(n.bytes_sent)
+
+    def temperatures(self) -> list[float]:
+        readings = self._ps.sensors_temperatures()
+        return [t.current for ts in readings.values() for t in ts if t.current is not None]

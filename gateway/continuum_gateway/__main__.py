@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from continuum_mqtt.service import (
     MqttTransport,
     add_common_arguments,
+    add_metrics_arguments,
     add_rights_arguments,
     parse_args,
     rights_from,
@@ -31,6 +32,9 @@ UNUSED_BY_FILE_COMMANDS = (
     "node-timeout",
     "failover-delay",
     "tombstone-days",
+    "metrics-port",
+    "metrics-host",
+    "fleet-metrics",
 )
 DESCRIPTION = """\
 Run the continuum gateway: the directory of nodes, objects and aliases (SQLite,
@@ -107,6 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="days a record of a deleted, moved or discarded object is kept; a node offline "
         "longer gets such objects back as adopted ones (default: %(default)s)",
     )
+    add_metrics_arguments(p)
+    p.add_argument(
+        "--fleet-metrics",
+        type=int,
+        default=None,
+        metavar="DEVICES",
+        help="with --metrics-port: also export the edge agents' retained statuses "
+        "(<root>/dev/+/status and dev/+/forecast) as fleet aggregates, and per-device series "
+        "for the DEVICES devices with the deepest outbox (0: aggregates only; docs/metrics.md). "
+        "Default: not exported",
+    )
     return p
 
 
@@ -160,7 +175,7 @@ def build_command_parser(command: str) -> argparse.ArgumentParser:
         default=10.0,
         help="seconds to wait for the broker's retained node statuses (default: %(default)s)",
     )
-    _accept_gateway_keys(p, "failover-delay", "tombstone-days")
+    _accept_gateway_keys(p, *UNUSED_BY_FILE_COMMANDS[5:])
     return p
 
 
@@ -224,6 +239,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DirectoryRefused as exc:
         log.error("%s", exc)
         return 2
+    if args.metrics_port is not None:  # prometheus_client only then (docs/metrics.md)
+        from ._metrics import install
+
+        try:
+            install(gw, args.metrics_port, args.metrics_host, args.fleet_metrics)
+        except OSError as exc:
+            log.error(
+                "cannot serve metrics on %s:%s: %s", args.metrics_host, args.metrics_port, exc
+            )
+            gw.stop()
+            return 2
     try:
         return serve(gw)
     except DirectoryRefused as exc:

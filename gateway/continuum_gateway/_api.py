@@ -161,6 +161,10 @@ class DirectoryApi:
                 state = self.directory.node_state(node)
                 if state != "online":
                     raise NoNodeAvailable(f"node {node!r} is {state}", node=node)
+                if cls in self.directory.node_manifest(node).get("classes", {}):
+                    raise NoNodeAvailable(
+                        f"node {node!r} is draining: no object is placed on it", node=node
+                    )
                 raise UnknownClass(f"node {node!r} does not host class {cls!r}", cls=cls)
             raise NoNodeAvailable(f"no live node hosts class {cls!r}", cls=cls)
         if len(placed) < 1 + replicas:
@@ -350,9 +354,34 @@ class DirectoryApi:
 
     @method(context=("ctx",))
     def objects(
-        self, cls: str | None = None, node: str | None = None, _ctx: Context = NO_CONTEXT
+        self,
+        cls: str | None = None,
+        node: str | None = None,
+        residency: bool = False,
+        _ctx: Context = NO_CONTEXT,
     ) -> list[dict[str, Any]]:
         found = self.directory.objects(
             canonical_class_path(cls) if isinstance(cls, str) else cls, node
         )
-        return self.access.objects(found, _ctx.caller)
+        seen = self.access.objects(found, _ctx.caller)
+        if residency is True:
+            self._residency(seen, _ctx.deadline)
+        return seen
+
+    def _residency(self, objs: list[dict[str, Any]], deadline: float | None) -> None:
+        """Mark each of ``objs`` ``resident`` (true or false) and ``used`` (its
+        last job, Unix s) as its node says (``residency``, protocol §17); null
+        where its node is offline or does not answer in time. One request per
+        node, one after the other (on this worker: never queued behind itself
+        on the gateway's pool)."""
+        nodes = {o["node"] for o in objs if self.directory.node_state(o["node"]) == "online"}
+        seen: dict[str, dict[str, tuple[bool, float]]] = {}
+        for n in sorted(nodes):
+            try:
+                rows = self.node_call(n, "residency", {}, deadline)
+                seen[n] = {row[0]: (bool(row[1]), float(row[2])) for row in rows}
+            except Exception as exc:  # offline meanwhile, an old node, timed out
+                log.info("residency of node %s unknown: %s", n, exc)
+        for o in objs:
+            resident, used = seen.get(o["node"], {}).get(o["id"], (None, None))
+            o["resident"], o["used"] = resident, used

@@ -18,7 +18,10 @@ from continuum_mqtt.service import ANONYMOUS
 from . import _records as rec
 from ._schema import create_schema
 
-__all__ = ["Directory"]
+__all__ = ["NODE_FIGURES", "Directory"]
+
+# what the gateway's ``nodes`` passes on from a node's last status (protocol §15)
+NODE_FIGURES = ("resident", "evicted", "memory", "queued", "running", "long_running", "load")
 
 # FULL: the WAL is synced at every commit, so an acknowledged change (and its
 # exactly-once outcome) survives a power cut, not only a crash of the process.
@@ -120,7 +123,10 @@ class Directory:
     def nodes(self) -> list[dict[str, Any]]:
         counts = self._counts()
         out = []
-        for r in self._rows("SELECT * FROM nodes ORDER BY id"):
+        for r in self._rows(
+            "SELECT n.*, d.node IS NOT NULL AS draining FROM nodes n "
+            "LEFT JOIN drains d ON d.node = n.id ORDER BY n.id"
+        ):
             manifest = json.loads(r["manifest"] or "{}")
             out.append(
                 {
@@ -131,9 +137,11 @@ class Directory:
                     "objects": counts.get(r["id"], 0),
                     "host": manifest.get("host"),
                     "pid": manifest.get("pid"),
-                    # its loaded and evicted objects (bounded residency), as its
-                    # last status said; absent from a node that does not report them
-                    **{k: manifest[k] for k in ("resident", "evicted") if k in manifest},
+                    # its loaded and evicted objects (bounded residency) and its
+                    # load, as its last status said; absent from a node that does
+                    # not report them
+                    **{k: manifest[k] for k in NODE_FIGURES if k in manifest},
+                    "draining": bool(r["draining"]),
                 }
             )
         return out
@@ -158,9 +166,13 @@ class Directory:
         return out
 
     def place(self, cls: str, node: str | None, count: int = 1) -> list[str]:
-        """``count`` distinct live nodes hosting ``cls``, least loaded first
-        (``node`` first if given and suitable). Fewer if there are not enough."""
-        rows = self._rows("SELECT id, manifest FROM nodes WHERE state = 'online'")
+        """``count`` distinct live nodes hosting ``cls`` and not draining, least
+        loaded first (``node`` first if given and suitable). Fewer if there are
+        not enough."""
+        rows = self._rows(
+            "SELECT id, manifest FROM nodes WHERE state = 'online' "
+            "AND id NOT IN (SELECT node FROM drains)"
+        )
         counts = self._counts()
         hosting = [
             r["id"] for r in rows if cls in json.loads(r["manifest"] or "{}").get("classes", {})

@@ -44,6 +44,7 @@ from continuum_mqtt.service import (
 from . import _records as rec
 from ._api import DirectoryApi
 from ._directory import Directory
+from ._drain import DrainApi
 from ._fleet import MARKER_PREFIX, empty_directory_refusal, held_counts
 from ._integrity import DirectoryRefused, check_directory
 from ._outcomes import DirectoryOutcomes
@@ -56,7 +57,9 @@ log = logging.getLogger("continuum.gateway")
 
 
 # gateway methods that wait for a node's answer (the others: the directory alone)
-REACHES_NODES = frozenset({"create", "delete", "bind", "unbind", "grant", "revoke", "set_owner"})
+REACHES_NODES = frozenset(
+    {"create", "delete", "bind", "unbind", "grant", "revoke", "set_owner", "drain"}
+)
 
 
 class Gateway:
@@ -137,7 +140,10 @@ class Gateway:
             Dispatcher("gateway", translate=self._storage_error)
             .register(self.api)
             .register(AccessApi(self.api.access, self._call_node))
+            .register(DrainApi(self.directory, self.api.rights, self._call_node, node_timeout))
         )
+        self.metrics: Any = None  # _metrics.GatewayMetrics, with --metrics-port
+        self.fleet: Any = None  # _fleetmetrics.FleetMetrics, with --fleet-metrics
         transport.bind(self._on_message, self._on_connected)
         transport.set_will(self.topics.gateway_status, encode({"state": "offline"}), True)
         # gateway/call is subscribed once the directory is trusted (start)
@@ -225,12 +231,16 @@ class Gateway:
         if node is not None:
             self._status_pool.submit(self.liveness.update, node, msg.payload, retained=msg.retain)
             return
+        if self.fleet is not None and self.fleet.on_message(msg):
+            return  # an edge agent's status or forecast (docs/metrics.md)
         caller = split_call(topic, self.topics.gateway_call)
         if caller is not None:
             req, chan = accept(
                 msg, self.transport, self.topics, self.max_payload, self.max_payload, caller
             )
             if req is not None:
+                if self.metrics is not None:
+                    self.metrics.request(req, chan)
                 # requests that wait for a node run apart from those the
                 # directory answers alone: a stuck node never delays a resolve
                 pool = self._pool if req.method in REACHES_NODES else self._quick_pool

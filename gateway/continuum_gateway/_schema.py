@@ -36,6 +36,8 @@ CREATE INDEX IF NOT EXISTS idx_outcomes_state ON outcomes (state);
 CREATE TABLE IF NOT EXISTS strays (
     object TEXT NOT NULL, node TEXT NOT NULL, kind TEXT NOT NULL, detail TEXT,
     seen FLOAT NOT NULL, PRIMARY KEY (object, node));
+-- nodes an admin is draining: no object is placed on them (gateway method drain)
+CREATE TABLE IF NOT EXISTS drains (node TEXT PRIMARY KEY, since FLOAT NOT NULL);
 """
 
 # columns added after the first release: (table, column, declaration)

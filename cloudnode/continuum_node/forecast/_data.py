@@ -16,6 +16,7 @@ Also here: finding and reading a series CSV that lives on the node (what
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
 from dataclasses import dataclass, replace
@@ -41,6 +42,7 @@ __all__ = [
     "parse_rows",
     "persistence_predictions",
     "prepare",
+    "read_dataset",
     "read_series_csv",
     "resolution",
     "smape",
@@ -400,3 +402,19 @@ def read_series_csv(path: Path) -> tuple[list[list[float]], list[str | float | N
                 raise ValueError(f"{path.name}: line {lineno} has too few fields") from None
             stamps.append(rec[ti] if ti is not None and ti < len(rec) else None)
     return values, stamps
+
+
+def read_dataset(path: Path) -> tuple[list[list[float]], list[str | float | None]]:
+    """:func:`read_series_csv` of a node's dataset, parsed once per version of
+    the file (its size and modification time): a fleet of forecasters loading
+    the same CSV (``load_csv``) shares one parse. The lists returned are
+    shared: callers must not change them."""
+    st = path.stat()
+    return _read_cached(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_cached(
+    path: str, mtime_ns: int, size: int
+) -> tuple[list[list[float]], list[str | float | None]]:
+    return read_series_csv(Path(path))

@@ -16,9 +16,10 @@ from ._data import (
     parse_rows,
     persistence_predictions,
     prepare,
-    read_series_csv,
+    read_dataset,
 )
 from ._evaluate import baseline_metrics, evaluate_model, predict_next, test_predictions
+from ._export import edge_export as _edge_export
 from ._model import LSTMNet, Trained, fit, resolve_device, train_summary, warm_up_torch
 from ._model import model_size_mb as _size_mb
 from ._model import state_hash as _hash
@@ -127,7 +128,7 @@ class Forecaster(ActiveObject):
         the bundled datasets; anything else, or no such file, is
         ``forecast.unknown_dataset``. Replaces the series (``replace=False``: appends
         to it); returns the new length."""
-        values, stamps = read_series_csv(find_dataset(name))
+        values, stamps = read_dataset(find_dataset(name))
         if replace:
             self._series.clear()
         n = self._series.extend(values, stamps)
@@ -276,6 +277,13 @@ class Forecaster(ActiveObject):
     def state_hash(self) -> str:
         """SHA-256 hex of the model's weights (equal for bit-identical weights)."""
         return _hash(self._need_model().model)
+
+    @active(readonly=True)
+    def edge_export(self) -> dict[str, Any]:
+        """What a board needs to forecast by itself (docs/protocol.md §24): the
+        weights (float32 bytes), scaler, look-back, residual flag and snapping of
+        the trained model, versioned by its ``state_hash``."""
+        return _edge_export(self._need_model(), self._trained_rows)
 
     @active(readonly=True)
     def info(self) -> dict[str, Any]:

@@ -1,0 +1,466 @@
+"""A forecaster per device for a whole fleet: 10,000 firmware-sim devices, each
+with its own ``continuum_node.forecast.Forecaster`` (2,000 rows), across two
+nodes with a memory budget (bounded residency, docs/architecture.md).
+
+    python -m bench.fleet_ai            # 10,000 devices (about 10 minutes on 2 cores)
+    python -m bench.fleet_ai --quick    # 1,000 devices (a couple of minutes)
+
+One run starts its own mosquitto, a gateway and durable nodes n1, n2 (with
+``--memory-budget``, one intra-op thread) and, for the cost of an evicted
+object, two probe nodes: p-resident (no budget) and p-evicted (``--max-resident
+1``). Phases:
+
+1. idle: light calls (``Counter.get`` on n1) on the idle node;
+2. fleet: one forecaster per device created (alias ``fleet/<device>``), the
+   bundled node_3 series loaded node-side (``load_csv``, 1,989 rows), each
+   bound to its device's metrics (``ingest``);
+3. samples: ``firmware-sim`` publishes ``--samples`` samples per device
+   (QoS 1); samples lost = published - rows the objects gained (again during
+   the storm, at ``--storm-rate``);
+4. models/min: ``--train-sample`` objects trained from scratch (the default
+   training: residual LSTM, early stopping), then again incrementally
+   (``warm_start=True``, 10 epochs); test MSE of both and of persistence;
+5. storm: every other object trained (``--storm-epochs`` epochs), while the
+   light calls of phase 1 run again: their p50 against the idle p50;
+6. a fleet forecast round: ``client.fan_out(all, "predict")``, twice;
+7. reload: a light call (``tail(1)``) on objects the nodes report evicted
+   (``client.objects(residency=True)``), against the same on resident ones.
+
+Memory: each node's RSS every second (the JSON's ``rss``), KiB per resident
+forecaster ((RSS after loading - RSS before) / objects, while all are
+resident), per trained resident one (p-resident) and per evicted one
+(p-evicted): the RSS growth of a second batch of objects over its objects.
+Progress on stderr, the table on stdout, the figures in
+reports/bench-fleet-ai.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from . import _common as common
+from ._rss import RssSampler
+from ._timing import summarize
+
+FORECASTER = "continuum_node.forecast.Forecaster"
+COUNTER = "examples.counter.Counter"
+DATASET = "node_3_utilisation.csv"
+GOALS = {
+    "reload_p99_ms": 50.0,
+    "round_10k_s": 5.0,
+    "storm_p50_ratio": 1.25,
+    "lost": 0,
+    "fleet_rss_mib": 2048.0,
+    "resident_kib": 150.0,
+}
+COLUMNS = common.columns("metric< | value> | goal< | verdict<")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = common.parser(
+        "fleet_ai",
+        "A forecaster per device for a 10,000-device fleet on 2 nodes with a memory "
+        "budget: memory per object, reloads, models/min, a fleet forecast round, light "
+        "calls during a training storm, samples lost.",
+        quick="1,000 devices, a smaller sample of trainings (a couple of minutes)",
+    )
+    common.options(
+        p,
+        """
+        devices          10000  devices, one forecaster each, half per node
+        memory-budget    900    each node's --memory-budget (MiB of RSS, long-call workers included)
+        long-calls       process  each node's --long-calls (thread or process)
+        samples          3      samples per device published by firmware-sim
+        rate             4000   firmware-sim samples/s, the whole fleet
+        storm-rate       150    firmware-sim samples/s during the training storm (as many samples)
+        train-sample     40     objects trained from scratch, then incrementally (models/min)
+        storm-epochs     1      epochs of the storm's trainings (every other object)
+        probe            1000   objects on each probe node, p-resident and p-evicted (0: skip)
+        reload-sample    200    evicted objects called once each (reload latency)
+        window           32     fan-out calls in flight per node
+        phase-seconds    20.0   seconds of light calls, idle and in the storm
+        keep-logs        -      keep the service logs
+        """,
+    )
+    return p
+
+
+# -- phases ----------------------------------------------------------------------------------
+def _pings(obj: Any, seconds: float, stop: threading.Event | None = None) -> list[float]:
+    took, end = [], time.monotonic() + seconds
+    while time.monotonic() < end and not (stop is not None and stop.is_set()):
+        t = time.perf_counter()
+        obj.get()
+        took.append((time.perf_counter() - t) * 1000)
+        time.sleep(0.005)
+    return took
+
+
+def _create(client: Any, names: list[str], nodes: list[str]) -> list[Any]:
+    stub = client.stub(FORECASTER)
+
+    def make(i: int) -> Any:
+        return stub.create("cpu", alias=f"fleet/{names[i]}", node=nodes[i % len(nodes)])
+
+    with ThreadPoolExecutor(16) as pool:
+        return list(pool.map(make, range(len(names))))
+
+
+def _fan(client: Any, objs: list[Any], method: str, *args: Any, **kw: Any) -> Any:
+    r = client.fan_out(objs, method, *args, timeout=3600, **kw)
+    if r.errors:
+        first = next(iter(r.errors.items()))
+        common.log(f"{method}: {len(r.errors)} errors, first {first}")
+    return r
+
+
+def _rows(client: Any, objs: list[Any], window: int) -> dict[str, int]:
+    r = _fan(client, objs, "info", window=window)
+    return {k: v["rows_total"] for k, v in r.results.items()}
+
+
+def _per_object_kib(before: dict[str, float], after: dict[str, float], counts: dict[str, int]):
+    total = sum(counts.values())
+    grown = sum(after[n] - before[n] for n in counts)
+    return grown * 1024 / total if total else float("nan")
+
+
+def phase_fleet(dep: Any, c: Any, rss: RssSampler, args: argparse.Namespace) -> dict[str, Any]:
+    names = [f"sim-{i:04d}" for i in range(args.devices)]
+    before = rss.now()
+    rss.phase = "create"
+    t0 = time.monotonic()
+    objs = _create(c, names, ["n1", "n2"])
+    created = time.monotonic() - t0
+    common.log(f"created {len(objs)} forecasters in {created:.1f} s")
+    rss.phase = "load"
+    t0 = time.monotonic()
+    loaded = _fan(c, objs, "load_csv", DATASET, window=args.window)
+    load_s = time.monotonic() - t0
+    common.log(f"loaded {DATASET} into {len(loaded.results)} objects in {load_s:.1f} s")
+    time.sleep(3)  # a tick or two: the nodes publish their counts, evict if over budget
+    after = rss.now()
+    status = {n["id"]: n for n in c.nodes()}
+    resident = {n: status[n].get("resident", 0) for n in ("n1", "n2")}
+    rss.phase = "bind"
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: c.bind_metrics(objs[i], names[i], "ingest"), range(len(objs))))
+    bind_s = time.monotonic() - t0
+    common.log(f"bound {len(objs)} feeds in {bind_s:.1f} s")
+    out = {
+        "create_s": round(created, 1),
+        "load_s": round(load_s, 1),
+        "bind_s": round(bind_s, 1),
+        "rows_each": loaded.results[next(iter(loaded.results))] if loaded.results else None,
+        "load_errors": len(loaded.errors),
+        "rss_before_mib": {n: round(before[n], 1) for n in ("n1", "n2")},
+        "rss_loaded_mib": {n: round(after[n], 1) for n in ("n1", "n2")},
+        "resident_after_load": resident,
+        "evicted_after_load": {n: status[n].get("evicted", 0) for n in ("n1", "n2")},
+    }
+    if not any(out["evicted_after_load"].values()):
+        out["kib_per_resident"] = round(_per_object_kib(before, after, resident), 1)
+    return {"objs": objs, "names": names, **out}
+
+
+def _publish(dep: Any, args: argparse.Namespace, seq_start: int, rate: float, tag: str):
+    """firmware-sim publishing ``--samples`` samples per device from ``seq_start``."""
+    path = dep.tmp / f"sim-{tag}.json"
+    proc = dep.start_firmware_sim(
+        "--devices", str(args.devices), "--samples", str(args.samples), "--rate", str(rate),
+        "--seq-start", str(seq_start), "--fields", "minimal", "--json", str(path), "--quiet",
+        name=f"firmware-sim-{tag}",
+    )  # fmt: skip
+    return proc, path
+
+
+def _arrived(c: Any, objs: list[Any], start: dict[str, int], proc: Any, path: Any, window: int):
+    """Wait for firmware-sim, then for its samples to reach the objects (rows gained)."""
+    proc.wait(timeout=3600)
+    sent = json.loads(path.read_text())
+    published = sent["sent"]
+    deadline = time.monotonic() + 120
+    while True:  # the last samples may still be on their way to the objects
+        gained = sum(v - start.get(k, 0) for k, v in _rows(c, objs, window).items())
+        if gained >= published or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    return {
+        "published": published,
+        "acked": sent.get("acked"),
+        "rows_gained": gained,
+        "lost": published - gained,
+        "rate_achieved": sent.get("rate_achieved"),
+    }
+
+
+def phase_samples(dep: Any, c: Any, fleet: dict[str, Any], args: argparse.Namespace):
+    objs = fleet["objs"]
+    start = _rows(c, objs, args.window)
+    proc, path = _publish(dep, args, 1, args.rate, "idle")
+    out = _arrived(c, objs, start, proc, path, args.window)
+    common.log(f"samples: {out['published']} published, {out['rows_gained']} reached the objects")
+    return out
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def phase_models(c: Any, fleet: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    sample = fleet["objs"][: args.train_sample]
+    out: dict[str, Any] = {"objects": len(sample)}
+    for kind, kw in (("scratch", {}), ("incremental", {"warm_start": True})):
+        t0 = time.monotonic()
+        r = _fan(c, sample, "train", window=4, **kw)
+        took = time.monotonic() - t0
+        ev = _fan(c, sample, "evaluate", window=8)
+        out[kind] = {
+            "seconds": round(took, 1),
+            "models_per_min": round(len(r.results) / took * 60, 1),
+            "errors": len(r.errors),
+            "mean_train_s": round(_mean([v["train_seconds"] for v in r.results.values()]), 3),
+            "mean_epochs": round(_mean([v["epochs_run"] for v in r.results.values()]), 1),
+            "test_mse": _mse(ev.results.values()),
+        }
+        common.log(f"{kind}: {out[kind]['models_per_min']} models/min")
+    out["persistence_mse"] = _mse(_fan(c, sample, "baseline", window=8).results.values())
+    return out
+
+
+def _mse(metrics: Any) -> dict[str, float]:
+    """The mean test MSE of each variable over ``metrics`` (evaluate/baseline results)."""
+    metrics = list(metrics)
+    return {var: round(_mean([m[var]["mse"] for m in metrics]), 3) for var in ("cpu", "mem")}
+
+
+def phase_storm(dep: Any, c: Any, light: Any, fleet: dict[str, Any], rss: RssSampler, args):
+    """Every other object trained while firmware-sim publishes more samples
+    (evicted objects reload for them) and light calls run from another client."""
+    rest = fleet["objs"][args.train_sample :]
+    result: dict[str, Any] = {}
+    done = threading.Event()
+    start = _rows(c, fleet["objs"], args.window)
+    proc, path = _publish(dep, args, args.samples + 1, args.storm_rate, "storm")
+
+    def storm() -> None:
+        t0 = time.monotonic()
+        r = _fan(c, rest, "train", epochs=args.storm_epochs, window=args.window)
+        took = time.monotonic() - t0
+        result.update(
+            objects=len(rest),
+            seconds=round(took, 1),
+            models_per_min=round(len(r.results) / took * 60, 1),
+            errors=len(r.errors),
+        )
+        done.set()
+
+    rss.phase = "storm"
+    thread = threading.Thread(target=storm, name="bench-storm", daemon=True)
+    thread.start()
+    time.sleep(2.0)  # the storm is on
+    stormy = _pings(light, args.phase_seconds, done)
+    result["light"] = summarize(stormy)
+    result["light_during_whole_phase"] = not done.is_set()
+    thread.join()
+    common.log(f"storm: {result['models_per_min']} models/min over {len(rest)} objects")
+    result["samples"] = _arrived(c, fleet["objs"], start, proc, path, args.window)
+    common.log(
+        f"storm samples: {result['samples']['published']} published, lost {result['samples']['lost']}"
+    )
+    return result
+
+
+def phase_round(c: Any, fleet: dict[str, Any], rss: RssSampler, args) -> dict[str, Any]:
+    rss.phase = "forecast round"
+    rounds = []
+    for _ in range(2):
+        r = _fan(c, fleet["objs"], "predict", window=args.window)
+        rounds.append(
+            {"seconds": round(r.seconds, 2), "ok": len(r.results), "errors": len(r.errors)}
+        )
+        common.log(f"fleet forecast round: {r.seconds:.2f} s, {len(r.errors)} errors")
+    return {"rounds": rounds, "status": {n["id"]: n.get("evicted") for n in c.nodes()}}
+
+
+def phase_reload(c: Any, args: argparse.Namespace) -> dict[str, Any]:
+    listed = c.objects(cls=FORECASTER, residency=True)
+    evicted = [o["id"] for o in listed if o.get("resident") is False][: args.reload_sample]
+    resident = [o["id"] for o in listed if o.get("resident") is True][: args.reload_sample]
+    out: dict[str, Any] = {"evicted_seen": sum(o.get("resident") is False for o in listed)}
+    for kind, ids in (("evicted", evicted), ("resident", resident)):
+        took = []
+        for oid in ids:
+            obj = c.get(oid)
+            t = time.perf_counter()
+            obj.tail(1)
+            took.append((time.perf_counter() - t) * 1000)
+        out[kind] = summarize(took)
+    return out
+
+
+def phase_probe(dep: Any, c: Any, node: str, train: bool, n: int, window: int) -> dict[str, Any]:
+    """Two equal batches of forecasters on ``node`` (loaded with the dataset,
+    trained for one epoch if ``train``): the second batch's RSS growth over
+    its objects is what one costs there (the first batch pays the one-off
+    costs: the dataset's parse, warm-ups). On p-resident (no budget) they
+    stay loaded; on p-evicted (``--max-resident 1``) they are evicted."""
+    stub = c.stub(FORECASTER)
+    probe = RssSampler({node: dep.pid(node)})
+    seen = []
+    for _ in range(2):
+        with ThreadPoolExecutor(16) as pool:
+            objs = list(pool.map(lambda i: stub.create("cpu", node=node), range(n // 2)))
+        _fan(c, objs, "load_csv", DATASET, window=window)
+        if train:
+            _fan(c, objs, "train", epochs=1, window=window)
+        time.sleep(3)  # a tick or two: evicted, counted
+        status = next(s for s in c.nodes() if s["id"] == node)
+        seen.append((probe.now()[node], status.get("resident", 0), status.get("evicted", 0)))
+    (rss1, res1, ev1), (rss2, res2, ev2) = seen
+    held = (res2 - res1) if ev2 == ev1 else (ev2 - ev1)
+    return {
+        "objects": 2 * (n // 2),
+        "trained": train,
+        "resident": res2,
+        "evicted": ev2,
+        "rss_mib": [round(rss1, 1), round(rss2, 1)],
+        "kib_each": round((rss2 - rss1) * 1024 / max(1, held), 2),
+    }
+
+
+# -- the run ---------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    meta = common.machine(args)
+    t0 = time.monotonic()
+    mods = ("continuum_node.forecast", "examples.counter")
+    node_args = ["--intra-op-threads", "1", "--memory-budget", str(args.memory_budget)]
+    node_args += ["--long-calls", args.long_calls]
+    with common.deployment(log_level="WARNING", keep=args.keep_logs) as dep:
+        dep.start_gateway("--max-objects", "0", wait=False)
+        for nid in ("n1", "n2"):
+            dep.start_node(nid, *node_args, modules=mods, state_dir=dep.tmp / nid, wait=False)
+        probes = ["p-resident", "p-evicted"] if args.probe else []
+        for nid in probes:
+            budget = ["--max-resident", "1"] if nid == "p-evicted" else []
+            dep.start_node(nid, *budget, "--long-calls", args.long_calls, modules=mods,
+                           state_dir=dep.tmp / nid, wait=False)  # fmt: skip
+        dep.wait_nodes(["n1", "n2", *probes], 120)
+        common.log(f"mosquitto on {dep.url}; gateway and nodes up")
+        pids = {n: dep.pid(n) for n in ("n1", "n2")}
+        with RssSampler(pids) as rss, dep.client(timeout=600) as c, dep.client() as lc:
+            light = lc.stub(COUNTER).create(start=0, node="n1")  # its own connection
+            light.get()
+            rss.phase = "idle"
+            idle = summarize(_pings(light, args.phase_seconds))
+            common.log(f"idle light calls: p50 {idle['p50_ms']:.2f} ms")
+            fleet = phase_fleet(dep, c, rss, args)
+            rss.phase = "samples"
+            samples = phase_samples(dep, c, fleet, args)
+            rss.phase = "models"
+            models = phase_models(c, fleet, args)
+            storm = phase_storm(dep, c, light, fleet, rss, args)
+            fround = phase_round(c, fleet, rss, args)
+            rss.phase = "reload"
+            reload = phase_reload(c, args)
+            probe = {
+                nid: phase_probe(dep, c, nid, nid == "p-resident", args.probe, args.window)
+                for nid in probes
+            }
+            peak = rss.peak(["n1", "n2"])
+            timeline = rss.samples
+    meta["seconds"] = round(time.monotonic() - t0, 1)
+    fleet = {k: v for k, v in fleet.items() if k not in ("objs", "names")}
+    result = {
+        "meta": meta,
+        "idle": idle,
+        "fleet": fleet,
+        "samples": samples,
+        "models": models,
+        "storm": storm,
+        "round": fround,
+        "reload": reload,
+        "probes": probe,
+        "peak_rss_mib": round(peak, 1),
+        "rss": timeline,
+    }
+    result["table"] = build_table(result, args)
+    return result
+
+
+def _row(metric: str, value: str, goal: str = "", ok: bool | None = None) -> dict[str, Any]:
+    verdict = "" if ok is None else ("PASS" if ok else "FAIL")
+    return {"metric": metric, "value": value, "goal": goal, "verdict": verdict}
+
+
+def build_table(r: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    n = args.devices
+    fleet, rows = r["fleet"], []
+    rows.append(_row("devices (forecasters), across n1 and n2", f"{n}"))
+    rows.append(_row("create / load_csv / bind, s", f"{fleet['create_s']} / {fleet['load_s']} / {fleet['bind_s']}"))  # fmt: skip
+    if "kib_per_resident" in fleet:
+        kib = fleet["kib_per_resident"]
+        rows.append(_row("KiB per untrained resident forecaster, 2,000 rows (fleet, RSS)", f"{kib:.0f}",
+                         f"<= {GOALS['resident_kib']:g}", kib <= GOALS["resident_kib"]))  # fmt: skip
+    if r["probes"]:
+        kib = r["probes"]["p-resident"]["kib_each"]
+        rows.append(_row("KiB per trained resident forecaster, 2,000 rows (probe, RSS)", f"{kib:.0f}",
+                         f"<= {GOALS['resident_kib']:g}", kib <= GOALS["resident_kib"]))  # fmt: skip
+        rows.append(_row("KiB per evicted forecaster (probe, RSS)", f"{r['probes']['p-evicted']['kib_each']:.1f}"))  # fmt: skip
+    peak = r["peak_rss_mib"]
+    rows.append(_row("peak RSS of n1 + n2, MiB", f"{peak:.0f}", f"<= {GOALS['fleet_rss_mib']:g}",
+                     peak <= GOALS["fleet_rss_mib"]))  # fmt: skip
+    for label, s in (("idle", r["samples"]), ("during the storm", r["storm"]["samples"])):
+        rows.append(_row(f"samples published / lost, {label}", f"{s['published']} / {s['lost']}", "0 lost", s["lost"] == 0))  # fmt: skip
+    m = r["models"]
+    for kind in ("scratch", "incremental"):
+        k = m[kind]
+        rows.append(
+            _row(f"models/min, {kind} ({m['objects']} objects)", f"{k['models_per_min']:.0f}")
+        )
+        p, t = m["persistence_mse"], k["test_mse"]
+        rows.append(_row(f"  test MSE cpu / mem, {kind} (persistence {p['cpu']:.2f} / {p['mem']:.2f})", f"{t['cpu']:.2f} / {t['mem']:.2f}"))  # fmt: skip
+    st = r["storm"]
+    rows.append(_row(f"models/min, storm ({args.storm_epochs} epoch(s), {st['objects']} objects)", f"{st['models_per_min']:.0f}"))  # fmt: skip
+    ratio = st["light"]["p50_ms"] / r["idle"]["p50_ms"]
+    rows.append(_row("light call p50 ms, idle / storm", f"{r['idle']['p50_ms']:.2f} / {st['light']['p50_ms']:.2f}"))  # fmt: skip
+    rows.append(_row("  storm / idle p50", f"{ratio:.2f}x", f"<= {GOALS['storm_p50_ratio']}x", ratio <= GOALS["storm_p50_ratio"]))  # fmt: skip
+    rows.append(_row("light call p99 ms, idle / storm", f"{r['idle']['p99_ms']:.2f} / {st['light']['p99_ms']:.2f}"))  # fmt: skip
+    limit = GOALS["round_10k_s"] * n / 10_000
+    for i, rd in enumerate(r["round"]["rounds"]):
+        rows.append(_row(f"fleet forecast round {i + 1}, s ({rd['errors']} errors)", f"{rd['seconds']:.2f}",
+                         f"<= {limit:g}", rd["seconds"] <= limit and rd["errors"] == 0))  # fmt: skip
+    rl = r["reload"]
+    p99 = rl["evicted"]["p99_ms"]
+    rows.append(_row(f"call on an evicted object, p50 / p99 ms ({rl['evicted']['n']})", f"{rl['evicted']['p50_ms']:.1f} / {p99:.1f}",
+                     f"p99 <= {GOALS['reload_p99_ms']:g}", p99 <= GOALS["reload_p99_ms"]))  # fmt: skip
+    rows.append(_row(f"  same call on a resident one ({rl['resident']['n']})", f"{rl['resident']['p50_ms']:.1f} / {rl['resident']['p99_ms']:.1f}"))  # fmt: skip
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        args.devices, args.train_sample, args.probe = 1000, 10, 300
+        args.reload_sample, args.phase_seconds = 100, 8.0
+    result = common.run_or_interrupted(run, args, COLUMNS)
+    if result is None:
+        return 130
+    failed = [row["metric"] for row in result["table"] if row["verdict"] == "FAIL"]
+    goals = sum(1 for row in result["table"] if row["verdict"])
+    print(f"\ngoals: {goals - len(failed)}/{goals} pass")
+    common.write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

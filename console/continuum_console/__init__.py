@@ -1,0 +1,3 @@
+"""The operator console (issue 15)."""
+
+__all__: list[str] = []
