@@ -285,11 +285,16 @@ def phase_round(c: Any, fleet: dict[str, Any], rss: RssSampler, args) -> dict[st
     rounds = []
     for _ in range(2):
         r = _fan(c, fleet["objs"], "predict", window=args.window)
-        rounds.append(
-            {"seconds": round(r.seconds, 2), "ok": len(r.results), "errors": len(r.errors)}
-        )
-        common.log(f"fleet forecast round: {r.seconds:.2f} s, {len(r.errors)} errors")
-    return {"rounds": rounds, "status": {n["id"]: n.get("evicted") for n in c.nodes()}}
+        seen = _residency(c)
+        rounds.append({"seconds": round(r.seconds, 2), "ok": len(r.results),
+                       "errors": len(r.errors), "residency_after": seen})  # fmt: skip
+        common.log(f"fleet forecast round: {r.seconds:.2f} s, {len(r.errors)} errors; {seen}")
+    return {"rounds": rounds}
+
+
+def _residency(c: Any) -> dict[str, list[int]]:
+    """``{node: [resident, evicted]}`` as the nodes' statuses last said."""
+    return {n["id"]: [n.get("resident", 0), n.get("evicted", 0)] for n in c.nodes()}
 
 
 def phase_reload(c: Any, args: argparse.Namespace) -> dict[str, Any]:

@@ -191,7 +191,12 @@ class _LocalDirectory:
 
     @method
     def objects(
-        self, cls: str | None = None, node: str | None = None, residency: bool = False
+        self,
+        cls: str | None = None,
+        node: str | None = None,
+        residency: bool = False,
+        offset: int = 0,
+        limit: int | None = None,
     ) -> list[dict[str, Any]]:
         out = []
         for oid, o in self.held.items():
@@ -201,7 +206,7 @@ class _LocalDirectory:
             del info["node_state"]
             seen = {"resident": True, "used": o.created} if residency else {}
             out.append({**info, "created": o.created, **seen})
-        return out
+        return out[offset : None if limit is None else offset + limit]
 
 
 class LocalClient(_Directory):

@@ -164,6 +164,7 @@ class _Directory(FanOutTarget):
     the fan-out over their ``_call``."""
 
     timeout: float
+    OBJECTS_PAGE = 1000  # objects per page of objects(): about 250 KiB of reply
 
     def _gateway(self, op: str, /, **kwargs: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -249,10 +250,18 @@ class _Directory(FanOutTarget):
         ``residency=True``: each also says whether it is ``resident`` in its
         node's memory (False: evicted to the node's state dir) and when it was
         ``used`` last (Unix s), asked of the nodes at the time (both None when
-        its node is offline or did not answer)."""
-        if residency:
-            return self._gateway("objects", cls=cls, node=node, residency=True)
-        return self._gateway("objects", cls=cls, node=node)
+        its node is offline or did not answer). Fetched a page of
+        :attr:`OBJECTS_PAGE` at a time (a fleet's listing is larger than one
+        reply may be)."""
+        out: list[dict[str, Any]] = []
+        extra = {"residency": True} if residency else {}
+        while True:
+            page = self._gateway(
+                "objects", cls=cls, node=node, offset=len(out), limit=self.OBJECTS_PAGE, **extra
+            )
+            out += page
+            if len(page) < self.OBJECTS_PAGE:
+                return out
 
     # -- fan-out -----------------------------------------------------------------
     def fan_out(

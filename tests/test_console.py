@@ -434,17 +434,16 @@ def test_node_rows_carry_the_load_and_devices_their_outbox() -> None:
     assert row["outbox"] == 0 and row["oldest"] is None
 
 
-def test_the_objects_listing_goes_node_by_node_when_too_large() -> None:
+def test_the_objects_listing_shows_residency_and_draining() -> None:
     from continuum_console._mqtt import GatewayPoller
 
-    from continuum_mqtt import PayloadTooLarge
-
     class Gateway:
-        def objects(self, node: str | None = None, residency: bool = False) -> list[dict[str, Any]]:
+        def objects(self, residency: bool = False) -> list[dict[str, Any]]:
             assert residency is True  # the page shows each object's residency
-            if node is None:
-                raise PayloadTooLarge("reply over 1 MiB")
-            return [{"id": f"{node}-o", "node": node, "resident": False, "used": 5.0}]
+            return [
+                {"id": f"{n}-o", "node": n, "resident": n == "n2", "used": 5.0}
+                for n in ("n1", "n2")
+            ]
 
         def nodes(self) -> list[dict[str, Any]]:
             return [{"id": "n1", "draining": True}, {"id": "n2", "draining": False}]

@@ -233,6 +233,14 @@ def test_a_memory_budget_evicts_a_tenth_a_tick(tmp_path: Path) -> None:
             n.create(f"m{i}")
         assert n.node.eviction.tick() == 2
         assert sum(_resident(n).values()) == 18
+        # RSS stays where it was (the allocator kept the memory): no more evictions,
+        assert n.node.eviction.tick() == 0
+        n.node.eviction.measure = lambda: 8 << 20  # until it grows again (past the slack)
+        assert n.node.eviction.tick() == 1
+        n.node.eviction.measure = lambda: 1 << 19  # under the budget: nothing
+        assert n.node.eviction.tick() == 0
+        n.node.eviction.measure = lambda: 2 << 20  # over it again: a pass at once
+        assert n.node.eviction.tick() == 1
     finally:
         n.close()
 

@@ -239,6 +239,10 @@ def test_placement_listings_and_bind(rig: Rig) -> None:
     assert [n["id"] for n in rig.request("nodes")] == ["n1", "n2"]
     assert rig.request("classes")[COUNTER]["nodes"] == ["n1", "n2"]
     assert len(rig.request("objects", node="n1")) == 1
+    ids = [o["id"] for o in rig.request("objects")]
+    assert [o["id"] for o in rig.request("objects", offset=0, limit=1)] == ids[:1]  # pages
+    assert [o["id"] for o in rig.request("objects", offset=1, limit=5)] == ids[1:]
+    assert rig.request("objects", offset=2, limit=1) == []
     bound = rig.request("bind", ref=a["id"], device="dev-1", method="add")
     assert bound["topic"] == "t/dev/dev-1/metrics"
     with pytest.raises(continuum_mqtt.NoNodeAvailable):
@@ -425,6 +429,9 @@ def test_bad_requests_get_the_right_codes(rig: Rig) -> None:
         ("create", {"cls": COUNTER, "replicas": -1}, continuum_mqtt.BadRequest),
         ("create", {"cls": ""}, continuum_mqtt.BadRequest),
         ("bind", {"ref": "x", "device": "a/b", "method": "m"}, continuum_mqtt.UnknownObject),
+        ("objects", {"limit": 0}, continuum_mqtt.BadRequest),
+        ("objects", {"offset": -1, "limit": 5}, continuum_mqtt.BadRequest),
+        ("objects", {"limit": True}, continuum_mqtt.BadRequest),
     ]:
         with pytest.raises(error):
             rig.request(method_, **kwargs)

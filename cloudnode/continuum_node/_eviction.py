@@ -10,7 +10,9 @@ are over; over the memory budget, a tenth of the resident ones per tick
 (RSS is what the operator sizes a machine by, but freed memory shows in it
 only after the allocator returns it, so the pass goes in steps rather than
 computing a target from per-object estimates, which cannot see what an
-instance holds outside Python objects: tensors, arrays).
+instance holds outside Python objects: tensors, arrays), and again only once
+RSS has grown past what it was after the last pass (what the allocator kept
+is reused by the next objects loaded).
 
 *Evicting* needs a store (``--state-dir``): every committed change of an
 object is durable already (journaled or checkpointed before its caller or
@@ -53,6 +55,7 @@ log = logging.getLogger("continuum.node.eviction")
 
 REPLAY = 64  # journal entries past which an object is checkpointed before it is evicted
 MEMORY_STEP = 10  # over the memory budget: evict 1/MEMORY_STEP of the resident objects a tick
+SLACK = 4 << 20  # RSS growth after a pass (or 1 % of the budget) that calls for another
 
 
 def rss() -> int:
@@ -97,6 +100,7 @@ class Eviction:
         self.evictions = 0  # since the start
         self.reloads = 0
         self._warned = False
+        self._after: int | None = None  # RSS after the last pass over the memory budget
 
     @property
     def bounded(self) -> bool:
@@ -131,7 +135,8 @@ class Eviction:
             return 0
         loaded = [r for r in self.residents.all() if r.instance is not None]
         over = 0 if self.max_resident is None else len(loaded) - self.max_resident
-        if self.memory_budget is not None and loaded and self._over_memory():
+        memory = self.memory_budget is not None and loaded and self._over_memory()
+        if memory:
             over = max(over, max(1, len(loaded) // MEMORY_STEP))
         if over <= 0:
             return 0
@@ -155,17 +160,31 @@ class Eviction:
                 log.exception("cannot evict %s", res.id)
         if gone and self.memory_budget is not None:
             _trim()
+        if memory:
+            self._after = self._read()
         return gone
 
-    def _over_memory(self) -> bool:
-        assert self.memory_budget is not None
+    def _read(self) -> int | None:
         try:
-            return self.measure() > self.memory_budget
+            return self.measure()
         except Exception:  # (psutil missing or failing: the budget cannot be read)
             if not self._warned:
                 self._warned = True
                 log.exception("cannot read the node's memory: --memory-budget ignored")
+            return None
+
+    def _over_memory(self) -> bool:
+        """Over the budget, and grown since the last pass over it: memory the
+        pass freed but the allocator kept (RSS does not fall) is reused by
+        the objects loaded next, so a flat RSS above the budget calls for no
+        more evictions (evicting on would empty the node: each reload would
+        then cost a read, the pathology of a fleet-wide round)."""
+        assert self.memory_budget is not None
+        now = self._read()
+        if now is None or now <= self.memory_budget:
+            self._after = None
             return False
+        return self._after is None or now > self._after + max(SLACK, self.memory_budget // 100)
 
     def evict(self, res: Resident) -> bool:
         """Evict ``res`` if it is an idle primary held here and can be made

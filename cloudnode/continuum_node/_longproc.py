@@ -26,7 +26,7 @@ wire's codec: never a pickle of anything a caller sent), the object as
 cloudpickle (made by this node from its own object, as its checkpoints are).
 The workers start with the node (importing its modules with its thread
 settings, then warming the classes up), so the first long call does not pay
-for it.
+for it, and run at a lower CPU priority (:data:`NICE`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import os
 import queue
 import sys
 import threading
@@ -51,6 +52,11 @@ from . import peer
 __all__ = ["LongCalls"]
 
 log = logging.getLogger("continuum.node.long")
+
+NICE = 10
+"""How much lower the workers' CPU priority is than the node's: when the
+cores are all busy (several nodes training on one machine), the node's
+network thread and light calls still get the CPU first."""
 
 Outcome = tuple[bool, Any]
 
@@ -212,6 +218,8 @@ def _child(conn: Connection, stop: Any, setup: dict[str, Any]) -> None:
     from ._node import load_classes
     from ._threads import hold_torch_threads, set_thread_env
 
+    with contextlib.suppress(OSError):  # (a platform without nice: the same priority)
+        os.nice(NICE)
     if setup["threads"]:
         set_thread_env(setup["threads"])
     hold_torch_threads(setup["threads"], setup["interop"])

@@ -15,7 +15,7 @@ import logging
 import threading
 from typing import Any
 
-from continuum_mqtt import ContinuumError, PayloadTooLarge
+from continuum_mqtt import ContinuumError
 from continuum_mqtt.service import (
     BrokerURL,
     Message,
@@ -132,15 +132,8 @@ class GatewayPoller:
 
     def _listing(self, nodes: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
         """Every object, with its residency and last use (the gateway asks
-        the nodes); node by node when the whole listing is over the
-        gateway's 1 MiB reply limit (its ``objects`` has no paging)."""
-        try:
-            return list(self.client.objects(residency=True))
-        except PayloadTooLarge:
-            objs: list[dict[str, Any]] = []
-            for node in nodes if nodes is not None else self.client.nodes():
-                objs.extend(self.client.objects(node=node["id"], residency=True))
-            return objs
+        the nodes; the client fetches the listing a page at a time)."""
+        return list(self.client.objects(residency=True))
 
     def _nodes(self) -> list[dict[str, Any]] | None:
         """The gateway's ``nodes`` (which of them drain), None when it fails."""

@@ -43,6 +43,9 @@ __all__ = ["DirectoryApi", "NodeCall"]
 
 log = logging.getLogger("continuum.gateway")
 
+MAX_PAGE = 10_000
+"""The most objects one page of ``objects`` may ask for (``limit``)."""
+
 NodeCall = Callable[[str, str, dict[str, Any], float | None], Any]
 """``node_call(node, method, kwargs, deadline)``: a control request to a node
 (§17), its result, or a :class:`~continuum_mqtt.ContinuumError`."""
@@ -358,12 +361,21 @@ class DirectoryApi:
         cls: str | None = None,
         node: str | None = None,
         residency: bool = False,
+        offset: int = 0,
+        limit: int | None = None,
         _ctx: Context = NO_CONTEXT,
     ) -> list[dict[str, Any]]:
+        for name, value in (("offset", offset), ("limit", limit)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise BadRequest(f"'{name}' must be an integer")
+        if offset < 0 or (limit is not None and not 1 <= limit <= MAX_PAGE):
+            raise BadRequest(f"'offset' >= 0 and 1 <= 'limit' <= {MAX_PAGE}")
         found = self.directory.objects(
             canonical_class_path(cls) if isinstance(cls, str) else cls, node
         )
         seen = self.access.objects(found, _ctx.caller)
+        if offset or limit is not None:  # a page: the caller's objects, oldest first
+            seen = seen[offset : None if limit is None else offset + limit]
         if residency is True:
             self._residency(seen, _ctx.deadline)
         return seen
