@@ -30,20 +30,10 @@ from typing import Any
 
 import cbor2
 import paho.mqtt.client as paho
-from continuum_dev.testing import free_port, rss_mb, wait_for
+from continuum_dev.testing import free_port, launch_chromium, rss_mb, wait_for
 
 from ._common import deployment, format_table, log, machine, options, parser, write_json
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TICK = os.sysconf("SC_CLK_TCK")
 PROBE = "lag-probe"
 OBSERVE = """(dev) => {
@@ -108,7 +98,7 @@ def run(args: Any) -> dict[str, Any]:
 
         publish(1, 0.5)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            browser = launch_chromium(p)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.set_default_timeout(60_000)
             page.goto(base + "/login")

@@ -21,20 +21,10 @@ import cbor2
 import paho.mqtt.client as paho
 import pytest
 from continuum_console._auth import hash_password
-from continuum_dev.testing import free_port, wait_for
+from continuum_dev.testing import CHROMIUM, free_port, launch_chromium, wait_for
 
 from ._cluster import REPO, Cluster
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 DEV = "sim-0003"  # the device with a forecaster, forecasts and an alert
 FAST = {"n": 1 << 10}
 
@@ -122,7 +112,7 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        b = launch_chromium(p)
         yield b
         b.close()
 

@@ -59,6 +59,7 @@ def test_the_least_recently_used_beyond_the_budget_are_evicted(node: NodeUnderTe
     assert sorted(oid for oid, resident, _ in rows if not resident) == ["o0", "o2", "o3"]
     used = {oid: at for oid, _, at in rows}
     assert used["o1"] > used["o0"]  # o1 ran last but o4
+    assert node.result(node.ctl("residency", objs=["o0", "nope"])) == [["o0", False, used["o0"]]]
     assert node.node.eviction.tick() == 0  # within the budget now
 
 

@@ -35,6 +35,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from continuum_mqtt import (
+    ActiveSpec,
     BadRequest,
     CallContext,
     Cancelled,
@@ -267,13 +268,13 @@ class Calls:
             return
         spec = lookup_method(type(res.instance), req.method)
         if spec.readonly:
-            outcome = self._invoke(res, req, chan)
+            outcome = self._invoke(res, req, chan, spec)
             self._forget(res, req.id)
             answer(chan, outcome)
             return
         try:
             with res.state:  # run and commit as one change (see Resident.state)
-                outcome = self._invoke(res, req, chan)
+                outcome = self._invoke(res, req, chan, spec)
                 self.commit(res, req, outcome, spec.snapshot or stopped(outcome), job.size)
         except (ObjectNotHere, StorageError) as exc:  # fenced, or not durable (undone)
             self._forget(res, req.id)
@@ -286,13 +287,20 @@ class Calls:
             return
         answer(chan, outcome)
 
-    def _invoke(self, res: Resident, req: Request, chan: ReplyChannel | None = None) -> Outcome:
-        """Run the method: a call (``chan``) in the scope of its deadline, the
-        node's shutdown and its caller, with its progress updates; a feed sample bare."""
+    def _invoke(
+        self,
+        res: Resident,
+        req: Request,
+        chan: ReplyChannel | None = None,
+        spec: ActiveSpec | None = None,
+    ) -> Outcome:
+        """Run the method: a call (``chan``, its method's ``spec``) in the scope
+        of its deadline, the node's shutdown and its caller, with its progress
+        updates; a feed sample bare."""
         try:
             if chan is None:
                 return (True, invoke(res.instance, req.method, req.args, req.kwargs))
-            spec = lookup_method(type(res.instance), req.method)
+            assert spec is not None, "a call runs with its method's spec"
             call = CallContext(req.caller, self.rights.is_admin(req.caller), res.id)
             if spec.long and self.long_calls is not None:  # in a worker process
                 obj, outcome = self.long_calls.run(

@@ -58,12 +58,12 @@ def _node_ids(value: Any) -> list[str]:
         raise BadRequest(str(exc)) from None
 
 
-def _alias_list(value: Any) -> list[str]:
-    """The aliases of a control request, checked."""
+def _text_list(name: str, value: Any) -> list[str]:
+    """A list of text strings of a control request (aliases, object ids), checked."""
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise BadRequest("'aliases' must be a list of text strings")
+        raise BadRequest(f"{name!r} must be a list of text strings")
     return list(value)
 
 
@@ -114,7 +114,7 @@ class Control:
             raise UnknownClass(f"node {self.node_id} does not host class {cls!r}", cls=cls)
         obj = _text("obj", obj)
         nodes = _node_ids(replicas)
-        names = _alias_list(aliases)
+        names = _text_list("aliases", aliases)
         if not isinstance(args, list | None) or not isinstance(kwargs, dict | None):
             raise BadRequest("'args' must be a list and 'kwargs' a map")
         pos, named = list(args or []), dict(kwargs or {})
@@ -198,7 +198,7 @@ class Control:
     def set_aliases(self, obj: str, aliases: list[str]) -> dict[str, Any]:
         """Replace the names the directory knows the object by (kept with it so
         that a directory can be rebuilt from the nodes)."""
-        names = _alias_list(aliases)
+        names = _text_list("aliases", aliases)
         self._change(obj, "aliases", names)
         return {"id": obj, "aliases": names}
 
@@ -228,10 +228,15 @@ class Control:
         return self.residents.listing()
 
     @method
-    def residency(self) -> list[list[Any]]:
-        """``[id, resident, used]`` of every object held here: whether it is
-        loaded (False: evicted to the state dir) and when it last ran a job
-        (Unix seconds; its load at the node's start counts); the gateway's
-        ``objects(residency=True)``, protocol §17."""
+    def residency(self, objs: list[str] | None = None) -> list[list[Any]]:
+        """``[id, resident, used]`` of the objects ``objs`` held here (None:
+        every one): whether it is loaded (False: evicted to the state dir) and
+        when it last ran a job (Unix seconds; its load at the node's start
+        counts); the gateway's ``objects(residency=True)``, protocol §17."""
         offset = time.time() - time.monotonic()
-        return [[r.id, r.resident, round(r.used + offset, 3)] for r in self.residents.all()]
+        if objs is None:
+            held = self.residents.all()
+        else:
+            found = (self.residents.get(oid) for oid in _text_list("objs", objs))
+            held = [r for r in found if r is not None]
+        return [[r.id, r.resident, round(r.used + offset, 3)] for r in held]

@@ -42,7 +42,6 @@ import ctypes
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from continuum_mqtt import StorageError
 
@@ -213,11 +212,6 @@ class Eviction:
         self.evictions += 1
         log.debug("evicted %s", res.id)
         return True
-
-    def counts(self) -> dict[str, Any]:
-        """For the status manifest."""
-        resident = self.residents.resident()
-        return {"resident": resident, "evicted": len(self.residents) - resident}
 
 
 def _busy(res: Resident) -> bool:

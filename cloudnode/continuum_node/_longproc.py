@@ -36,7 +36,6 @@ import logging
 import multiprocessing as mp
 import os
 import queue
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
@@ -88,8 +87,8 @@ class LongCalls:
     """``workers`` worker processes for long calls; ``setup`` is what each
     needs to host the node's classes: ``modules``, ``paths`` and ``threads``
     (intra-op threads), ``interop``, and the node's client settings
-    (:func:`continuum_node.peer.settings`, configured before); ``shutdown``: the
-    node is stopping (running calls see it at their next ``check_cancelled``)."""
+    (:func:`continuum_node.peer.settings`, configured before). The node's
+    stop reaches running calls through :meth:`cancel_all`."""
 
     def __init__(
         self,
@@ -99,7 +98,6 @@ class LongCalls:
         paths: Sequence[str] = (),
         threads: int | None = None,
         interop: int | None = None,
-        shutdown: threading.Event | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("long-call worker processes must be at least 1")
@@ -111,7 +109,6 @@ class LongCalls:
             "interop": interop,
             "peer": None if (ps := peer.settings()) is None else ps.wire(),
         }
-        self._shutdown = shutdown
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
@@ -126,10 +123,6 @@ class LongCalls:
             w = _Worker(self._ctx, self._setup, f"continuum-long-{self._count}")
             self._all.append(w)
         return w
-
-    def pids(self) -> list[int]:
-        """The worker processes' ids (for the node's memory and for tests)."""
-        return [w.proc.pid for w in self._all if w.proc.pid is not None and w.proc.is_alive()]
 
     def run(
         self,
@@ -163,7 +156,6 @@ class LongCalls:
                         "kwargs": req.kwargs,
                         "deadline": deadline,
                         "call": None if call is None else [call.caller, call.admin, call.obj],
-                        "stop": self._stopping(),
                     }
                 )
             )
@@ -191,9 +183,6 @@ class LongCalls:
         finally:
             if not self._closed:
                 self._idle.put(w)
-
-    def _stopping(self) -> bool:
-        return self._shutdown is not None and self._shutdown.is_set()
 
     def cancel_all(self) -> None:
         """The node is stopping: running calls see it at their next check."""
@@ -241,8 +230,6 @@ def _child(conn: Connection, stop: Any, setup: dict[str, Any]) -> None:
         if not data:
             return
         job = decode(data)
-        if job.get("stop"):
-            stop.set()
         obj = cloudpickle.loads(job["state"])
 
         def send_progress(update: Any) -> None:
@@ -263,4 +250,3 @@ def _child(conn: Connection, stop: Any, setup: dict[str, Any]) -> None:
             conn.send_bytes(
                 encode({"ok": False, "value": err.to_envelope(), "state": cloudpickle.dumps(obj)})
             )
-        sys.stdout.flush()

@@ -384,13 +384,17 @@ class DirectoryApi:
         """Mark each of ``objs`` ``resident`` (true or false) and ``used`` (its
         last job, Unix s) as its node says (``residency``, protocol §17); null
         where its node is offline or does not answer in time. One request per
-        node, one after the other (on this worker: never queued behind itself
-        on the gateway's pool)."""
-        nodes = {o["node"] for o in objs if self.directory.node_state(o["node"]) == "online"}
+        node, for its objects among ``objs`` (a page), one after the other (on
+        this worker: never queued behind itself on the gateway's pool)."""
+        ids: dict[str, list[str]] = {}
+        for o in objs:
+            ids.setdefault(o["node"], []).append(o["id"])
         seen: dict[str, dict[str, tuple[bool, float]]] = {}
-        for n in sorted(nodes):
+        for n in sorted(ids):
+            if self.directory.node_state(n) != "online":
+                continue
             try:
-                rows = self.node_call(n, "residency", {}, deadline)
+                rows = self.node_call(n, "residency", {"objs": ids[n]}, deadline)
                 seen[n] = {row[0]: (bool(row[1]), float(row[2])) for row in rows}
             except Exception as exc:  # offline meanwhile, an old node, timed out
                 log.info("residency of node %s unknown: %s", n, exc)

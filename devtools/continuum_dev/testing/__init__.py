@@ -11,6 +11,7 @@
   :func:`rss_mb`, :func:`import_guard`, and on a :class:`Deployment`
   :meth:`~Deployment.client` (a client of it), :meth:`~Deployment.wait_nodes`,
   :meth:`~Deployment.wait_gateway`;
+* :func:`launch_chromium`: Debian's chromium under Playwright, headless;
 * the toolkit's in-process fakes, :class:`FakeTransport` and :class:`FakeBus`;
 * a pytest plugin (:mod:`continuum_dev.testing.plugin`, loaded through the
   ``pytest11`` entry point of continuum-mqtt-dev) with the fixtures
@@ -25,12 +26,15 @@ from continuum_mqtt.service import FakeBus, FakeTransport
 
 from ._agent import Agent, toml_text
 from ._broker import BROKER_SETTINGS, PERSISTENCE_SETTINGS, LocalBroker, find_mosquitto, free_port
+from ._browser import CHROMIUM, CHROMIUM_ARGS, launch_chromium
 from ._deployment import Deployment
 from ._probes import import_guard, rss_mb, wait_for, wait_line, wait_status
 from ._process import child_env, die_with_parent, preexec, stop_process
 
 __all__ = [
     "BROKER_SETTINGS",
+    "CHROMIUM",
+    "CHROMIUM_ARGS",
     "PERSISTENCE_SETTINGS",
     "Agent",
     "Deployment",
@@ -42,6 +46,7 @@ __all__ = [
     "find_mosquitto",
     "free_port",
     "import_guard",
+    "launch_chromium",
     "preexec",
     "rss_mb",
     "stop_process",
