@@ -132,6 +132,10 @@ class ActiveObject:
 
     __active_methods__: dict[str, ActiveSpec] = {}
     __continuum_stateless__: bool = False
+    __continuum_warm_up_long__: bool = False
+    """True: :meth:`__continuum_warm_up__` pays for long calls only
+    (``@active(long=True)``): a node whose long calls run in worker processes
+    (``--long-calls process``) warms up there, not in its own process."""
 
     @classmethod
     def __continuum_warm_up__(cls) -> None:

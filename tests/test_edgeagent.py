@@ -195,6 +195,9 @@ def _gaps(order: list[int], last: int) -> str:
 def outbox_depth(state: Path) -> int:
     db = sqlite3.connect(f"file:{state / 'outbox.sqlite'}?mode=ro", uri=True)
     try:
+        made = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'samples'"
+        if db.execute(made).fetchone() is None:  # the agent has not created it yet
+            return 0
         return int(db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
     finally:
         db.close()

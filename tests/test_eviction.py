@@ -1,5 +1,5 @@
 """Bounded residency (continuum_node._eviction): idle objects are evicted to
-the state dir, least recently used first, and reloaded on their next call or
+the state dir, those reloaded and unused since first, then the least recently used, and reloaded on their next call or
 feed sample, losing nothing; a SIGKILL while evicting loses nothing either."""
 
 from __future__ import annotations
@@ -61,6 +61,23 @@ def test_the_least_recently_used_beyond_the_budget_are_evicted(node: NodeUnderTe
     assert used["o1"] > used["o0"]  # o1 ran last but o4
     assert node.result(node.ctl("residency", objs=["o0", "nope"])) == [["o0", False, used["o0"]]]
     assert node.node.eviction.tick() == 0  # within the budget now
+
+
+def test_a_reloaded_object_with_no_job_since_goes_before_the_least_recently_used(
+    node: NodeUnderTest,
+) -> None:
+    _five(node)
+    assert node.node.eviction.tick() == 3  # o3 and o4 were used last: they stay
+    node.result(node.call("o0", "get"))  # reloaded: on probation
+    assert _res(node, "o0").probation and not _res(node, "o4").probation
+    assert node.node.eviction.tick() == 1
+    # under LRU o3 would go (used before o4 and o0); on probation, o0 goes
+    assert _resident(node) == {"o0": False, "o1": False, "o2": False, "o3": True, "o4": True}
+    node.result(node.call("o1", "get"))  # reloaded, then used again while resident
+    node.result(node.call("o1", "get"))
+    assert not _res(node, "o1").probation
+    assert node.node.eviction.tick() == 1
+    assert _resident(node) == {"o0": False, "o1": True, "o2": False, "o3": False, "o4": True}
 
 
 def test_evicted_objects_reload_on_their_next_call_with_their_state(

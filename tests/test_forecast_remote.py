@@ -51,8 +51,8 @@ def test_offloaded_training_equals_local_training(bare_cluster: Cluster, one_thr
             assert epochs == [1, 2, 3]  # in order, before the result
             _, local = train_local(series, epochs=3, seed=seed)
             assert remote["state_hash"] == local["state_hash"]
-            assert fed.evaluate()["cpu"] == local["evaluation"]["cpu"]
-            assert fed.evaluate()["mem"] == local["evaluation"]["mem"]
+            assert fed.evaluate()["cpu"] == _approx(local["evaluation"]["cpu"])
+            assert fed.evaluate()["mem"] == _approx(local["evaluation"]["mem"])
             # rows streamed in through append == the CSV loaded server-side
             assert loaded.train(epochs=3, seed=seed)["state_hash"] == remote["state_hash"]
         timing = {"eval_seconds"}
@@ -81,3 +81,10 @@ def test_demo_quick_run_writes_the_report(tmp_path: Path) -> None:
     ):
         assert section in md
     assert "epoch" in run.stderr  # the live progress bar
+
+
+def _approx(metrics: dict[str, float]) -> object:
+    """Equal weights (state_hash) give metrics equal to about 1e-9: inference
+    runs in NumPy, whose BLAS may sum in another order with other thread
+    settings (the node's are not the test process's)."""
+    return pytest.approx(metrics, rel=1e-6)

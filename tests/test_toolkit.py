@@ -258,6 +258,19 @@ def test_memory_outcomes_are_bounded_by_entries_and_bytes() -> None:
     assert again.get("big") == (True, b"x" * 20_000) and again.bytes == store.bytes
 
 
+def test_memory_outcomes_are_kept_encoded_and_come_back_as_the_wire_has_them() -> None:
+    store = MemoryOutcomes()
+    result = {"losses": [0.5, 0.25], "params": {"hidden": 64}, "hash": "ab" * 32, "pair": (1, 2)}
+    store.put("c/1", "train", (True, result))
+    kept, size = store._items["c/1"]
+    assert isinstance(kept[1], bytes) and size == len(kept[1]) + 16
+    assert store.get("c/1") == (True, {**result, "pair": [1, 2]})  # as a resend's reply carries it
+    odd = object()  # not encodable (a node journals such outcomes by snapshot): kept as it is
+    store.put("c/2", "m", (True, odd))
+    assert store.get("c/2") == (True, odd)
+    assert MemoryOutcomes(store.snapshot()).get("c/1") == store.get("c/1")
+
+
 def test_exactly_once_is_thread_safe() -> None:
     once = ExactlyOnce()
     wins: list[str] = []

@@ -200,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
         "snapshot round trip per long call (default: %(default)s)",
     )
     p.add_argument(
+        "--long-priority",
+        choices=("idle", "low"),
+        default="idle",
+        help="CPU priority of the --long-calls process workers: 'idle' (Linux SCHED_IDLE), "
+        "only the CPU time nothing else wants, so light calls never wait behind a "
+        "training; 'low', nice 10, which leaves trainings about a tenth of a busy core "
+        "(for a node whose cores are never idle) (default: %(default)s)",
+    )
+    p.add_argument(
         "--switch-interval",
         type=_seconds,
         default=None,
@@ -283,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             paths=args.paths,
             threads=args.intra_op_threads,
             interop=args.interop_threads,
+            priority=args.long_priority,
         )
     transport = MqttTransport.for_service(
         args.broker,

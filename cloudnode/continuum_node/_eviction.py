@@ -4,8 +4,11 @@ reloaded on their next job (protocol §15, §17; docs/architecture.md
 
 A node's budget is a number of resident objects (``max_resident``) and/or a
 memory budget (``memory_budget`` bytes of the process's RSS, read with
-psutil). At every tick of the node, :meth:`Eviction.tick` evicts the least
-recently used idle primaries beyond it: beyond ``max_resident``, as many as
+psutil). At every tick of the node, :meth:`Eviction.tick` evicts idle
+primaries beyond it, those on *probation* first (reloaded, and no job on them
+since: a scan over more objects than fit, such as a fleet-wide forecast
+round, would otherwise evict under LRU exactly the objects it reaches next,
+and reload every one; this is the idea of 2Q), then the least recently used: beyond ``max_resident``, as many as
 are over; over the memory budget, a tenth of the resident ones per tick
 (RSS is what the operator sizes a machine by, but freed memory shows in it
 only after the allocator returns it, so the pass goes in steps rather than
@@ -116,11 +119,13 @@ class Eviction:
         try:
             res.used = time.monotonic()
             if res.instance is not None:
+                res.probation = False  # used again while resident: it keeps its place
                 yield True
                 return
             loaded = self.durability.wake(res)
             if loaded:
                 self.reloads += 1
+                res.probation = True
             yield loaded
         finally:
             with res.lock:
@@ -149,7 +154,7 @@ class Eviction:
                 )
             return 0
         gone = 0
-        for res in sorted((r for r in loaded if r.role == "primary"), key=_last_used):
+        for res in sorted((r for r in loaded if r.role == "primary"), key=_victim_order):
             if gone >= over:
                 break
             try:
@@ -218,5 +223,8 @@ def _busy(res: Resident) -> bool:
     return bool(res.pins or res.scheduled or res.mailbox)
 
 
-def _last_used(res: Resident) -> float:
-    return res.used
+def _victim_order(res: Resident) -> tuple[bool, float]:
+    """Objects on probation first (reloaded, no job since), then the least
+    recently used: a round over more objects than fit (a fleet-wide forecast)
+    then evicts the objects it reloaded, not those it has yet to reach."""
+    return (not res.probation, res.used)

@@ -26,7 +26,12 @@ wire's codec: never a pickle of anything a caller sent), the object as
 cloudpickle (made by this node from its own object, as its checkpoints are).
 The workers start with the node (importing its modules with its thread
 settings, then warming the classes up), so the first long call does not pay
-for it, and run at a lower CPU priority (:data:`NICE`).
+for it, and run at a lower CPU priority: ``priority="idle"`` (the default,
+Linux's ``SCHED_IDLE``) gives them only the CPU time no other process wants,
+so a light call's thread preempts a training at once on wake-up;
+``"low"`` is ``nice`` :data:`NICE`, which leaves a training about a tenth of
+a busy core (the choice for a node that is never idle: under ``SCHED_IDLE``
+a training there would crawl).
 """
 
 from __future__ import annotations
@@ -53,9 +58,10 @@ __all__ = ["LongCalls"]
 log = logging.getLogger("continuum.node.long")
 
 NICE = 10
-"""How much lower the workers' CPU priority is than the node's: when the
-cores are all busy (several nodes training on one machine), the node's
-network thread and light calls still get the CPU first."""
+"""How much lower the workers' CPU priority is than the node's with
+``priority="low"`` (and where ``SCHED_IDLE`` is not available)."""
+
+PRIORITIES = ("idle", "low")
 
 Outcome = tuple[bool, Any]
 
@@ -98,15 +104,19 @@ class LongCalls:
         paths: Sequence[str] = (),
         threads: int | None = None,
         interop: int | None = None,
+        priority: str = "idle",
     ) -> None:
         if workers < 1:
             raise ValueError("long-call worker processes must be at least 1")
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority must be one of {PRIORITIES}, not {priority!r}")
         self._ctx = mp.get_context("spawn")  # never fork a threaded process
         self._setup = {
             "modules": list(modules),
             "paths": list(paths),
             "threads": threads,
             "interop": interop,
+            "priority": priority,
             "peer": None if (ps := peer.settings()) is None else ps.wire(),
         }
         self._idle: queue.Queue[_Worker] = queue.Queue()
@@ -200,6 +210,18 @@ class LongCalls:
 
 
 # -- in the worker process -------------------------------------------------------------------
+def _lower_priority(priority: str) -> None:
+    """Before any thread starts (OpenMP's inherit it)."""
+    if priority == "idle":
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return
+        except (AttributeError, OSError):  # not Linux: nice instead
+            pass
+    with contextlib.suppress(OSError):  # (a platform without nice: the same priority)
+        os.nice(NICE)
+
+
 def _child(conn: Connection, stop: Any, setup: dict[str, Any]) -> None:
     """A worker's main: host the node's classes, then run calls until told to stop."""
     from continuum_mqtt.service import invoke
@@ -207,8 +229,7 @@ def _child(conn: Connection, stop: Any, setup: dict[str, Any]) -> None:
     from ._node import load_classes
     from ._threads import hold_torch_threads, set_thread_env
 
-    with contextlib.suppress(OSError):  # (a platform without nice: the same priority)
-        os.nice(NICE)
+    _lower_priority(setup["priority"])
     if setup["threads"]:
         set_thread_env(setup["threads"])
     hold_torch_threads(setup["threads"], setup["interop"])

@@ -256,6 +256,8 @@ class Node:
     def start(self) -> None:
         for path, cls in self.classes.items():
             warm_up = getattr(cls, "__continuum_warm_up__", None)
+            if self.long_calls is not None and getattr(cls, "__continuum_warm_up_long__", False):
+                warm_up = None  # it pays for long calls only: the worker processes warm up
             if warm_up is not None:
                 t0 = time.perf_counter()
                 warm_up()

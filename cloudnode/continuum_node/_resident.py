@@ -51,6 +51,7 @@ class Resident(Actor):
         "once",
         "outcomes",
         "pins",
+        "probation",
         "replicas",
         "role",
         "seq",
@@ -87,6 +88,7 @@ class Resident(Actor):
         self.klass: type = type(instance)  # kept while evicted (instance None)
         self.used = time.monotonic()  # its last job (least recently used goes first)
         self.pins = 0  # jobs running on it (under ``lock``): never evicted meanwhile
+        self.probation = False  # reloaded, and no job since: evicted before the others
         self.feeds: dict[str, str] = dict(feeds or {})  # topic -> active method
         # exactly-once: the outcomes of recent mutating calls by request id (in
         # the record), and the ids queued or running

@@ -29,7 +29,9 @@ upper limits of ``train``'s parameters.
 
 Threads
 -------
-Importing this package changes no global setting. A node calls
+Importing this package imports no torch (the names that need it load it on
+first use: a node whose trainings run in worker processes serves its
+forecasters without it) and changes no global setting. A node calls
 :func:`configure_torch_threads` once at start-up. Measured on the 2-core
 development box (torch 2.13 CPU build, OpenMP backend, node_3, 100 epochs,
 seed 0; the weights are bit-identical with 1 and 2 threads):
@@ -48,17 +50,28 @@ then use the cores in parallel.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._data import BUNDLED_DIR, DATA_ENV, MinMaxScaler, Prepared, data_dirs, prepare
 from ._errors import SeriesTooShort, UnknownDataset
 from ._forecaster import Forecaster
-from ._model import (
-    LSTMNet,
-    configure_torch_threads,
-    model_size_mb,
-    state_hash,
-    train_local,
-)
 from ._params import PAPER, TrainParams
+
+if TYPE_CHECKING:
+    from ._model import LSTMNet, configure_torch_threads, model_size_mb, state_hash, train_local
+
+_TORCH = ("LSTMNet", "configure_torch_threads", "model_size_mb", "state_hash", "train_local")
+
+
+def __getattr__(name: str) -> Any:
+    """The torch parts, imported on first use: a node that only serves
+    forecasters (its trainings in worker processes) never imports torch."""
+    if name in _TORCH:
+        from . import _model
+
+        return getattr(_model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # The public class path is ``continuum_node.forecast.Forecaster`` (what a node loads
 # with ``--module continuum_node.forecast`` and what an edge stub names).

@@ -1,5 +1,6 @@
 """Using a trained model: its test predictions and metrics, the persistence
-baseline on the same targets, and the next step after a window."""
+baseline on the same targets, and the next step after a window: in NumPy on
+the packed weights (:mod:`continuum_node.forecast._packed`)."""
 
 from __future__ import annotations
 
@@ -7,35 +8,19 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from ._data import Prepared, metrics_per_variable, persistence_predictions, snap
 
 if TYPE_CHECKING:
-    from ._model import Trained
+    from ._trained import Trained
 
 __all__ = ["baseline_metrics", "evaluate_model", "predict_next", "test_predictions"]
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _forward_numpy(model: nn.Module, x: np.ndarray) -> np.ndarray:
-    """Scaled predictions for windows ``x`` (one batch), as float64 numpy."""
-    if len(x) == 0:
-        return np.empty((0, 2))
-    model.eval()
-    with torch.inference_mode():
-        out = model(torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(_model_device(model)))
-    return out.cpu().numpy().astype(np.float64)
 
 
 def test_predictions(trained: Trained) -> tuple[np.ndarray, np.ndarray]:
     """``(predictions, targets)`` of the test windows, de-normalised, shape ``(n, 2)``."""
     prep = trained.prepared
-    pred = prep.scaler.inverse_transform(_forward_numpy(trained.model, prep.test_windows()))
+    pred = prep.scaler.inverse_transform(trained.weights.forward(prep.test_windows()))
     pred = _snapped(trained, pred.reshape(-1, 2), prep.test_raw[prep.lookback - 1 : -1])
     true = prep.test_raw[prep.lookback :]
     return pred, true.reshape(-1, 2)
@@ -78,6 +63,6 @@ def predict_next(trained: Trained, window: np.ndarray) -> list[float]:
     if len(window) < lookback:
         raise ValueError(f"need at least {lookback} rows to predict, have {len(window)}")
     scaled = trained.prepared.scaler.transform(window[-lookback:])
-    out = _forward_numpy(trained.model, scaled[None, :, :].astype(np.float32))
+    out = trained.weights.forward(scaled[None, :, :])
     pred = _snapped(trained, trained.prepared.scaler.inverse_transform(out), window[-1:])[0]
     return [float(pred[0]), float(pred[1])]

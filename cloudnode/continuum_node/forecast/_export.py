@@ -15,10 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._model import state_hash
-
 if TYPE_CHECKING:
-    from ._model import Trained
+    from ._trained import Trained
 
 __all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "edge_export"]
 
@@ -26,29 +24,29 @@ EXPORT_FORMAT = "continuum.lstm"
 EXPORT_VERSION = 1
 
 
-def _tensor(t: Any) -> dict[str, Any]:
-    a = np.ascontiguousarray(t.detach().cpu().numpy(), dtype="<f4")
+def _tensor(t: np.ndarray) -> dict[str, Any]:
+    a = np.ascontiguousarray(t, dtype="<f4")
     return {"shape": [int(n) for n in a.shape], "f32le": a.tobytes()}
 
 
 def edge_export(trained: Trained, trained_rows: int = 0) -> dict[str, Any]:
     """The export of ``trained`` (see the module docstring); plain values only."""
-    model = trained.model
+    weights = trained.weights
     prep = trained.prepared
     resolution = prep.resolution
     snap = bool(getattr(trained.params, "snap", False)) and resolution is not None
     return {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
-        "state_hash": state_hash(model),
+        "state_hash": weights.state_hash(),
         "lookback": int(prep.lookback),
         "input_size": 2,
-        "hidden": int(model.hidden),
-        "num_layers": int(model.lstm.num_layers),
-        "residual": bool(model.residual),
+        "hidden": int(weights.hidden),
+        "num_layers": int(weights.num_layers),
+        "residual": bool(weights.residual),
         "scaler": prep.scaler.to_dict(),
         "snap": snap,
         "resolution": [float(v) for v in resolution] if snap and resolution is not None else None,
         "trained_rows": int(trained_rows),
-        "tensors": {name: _tensor(t) for name, t in model.state_dict().items()},
+        "tensors": {name: _tensor(t) for name, t in weights.arrays().items()},
     }

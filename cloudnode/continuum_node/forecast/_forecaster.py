@@ -4,10 +4,10 @@ active object living on a cloud node (the paper's offloaded workload)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from continuum_mqtt import ActiveObject, active, check_cancelled, progress
 
@@ -20,16 +20,28 @@ from ._data import (
 )
 from ._evaluate import baseline_metrics, evaluate_model, predict_next, test_predictions
 from ._export import edge_export as _edge_export
-from ._model import LSTMNet, Trained, fit, resolve_device, train_summary, warm_up_torch
-from ._model import model_size_mb as _size_mb
-from ._model import state_hash as _hash
 from ._params import PAPER, TrainParams
 from ._series import DEFAULT_MAX_ROWS, Series, Stamps
+
+if TYPE_CHECKING:
+    from ._trained import Trained
 
 __all__ = ["WARM_EPOCHS", "Forecaster"]
 
 WARM_EPOCHS = 10
 """``train(warm_start=True)``'s default epochs."""
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _where(requested: str) -> str:
+    """The device a forecaster asking for ``requested`` trains on here; torch
+    is imported only to answer ``"auto"`` or ``"cuda"`` (is CUDA there?)."""
+    if requested == "cpu":
+        return "cpu"
+    from ._model import resolve_device
+
+    return str(resolve_device(requested))
 
 
 class Forecaster(ActiveObject):
@@ -45,11 +57,12 @@ class Forecaster(ActiveObject):
     (seconds, default ``None``), none older than that before the newest
     timestamp; older rows are dropped as new ones arrive. Rows are stored as
     float64 arrays (24 bytes a row with its timestamp). A trained model keeps
-    its float32 weights, its scaler and its test rows, no optimizer state and
-    no loss history (``train`` returns it). Measured with 2,000 rows (node_3):
-    48 KiB untrained and 141 KiB trained, 70.5 KiB of it the weights
-    (tracemalloc plus the tensors; the figures and the command are in
-    ``datasets/README.md``).
+    its float32 weights packed in one array (no ``nn.Module``: inference runs
+    in NumPy, so serving a trained forecaster imports no torch), its scaler
+    and its test rows, no optimizer state and no loss history (``train``
+    returns it). Measured with 2,000 rows (node_3): 48 KiB untrained and
+    134 KiB trained, 70.5 KiB of it the weights (tracemalloc; the figures and
+    the command are in ``datasets/README.md``).
 
     Node configuration, never a caller's: the folders ``load_csv`` reads
     (``$CONTINUUM_FORECAST_DATA``, then the bundled datasets) and the limits
@@ -68,8 +81,9 @@ class Forecaster(ActiveObject):
         max_rows: int | None = DEFAULT_MAX_ROWS,
         max_age: float | None = None,
     ) -> None:
+        if device not in DEVICES:
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', not {device!r}")
         self.requested_device = device
-        self._device = resolve_device(device)
         self._series = Series(max_rows, max_age)
         self._trained: Trained | None = None
         self._trained_rows = 0
@@ -80,10 +94,14 @@ class Forecaster(ActiveObject):
         if rows:
             self.append(rows)
 
+    __continuum_warm_up_long__ = True  # the warm-up is train's (90 MB of lazy torch modules)
+
     @classmethod
     def __continuum_warm_up__(cls) -> None:
         """torch builds its first Adam optimizer lazily (about 1 s here): do it
         at node start, not in a caller's first ``train``."""
+        from ._model import warm_up_torch
+
         warm_up_torch()
 
     # -- series ------------------------------------------------------------------
@@ -191,6 +209,8 @@ class Forecaster(ActiveObject):
         After every epoch it calls ``continuum_mqtt.check_cancelled()``: a call
         whose deadline passed, or whose node is stopping, ends there with
         ``cancelled`` and the object keeps its previous model."""
+        from ._model import fit, train_summary  # torch: where trainings run
+
         if not isinstance(warm_start, bool):
             raise TypeError("warm_start must be a bool")
         previous = self._trained if warm_start else None
@@ -211,7 +231,8 @@ class Forecaster(ActiveObject):
             progress({"epoch": epoch, "epochs": total, "loss": loss})
             check_cancelled()  # nothing of self changed yet: it is assigned below
 
-        trained = fit(prepared, p, self._device, report, previous.model if previous else None)
+        device = _where(self.requested_device)
+        trained = fit(prepared, p, device, report, previous.model if previous else None)
         summary = train_summary(trained)
         trained.prepared = prepared.without_training_windows()
         trained.losses = trained.losses[-1:]  # the call's result has them all
@@ -271,12 +292,12 @@ class Forecaster(ActiveObject):
     @active(readonly=True)
     def model_size_mb(self) -> float:
         """Size of the saved state dict in MB (the paper: 0.0707 MB)."""
-        return _size_mb(self._need_model().model)
+        return self._need_model().size_mb()
 
     @active(readonly=True)
     def state_hash(self) -> str:
         """SHA-256 hex of the model's weights (equal for bit-identical weights)."""
-        return _hash(self._need_model().model)
+        return self._need_model().weights.state_hash()
 
     @active(readonly=True)
     def edge_export(self) -> dict[str, Any]:
@@ -287,8 +308,12 @@ class Forecaster(ActiveObject):
 
     @active(readonly=True)
     def info(self) -> dict[str, Any]:
-        """Series length, source, device, and whether (and on what) the model is trained."""
+        """Series length, source, device, and whether (and on what) the model is trained.
+        ``cuda_available`` and ``threads`` (torch's intra-op threads) are None
+        where this process has not imported torch: a ``"cpu"`` forecaster on a
+        node whose trainings run in worker processes never needs it there."""
         trained = self._trained
+        torch = sys.modules.get("torch")  # not imported for this: see the docstring
         out: dict[str, Any] = {
             "rows": len(self._series),
             "rows_total": self._series.total,
@@ -296,10 +321,10 @@ class Forecaster(ActiveObject):
             "max_age": self._series.max_age,
             "source": self.source,
             "has_timestamps": self._series.has_stamps(),
-            "device": str(self._device),
+            "device": _where(self.requested_device),
             "requested_device": self.requested_device,
-            "cuda_available": bool(torch.cuda.is_available()),
-            "threads": int(torch.get_num_threads()),
+            "cuda_available": None if torch is None else bool(torch.cuda.is_available()),
+            "threads": None if torch is None else int(torch.get_num_threads()),
             "trained": trained is not None,
             "trained_rows": self._trained_rows if trained else 0,
             "stale": trained is not None and self._trained_total != self._series.total,
@@ -315,8 +340,8 @@ class Forecaster(ActiveObject):
                     "warm_start": bool(trained.warm_start),
                     "train_seconds": float(trained.train_seconds),
                     "scaler": trained.prepared.scaler.to_dict(),
-                    "model_size_mb": _size_mb(trained.model),
-                    "state_hash": _hash(trained.model),
+                    "model_size_mb": trained.size_mb(),
+                    "state_hash": trained.weights.state_hash(),
                 }
             )
         return out
@@ -328,18 +353,11 @@ class Forecaster(ActiveObject):
             raise RuntimeError("no trained model: call train() first")
         return self._trained
 
-    # Snapshots: keep the weights on the CPU so a snapshot restores on any node;
-    # the device is resolved again where the object is restored.
+    # Snapshots: the packed weights are NumPy (CPU) arrays, so a snapshot restores
+    # on any node; the device is resolved again where the object is restored.
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_device", None)
-        trained = state.get("_trained")
-        if trained is not None and trained.device != "cpu":
-            cpu_model = LSTMNet(
-                2, trained.params.hidden, 2, trained.params.num_layers, trained.model.residual
-            )
-            cpu_model.load_state_dict({k: v.cpu() for k, v in trained.model.state_dict().items()})
-            state["_trained"] = dataclasses.replace(trained, model=cpu_model, device="cpu")
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -363,7 +381,5 @@ class Forecaster(ActiveObject):
             if any(f.name not in known for f in dataclasses.fields(TrainParams)):
                 # trained before the options existed: with the paper's settings
                 trained.params = dataclasses.replace(PAPER, **known)
-        self._device = resolve_device(self.requested_device)
-        if self._trained is not None and self._trained.device != str(self._device):
-            self._trained.model.to(self._device)
-            self._trained.device = str(self._device)
+        if self._trained is not None and self._trained.device != "cpu":
+            self._trained.device = _where(self.requested_device)  # where a module would go
