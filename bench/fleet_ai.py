@@ -10,7 +10,9 @@ One run starts its own mosquitto, a gateway and durable nodes n1, n2 (with
 object, two probe nodes: p-resident (no budget) and p-evicted (``--max-resident
 1``). Phases:
 
-1. idle: light calls (``Counter.get`` on n1) on the idle node;
+1. idle: light calls (``Counter.get`` on n1) on the idle node, from a
+   process of their own (as a device calls: not behind the interpreter lock
+   of this process, whose threads run the storm);
 2. fleet: one forecaster per device created (alias ``fleet/<device>``), the
    bundled node_3 series loaded node-side (``load_csv``, 1,989 rows), each
    bound to its device's metrics (``ingest``);
@@ -21,7 +23,9 @@ object, two probe nodes: p-resident (no budget) and p-evicted (``--max-resident
    training: residual LSTM, early stopping), then again incrementally
    (``warm_start=True``, 10 epochs); test MSE of both and of persistence;
 5. storm: every other object trained (``--storm-epochs`` epochs), while the
-   light calls of phase 1 run again: their p50 against the idle p50;
+   light calls of phase 1 run again: their p50 against the idle p50 (the
+   lower of phase 1's and of the same calls once everything below is done:
+   idle latency on this VM varies by half from one run to the next);
 6. a fleet forecast round: ``client.fan_out(all, "predict")``, twice;
 7. reload: a light call (``tail(1)``) on objects the nodes report evicted
    (``client.objects(residency=True)``), against the same on resident ones.
@@ -39,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -76,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         p,
         """
         devices          10000  devices, one forecaster each, half per node
-        memory-budget    900    each node's --memory-budget (MiB of RSS, long-call workers included)
+        memory-budget    960    each node's --memory-budget (MiB of RSS, long-call workers included; 2 x 960 leaves 128 MiB of the 2 GiB goal for overshoot)
         long-calls       process  each node's --long-calls (thread or process)
+        node-args        none   more arguments of n1 and n2, one string (e.g. "--switch-interval 0.001")
         samples          3      samples per device published by firmware-sim
         rate             4000   firmware-sim samples/s, the whole fleet
         storm-rate       150    firmware-sim samples/s during the training storm (as many samples)
@@ -94,14 +100,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- phases ----------------------------------------------------------------------------------
-def _pings(obj: Any, seconds: float, stop: threading.Event | None = None) -> list[float]:
+def _pings(obj: Any, seconds: float) -> list[float]:
     took, end = [], time.monotonic() + seconds
-    while time.monotonic() < end and not (stop is not None and stop.is_set()):
+    while time.monotonic() < end:
         t = time.perf_counter()
         obj.get()
         took.append((time.perf_counter() - t) * 1000)
         time.sleep(0.005)
     return took
+
+
+def _pings_elsewhere(dep: Any, oid: str, seconds: float) -> list[float]:
+    """:func:`_pings` from a process of its own, as a device calls: not
+    queued behind this process's interpreter lock (its storm client)."""
+    cmd = [sys.executable, "-m", "bench.fleet_ai", "ping", dep.url, dep.root, oid, str(seconds)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    return list(json.loads(out.stdout))
+
+
+def ping_main(argv: Sequence[str]) -> int:
+    """``ping URL ROOT OBJECT SECONDS``: light calls on OBJECT; prints their ms as JSON."""
+    import continuum_mqtt
+
+    url, root, oid, seconds = argv
+    with continuum_mqtt.Client(url, root=root, timeout=10.0) as c:
+        obj = c.get(oid)
+        for _ in range(20):  # connection and first-call costs out of the figures
+            obj.get()
+        print(json.dumps(_pings(obj, float(seconds))))
+    return 0
 
 
 def _create(client: Any, names: list[str], nodes: list[str]) -> list[Any]:
@@ -243,7 +270,7 @@ def _mse(metrics: Any) -> dict[str, float]:
     return {var: round(_mean([m[var]["mse"] for m in metrics]), 3) for var in ("cpu", "mem")}
 
 
-def phase_storm(dep: Any, c: Any, light: Any, fleet: dict[str, Any], rss: RssSampler, args):
+def phase_storm(dep: Any, c: Any, light: str, fleet: dict[str, Any], rss: RssSampler, args):
     """Every other object trained while firmware-sim publishes more samples
     (evicted objects reload for them) and light calls run from another client."""
     rest = fleet["objs"][args.train_sample :]
@@ -268,7 +295,7 @@ def phase_storm(dep: Any, c: Any, light: Any, fleet: dict[str, Any], rss: RssSam
     thread = threading.Thread(target=storm, name="bench-storm", daemon=True)
     thread.start()
     time.sleep(2.0)  # the storm is on
-    stormy = _pings(light, args.phase_seconds, done)
+    stormy = _pings_elsewhere(dep, light, args.phase_seconds)
     result["light"] = summarize(stormy)
     result["light_during_whole_phase"] = not done.is_set()
     thread.join()
@@ -350,6 +377,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     mods = ("continuum_node.forecast", "examples.counter")
     node_args = ["--intra-op-threads", "1", "--memory-budget", str(args.memory_budget)]
     node_args += ["--long-calls", args.long_calls]
+    if args.node_args != "none":
+        node_args += args.node_args.split()
     with common.deployment(log_level="WARNING", keep=args.keep_logs) as dep:
         dep.start_gateway("--max-objects", "0", wait=False)
         for nid in ("n1", "n2"):
@@ -362,11 +391,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         dep.wait_nodes(["n1", "n2", *probes], 120)
         common.log(f"mosquitto on {dep.url}; gateway and nodes up")
         pids = {n: dep.pid(n) for n in ("n1", "n2")}
-        with RssSampler(pids) as rss, dep.client(timeout=600) as c, dep.client() as lc:
-            light = lc.stub(COUNTER).create(start=0, node="n1")  # its own connection
-            light.get()
+        with RssSampler(pids) as rss, dep.client(timeout=600) as c:
+            light = str(c.stub(COUNTER).create(start=0, node="n1")._id)
             rss.phase = "idle"
-            idle = summarize(_pings(light, args.phase_seconds))
+            idle = summarize(_pings_elsewhere(dep, light, args.phase_seconds))
             common.log(f"idle light calls: p50 {idle['p50_ms']:.2f} ms")
             fleet = phase_fleet(dep, c, rss, args)
             rss.phase = "samples"
@@ -377,6 +405,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             fround = phase_round(c, fleet, rss, args)
             rss.phase = "reload"
             reload = phase_reload(c, args)
+            rss.phase = "idle again"
+            idle_again = summarize(_pings_elsewhere(dep, light, args.phase_seconds))
+            common.log(f"idle light calls again: p50 {idle_again['p50_ms']:.2f} ms")
             probe = {
                 nid: phase_probe(dep, c, nid, nid == "p-resident", args.probe, args.window)
                 for nid in probes
@@ -388,6 +419,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = {
         "meta": meta,
         "idle": idle,
+        "idle_again": idle_again,
         "fleet": fleet,
         "samples": samples,
         "models": models,
@@ -436,10 +468,11 @@ def build_table(r: dict[str, Any], args: argparse.Namespace) -> list[dict[str, A
         rows.append(_row(f"  test MSE cpu / mem, {kind} (persistence {p['cpu']:.2f} / {p['mem']:.2f})", f"{t['cpu']:.2f} / {t['mem']:.2f}"))  # fmt: skip
     st = r["storm"]
     rows.append(_row(f"models/min, storm ({args.storm_epochs} epoch(s), {st['objects']} objects)", f"{st['models_per_min']:.0f}"))  # fmt: skip
-    ratio = st["light"]["p50_ms"] / r["idle"]["p50_ms"]
-    rows.append(_row("light call p50 ms, idle / storm", f"{r['idle']['p50_ms']:.2f} / {st['light']['p50_ms']:.2f}"))  # fmt: skip
-    rows.append(_row("  storm / idle p50", f"{ratio:.2f}x", f"<= {GOALS['storm_p50_ratio']}x", ratio <= GOALS["storm_p50_ratio"]))  # fmt: skip
-    rows.append(_row("light call p99 ms, idle / storm", f"{r['idle']['p99_ms']:.2f} / {st['light']['p99_ms']:.2f}"))  # fmt: skip
+    idle = min((r["idle"], r["idle_again"]), key=lambda s: s["p50_ms"])  # the lower: conservative
+    ratio = st["light"]["p50_ms"] / idle["p50_ms"]
+    rows.append(_row("light call p50 ms, idle before / after / storm", f"{r['idle']['p50_ms']:.2f} / {r['idle_again']['p50_ms']:.2f} / {st['light']['p50_ms']:.2f}"))  # fmt: skip
+    rows.append(_row("  storm / the lower idle p50", f"{ratio:.2f}x", f"<= {GOALS['storm_p50_ratio']}x", ratio <= GOALS["storm_p50_ratio"]))  # fmt: skip
+    rows.append(_row("light call p99 ms, idle before / after / storm", f"{r['idle']['p99_ms']:.2f} / {r['idle_again']['p99_ms']:.2f} / {st['light']['p99_ms']:.2f}"))  # fmt: skip
     limit = GOALS["round_10k_s"] * n / 10_000
     for i, rd in enumerate(r["round"]["rounds"]):
         rows.append(_row(f"fleet forecast round {i + 1}, s ({rd['errors']} errors)", f"{rd['seconds']:.2f}",
@@ -453,6 +486,9 @@ def build_table(r: dict[str, Any], args: argparse.Namespace) -> list[dict[str, A
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["ping"]:
+        return ping_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.quick:
         args.devices, args.train_sample, args.probe = 1000, 10, 300
@@ -463,7 +499,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = [row["metric"] for row in result["table"] if row["verdict"] == "FAIL"]
     goals = sum(1 for row in result["table"] if row["verdict"])
     print(f"\ngoals: {goals - len(failed)}/{goals} pass")
-    common.write_json(args.json, result)
+    out = common.write_json(args.json, result)
+    try:
+        from .fleet_ai_plot import figure
+
+        common.log(f"figure written to {figure(result, out.with_name('fleet-ai-rss.png'))}")
+    except ImportError:  # matplotlib (the report extra) missing: the JSON has the timeline
+        common.log("no matplotlib: no figure (python -m bench.fleet_ai_plot draws it later)")
     return 0
 
 
