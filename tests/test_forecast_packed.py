@@ -107,6 +107,8 @@ f = pickle.loads(open({str(blob)!r}, "rb").read())
 f.ingest({{"cpu": 1.0, "mem": 2.0}})
 out = [f.predict(), f.state_hash(), f.model_size_mb(), f.evaluate()["cpu"]["mse"]]
 info = f.info()
+auto = continuum_node.forecast.Forecaster()  # "auto": resolving it would need torch
+assert auto.info()["device"] == "auto" and "torch" not in sys.modules
 f.edge_export(), f.forecast_series(), pickle.dumps(f)
 print(json.dumps([out, info["cuda_available"], info["threads"], "torch" in sys.modules]))
 """

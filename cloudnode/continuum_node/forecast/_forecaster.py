@@ -34,11 +34,12 @@ WARM_EPOCHS = 10
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def _where(requested: str) -> str:
+def _where(requested: str, *, load: bool = True) -> str:
     """The device a forecaster asking for ``requested`` trains on here; torch
-    is imported only to answer ``"auto"`` or ``"cuda"`` (is CUDA there?)."""
-    if requested == "cpu":
-        return "cpu"
+    is imported only to answer ``"auto"`` or ``"cuda"`` (is CUDA there?), and
+    with ``load=False`` not at all: ``requested`` stands unresolved then."""
+    if requested == "cpu" or (not load and "torch" not in sys.modules):
+        return requested
     from ._model import resolve_device
 
     return str(resolve_device(requested))
@@ -309,9 +310,10 @@ class Forecaster(ActiveObject):
     @active(readonly=True)
     def info(self) -> dict[str, Any]:
         """Series length, source, device, and whether (and on what) the model is trained.
-        ``cuda_available`` and ``threads`` (torch's intra-op threads) are None
-        where this process has not imported torch: a ``"cpu"`` forecaster on a
-        node whose trainings run in worker processes never needs it there."""
+        ``cuda_available`` and ``threads`` (torch's intra-op threads) are None,
+        and ``device`` is the requested one unresolved (``"auto"``), where
+        this process has not imported torch: a node whose trainings run in
+        worker processes never needs it there."""
         trained = self._trained
         torch = sys.modules.get("torch")  # not imported for this: see the docstring
         out: dict[str, Any] = {
@@ -321,7 +323,7 @@ class Forecaster(ActiveObject):
             "max_age": self._series.max_age,
             "source": self.source,
             "has_timestamps": self._series.has_stamps(),
-            "device": _where(self.requested_device),
+            "device": _where(self.requested_device, load=False),
             "requested_device": self.requested_device,
             "cuda_available": None if torch is None else bool(torch.cuda.is_available()),
             "threads": None if torch is None else int(torch.get_num_threads()),

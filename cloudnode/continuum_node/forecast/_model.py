@@ -290,7 +290,7 @@ def fit(
         best_epoch,
         best_val,
         init is not None,
-        model_size_mb(model),
+        model_size_mb(packed),
     )
 
 
