@@ -163,11 +163,13 @@ def _config_value(
 
 
 def _typed(parser: argparse.ArgumentParser, bad: str, value: Any, action: argparse.Action) -> Any:
+    import argparse
+
     if action.type is None:
         return value
     try:
         return action.type(value)  # type: ignore[operator]
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
         parser.error(f"{bad}: {exc}")
 
 

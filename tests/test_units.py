@@ -283,6 +283,25 @@ def test_service_config_keys_are_the_long_option_names(tmp_path: Path) -> None:
         parse_args(build_parser(), ["--config", str(cfg)])
 
 
+def test_an_out_of_range_number_is_a_usage_error_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from continuum_node.__main__ import build_parser
+
+    from continuum_mqtt._service import parse_args
+
+    cfg = tmp_path / "node.toml"
+    for key in ("workers", "long_workers", "max_payload", "checkpoint_every"):
+        cfg.write_text(f"{key} = 0\n")  # from the file: no traceback, the key named
+        with pytest.raises(SystemExit) as exc:
+            parse_args(build_parser(), ["--config", str(cfg)])
+        assert exc.value.code == 2 and f"bad value for {key!r}" in capsys.readouterr().err
+        flag = "--" + key.replace("_", "-")
+        with pytest.raises(SystemExit) as exc:
+            parse_args(build_parser(), [flag, "0"])
+        assert exc.value.code == 2 and flag in capsys.readouterr().err
+
+
 def test_a_resent_request_carries_the_time_left() -> None:
     import time
 

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=_count,
         default=16,
         help="worker threads running active methods (default: %(default)s)",
     )
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-payload",
-        type=int,
+        type=_count,
         default=8 * 1024 * 1024,
         help="largest request accepted, bytes (default: %(default)s)",
     )
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=_count,
         default=1000,
         help="with --state-dir: journaled calls between full checkpoints of an object (default: %(default)s)",
     )
@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _count(text: str) -> int:
+def _count(text: str | int) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
