@@ -23,9 +23,16 @@ object, two probe nodes: p-resident (no budget) and p-evicted (``--max-resident
    training: residual LSTM, early stopping), then again incrementally
    (``warm_start=True``, 10 epochs); test MSE of both and of persistence;
 5. storm: every other object trained (``--storm-epochs`` epochs), while the
-   light calls of phase 1 run again: their p50 against the idle p50 (the
-   lower of phase 1's and of the same calls once everything below is done:
-   idle latency on this VM varies by half from one run to the next);
+   light calls of phase 1 run again, and the trainings are paused and resumed
+   every ``--pause-period`` s meanwhile (SIGSTOP/SIGCONT of the nodes'
+   long-call worker processes): the light calls' p50 while the trainings run
+   against their p50 while they are paused, in the same minute (the goal's
+   figure), and against the idle p50 of phase 1 and of the same calls once
+   everything below is done (the lower of the two). The paired figure is the
+   one judged because the idle p50 alone varies by up to half between phases
+   of one run on this VM (0.83 to 2.2 ms measured), more than the effect to
+   be measured; with ``--long-calls thread`` there is no worker to pause and
+   the idle phases are the baseline;
 6. a fleet forecast round: ``client.fan_out(all, "predict")``, twice;
 7. reload: a light call (``tail(1)``) on objects the nodes report evicted
    (``client.objects(residency=True)``), against the same on resident ones.
@@ -42,6 +49,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -92,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         probe            1000   objects on each probe node, p-resident and p-evicted (0: skip)
         reload-sample    200    evicted objects called once each (reload latency)
         window           32     fan-out calls in flight per node
-        phase-seconds    20.0   seconds of light calls, idle and in the storm
+        phase-seconds    20.0   seconds of light calls idle, and in the storm with the trainings running (as many with them paused)
+        pause-period     2.0    in the storm, the trainings paused and resumed every this many seconds while the light calls run
         keep-logs        -      keep the service logs
         """,
     )
@@ -100,26 +110,94 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- phases ----------------------------------------------------------------------------------
-def _pings(obj: Any, seconds: float) -> list[float]:
+def _pings(obj: Any, seconds: float) -> list[tuple[float, float]]:
+    """Light calls on ``obj`` for ``seconds``, 5 ms apart: (start on the
+    monotonic clock, which processes share; ms) each."""
     took, end = [], time.monotonic() + seconds
     while time.monotonic() < end:
-        t = time.perf_counter()
+        start, t = time.monotonic(), time.perf_counter()
         obj.get()
-        took.append((time.perf_counter() - t) * 1000)
+        took.append((start, (time.perf_counter() - t) * 1000))
         time.sleep(0.005)
     return took
 
 
-def _pings_elsewhere(dep: Any, oid: str, seconds: float) -> list[float]:
+def _ping_process(dep: Any, oid: str, seconds: float) -> subprocess.Popen[str]:
     """:func:`_pings` from a process of its own, as a device calls: not
     queued behind this process's interpreter lock (its storm client)."""
     cmd = [sys.executable, "-m", "bench.fleet_ai", "ping", dep.url, dep.root, oid, str(seconds)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True)
-    return list(json.loads(out.stdout))
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+
+def _ping_results(proc: subprocess.Popen[str], seconds: float) -> list[tuple[float, float]]:
+    out, _ = proc.communicate(timeout=seconds + 60)
+    if proc.returncode:
+        raise RuntimeError(f"the light-call process failed (exit code {proc.returncode})")
+    return [(t, ms) for t, ms in json.loads(out)]
+
+
+def _pings_elsewhere(dep: Any, oid: str, seconds: float) -> list[float]:
+    """The ms of :func:`_pings` from a process of its own."""
+    return [ms for _, ms in _ping_results(_ping_process(dep, oid, seconds), seconds)]
+
+
+def _long_workers(pids: Sequence[int]) -> list[int]:
+    """The long-call worker processes of the nodes ``pids`` (none in thread mode)."""
+    import psutil
+
+    return [
+        child.pid
+        for pid in pids
+        for child in psutil.Process(pid).children()
+        if "resource_tracker" not in " ".join(child.cmdline())
+    ]
+
+
+def _alternate(
+    workers: Sequence[int], seconds: float, period: float
+) -> list[tuple[float, float, bool]]:
+    """For ``seconds``, the trainings of ``workers`` paused (SIGSTOP) and
+    resumed (SIGCONT) every ``period`` s: (start, end, paused) of each span."""
+    spans, end, paused = [], time.monotonic() + seconds, False
+    try:
+        while time.monotonic() < end:
+            for pid in workers:
+                os.kill(pid, signal.SIGSTOP if paused else signal.SIGCONT)
+            start = time.monotonic()
+            time.sleep(min(period, max(0.0, end - start)))
+            spans.append((start, time.monotonic(), paused))
+            paused = not paused
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    return spans
+
+
+def _split(pings: Sequence[tuple[float, float]], spans, settle: float = 0.2):
+    """The ms of the ``pings`` made wholly within a span, ``settle`` s after
+    it began: (while the trainings ran, while they were paused)."""
+    running: list[float] = []
+    paused: list[float] = []
+    for t, ms in pings:
+        for a, b, stopped in spans:
+            if a + settle <= t and t + ms / 1000 <= b:
+                (paused if stopped else running).append(ms)
+                break
+    return running, paused
+
+
+def _span_figure(pings: Sequence[tuple[float, float]], span: tuple[float, float, bool]):
+    """One span's light calls: {paused, n, p50_ms} (the JSON's storm spans)."""
+    ms, _ = _split(pings, [(span[0], span[1], False)])
+    return {
+        "paused": span[2],
+        "n": len(ms),
+        "p50_ms": round(statistics.median(ms), 3) if ms else None,
+    }
 
 
 def ping_main(argv: Sequence[str]) -> int:
-    """``ping URL ROOT OBJECT SECONDS``: light calls on OBJECT; prints their ms as JSON."""
+    """``ping URL ROOT OBJECT SECONDS``: light calls on OBJECT; prints [start, ms] of each as JSON."""
     import continuum_mqtt
 
     url, root, oid, seconds = argv
@@ -183,7 +261,7 @@ def phase_fleet(dep: Any, c: Any, rss: RssSampler, args: argparse.Namespace) -> 
         list(pool.map(lambda i: c.bind_metrics(objs[i], names[i], "ingest"), range(len(objs))))
     bind_s = time.monotonic() - t0
     common.log(f"bound {len(objs)} feeds in {bind_s:.1f} s")
-    out = {
+    out: dict[str, Any] = {
         "create_s": round(created, 1),
         "load_s": round(load_s, 1),
         "bind_s": round(bind_s, 1),
@@ -272,34 +350,47 @@ def _mse(metrics: Any) -> dict[str, float]:
 
 def phase_storm(dep: Any, c: Any, light: str, fleet: dict[str, Any], rss: RssSampler, args):
     """Every other object trained while firmware-sim publishes more samples
-    (evicted objects reload for them) and light calls run from another client."""
+    (evicted objects reload for them) and light calls run from another
+    client, the trainings paused and resumed every ``--pause-period`` s
+    meanwhile (their worker processes stopped, then continued): light calls
+    while the trainings run against the same calls while they are paused,
+    over the same minute of the same run."""
     rest = fleet["objs"][args.train_sample :]
     result: dict[str, Any] = {}
     done = threading.Event()
     start = _rows(c, fleet["objs"], args.window)
     proc, path = _publish(dep, args, args.samples + 1, args.storm_rate, "storm")
+    took: list[float] = []
 
     def storm() -> None:
         t0 = time.monotonic()
         r = _fan(c, rest, "train", epochs=args.storm_epochs, window=args.window)
-        took = time.monotonic() - t0
-        result.update(
-            objects=len(rest),
-            seconds=round(took, 1),
-            models_per_min=round(len(r.results) / took * 60, 1),
-            errors=len(r.errors),
-        )
+        took.append(time.monotonic() - t0)
+        result.update(objects=len(rest), trained=len(r.results), errors=len(r.errors))
         done.set()
 
     rss.phase = "storm"
     thread = threading.Thread(target=storm, name="bench-storm", daemon=True)
     thread.start()
     time.sleep(2.0)  # the storm is on
-    stormy = _pings_elsewhere(dep, light, args.phase_seconds)
-    result["light"] = summarize(stormy)
+    workers = _long_workers([dep.pid("n1"), dep.pid("n2")])
+    seconds = 2 * args.phase_seconds if workers else args.phase_seconds
+    pinger = _ping_process(dep, light, seconds)
+    time.sleep(1.0)  # its connection and first calls
+    spans = _alternate(workers, seconds, args.pause_period if workers else seconds)
+    pings = _ping_results(pinger, seconds)
+    running, paused = _split(pings, spans)
+    result["spans"] = [_span_figure(pings, span) for span in spans]
+    result["light"] = summarize(running)
+    result["light_paused"] = summarize(paused) if paused else None
+    result["paused_s"] = round(sum(b - a for a, b, stopped in spans if stopped), 1)
     result["light_during_whole_phase"] = not done.is_set()
     thread.join()
+    result["seconds"] = round(took[0], 1)
+    result["models_per_min"] = round(result["trained"] / (took[0] - result["paused_s"]) * 60, 1)
     common.log(f"storm: {result['models_per_min']} models/min over {len(rest)} objects")
+    if paused:
+        common.log(f"light calls, trainings running / paused: p50 {result['light']['p50_ms']:.2f} / {result['light_paused']['p50_ms']:.2f} ms")  # fmt: skip
     result["samples"] = _arrived(c, fleet["objs"], start, proc, path, args.window)
     common.log(
         f"storm samples: {result['samples']['published']} published, lost {result['samples']['lost']}"
@@ -470,9 +561,15 @@ def build_table(r: dict[str, Any], args: argparse.Namespace) -> list[dict[str, A
     rows.append(_row(f"models/min, storm ({args.storm_epochs} epoch(s), {st['objects']} objects)", f"{st['models_per_min']:.0f}"))  # fmt: skip
     idle = min((r["idle"], r["idle_again"]), key=lambda s: s["p50_ms"])  # the lower: conservative
     ratio = st["light"]["p50_ms"] / idle["p50_ms"]
+    goal, paired = GOALS["storm_p50_ratio"], st.get("light_paused")
     rows.append(_row("light call p50 ms, idle before / after / storm", f"{r['idle']['p50_ms']:.2f} / {r['idle_again']['p50_ms']:.2f} / {st['light']['p50_ms']:.2f}"))  # fmt: skip
-    rows.append(_row("  storm / the lower idle p50", f"{ratio:.2f}x", f"<= {GOALS['storm_p50_ratio']}x", ratio <= GOALS["storm_p50_ratio"]))  # fmt: skip
+    rows.append(_row("  storm / the lower idle p50 (minutes apart)", f"{ratio:.2f}x", *((f"<= {goal}x", ratio <= goal) if not paired else ())))  # fmt: skip
     rows.append(_row("light call p99 ms, idle before / after / storm", f"{r['idle']['p99_ms']:.2f} / {r['idle_again']['p99_ms']:.2f} / {st['light']['p99_ms']:.2f}"))  # fmt: skip
+    if paired:
+        pr = st["light"]["p50_ms"] / paired["p50_ms"]
+        rows.append(_row(f"light call p50 / p99 ms in the storm, trainings running ({st['light']['n']})", f"{st['light']['p50_ms']:.2f} / {st['light']['p99_ms']:.2f}"))  # fmt: skip
+        rows.append(_row(f"  same, trainings paused (every other {args.pause_period:g} s) ({paired['n']})", f"{paired['p50_ms']:.2f} / {paired['p99_ms']:.2f}"))  # fmt: skip
+        rows.append(_row("  p50 running / paused", f"{pr:.2f}x", f"<= {goal}x", pr <= goal))
     limit = GOALS["round_10k_s"] * n / 10_000
     for i, rd in enumerate(r["round"]["rounds"]):
         rows.append(_row(f"fleet forecast round {i + 1}, s ({rd['errors']} errors)", f"{rd['seconds']:.2f}",
