@@ -48,6 +48,7 @@ reports/bench-fleet-ai.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -159,17 +160,21 @@ def _alternate(
     """For ``seconds``, the trainings of ``workers`` paused (SIGSTOP) and
     resumed (SIGCONT) every ``period`` s: (start, end, paused) of each span."""
     spans, end, paused = [], time.monotonic() + seconds, False
+
+    def signal_all(sig: int) -> None:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):  # a worker that died meanwhile
+                os.kill(pid, sig)
+
     try:
         while time.monotonic() < end:
-            for pid in workers:
-                os.kill(pid, signal.SIGSTOP if paused else signal.SIGCONT)
+            signal_all(signal.SIGSTOP if paused else signal.SIGCONT)
             start = time.monotonic()
             time.sleep(min(period, max(0.0, end - start)))
             spans.append((start, time.monotonic(), paused))
             paused = not paused
     finally:
-        for pid in workers:
-            os.kill(pid, signal.SIGCONT)
+        signal_all(signal.SIGCONT)
     return spans
 
 

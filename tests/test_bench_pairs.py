@@ -49,6 +49,9 @@ def test_the_workers_are_stopped_every_other_span_and_left_running() -> None:
         assert [stopped for _, _, stopped in spans] == [False, True, False, True]
         assert psutil.STATUS_STOPPED in seen and psutil.STATUS_SLEEPING in seen
         assert proc.status() != psutil.STATUS_STOPPED  # resumed at the end
+        child.kill()
+        child.wait()
+        assert len(_alternate([child.pid], 0.2, 0.1)) == 2  # a worker gone: no error
     finally:
         child.kill()
         child.wait()
