@@ -6,16 +6,16 @@ A node's budget is a number of resident objects (``max_resident``) and/or a
 memory budget (``memory_budget`` bytes of the process's RSS, read with
 psutil). At every tick of the node, :meth:`Eviction.tick` evicts idle
 primaries beyond it, those on *probation* first (reloaded, and no job on them
-since: a scan over more objects than fit, such as a fleet-wide forecast
-round, would otherwise evict under LRU exactly the objects it reaches next,
-and reload every one; this is the idea of 2Q), then the least recently used: beyond ``max_resident``, as many as
-are over; over the memory budget, a tenth of the resident ones per tick
-(RSS is what the operator sizes a machine by, but freed memory shows in it
-only after the allocator returns it, so the pass goes in steps rather than
-computing a target from per-object estimates, which cannot see what an
-instance holds outside Python objects: tensors, arrays), and again only once
-RSS has grown past what it was after the last pass (what the allocator kept
-is reused by the next objects loaded).
+since: a scan over more objects than fit, such as a fleet-wide forecast round,
+would otherwise evict under LRU exactly the objects it reaches next, and
+reload every one; this is the idea of 2Q), then the least recently used:
+beyond ``max_resident``, as many as are over; over the memory budget, a tenth
+of the resident ones per tick (RSS is what the operator sizes a machine by,
+but freed memory shows in it only after the allocator returns it, so the pass
+goes in steps rather than computing a target from per-object estimates, which
+cannot see what an instance holds outside Python objects: tensors, arrays),
+and again only once RSS has grown past what it was after the last pass (what
+the allocator kept is reused by the next objects loaded).
 
 *Evicting* needs a store (``--state-dir``): every committed change of an
 object is durable already (journaled or checkpointed before its caller or

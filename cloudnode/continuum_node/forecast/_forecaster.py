@@ -383,5 +383,5 @@ class Forecaster(ActiveObject):
             if any(f.name not in known for f in dataclasses.fields(TrainParams)):
                 # trained before the options existed: with the paper's settings
                 trained.params = dataclasses.replace(PAPER, **known)
-        if self._trained is not None and self._trained.device != "cpu":
-            self._trained.device = _where(self.requested_device)  # where a module would go
+            if trained.device != "cpu":
+                trained.device = _where(self.requested_device)  # where a module would go

@@ -372,7 +372,7 @@ def train_local(
     prepared = prepare(np.asarray(series, dtype=np.float64), p.lookback, p.train_frac)
     trained = fit(prepared, p, resolve_device(device), on_epoch)
     metrics = train_summary(trained)
-    metrics["model_size_mb"] = model_size_mb(trained.weights)
+    metrics["model_size_mb"] = trained.size_mb()
     metrics["evaluation"] = evaluate_model(trained)
     metrics["baseline"] = baseline_metrics(prepared)
     return trained.model, metrics
