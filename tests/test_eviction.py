@@ -1,6 +1,7 @@
 """Bounded residency (continuum_node._eviction): idle objects are evicted to
-the state dir, those reloaded and unused since first, then the least recently used, and reloaded on their next call or
-feed sample, losing nothing; a SIGKILL while evicting loses nothing either."""
+the state dir, those reloaded and unused since first, then the least recently
+used, and reloaded on their next call or feed sample, losing nothing; a
+SIGKILL while evicting loses nothing either."""
 
 from __future__ import annotations
 
