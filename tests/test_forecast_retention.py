@@ -45,7 +45,7 @@ def footprint(f: Forecaster | None = None, train: bool = False) -> dict[str, flo
     """KiB of one forecaster with 2,000 rows: Python and numpy memory (tracemalloc:
     the packed weights are a numpy array), the weights alone, and the pickle."""
     rows = rows_2000()
-    Forecaster(device="cpu", rows=rows[:10])  # one-time caches (strptime's, say)
+    Forecaster(device="cpu", rows=rows)  # one-time caches (the parsed timestamps)
     gc.collect()
     tracemalloc.start()
     try:
@@ -128,9 +128,9 @@ def test_rows_live_in_one_float64_array_grown_geometrically() -> None:
         s.extend([[float(i), 1.0]], [float(i)])
         buffers.add(id(s._buf))
     assert len(s) == 5000
-    assert s._buf.dtype == np.float64 and s._buf.shape[1] == 3
+    assert s._buf.dtype == np.float64 and s._buf.shape[1] == 2
     assert len(buffers) < 40  # amortised growth, not a copy per sample
-    assert s.nbytes <= 5000 * 24 * 1.3 + 16 * 24
+    assert s.nbytes <= 5000 * 16 * 1.3 + 16 * 16  # times on a grid: no bytes a row
     assert s.values().shape == (5000, 2) and s.values().flags.c_contiguous
 
 
@@ -139,11 +139,57 @@ def test_a_bounded_series_moves_rows_down_instead_of_growing() -> None:
     for i in range(20_000):
         s.extend([[float(i), 0.0]], [None])
     assert len(s) == 1000 and s.total == 20_000
-    assert s.nbytes <= (1000 + 16) * 24
+    assert s.nbytes <= (1000 + 16) * 16
     assert s.tail(1).tolist() == [[19_999.0, 0.0]]
     copy = pickle.loads(pickle.dumps(s))
-    assert copy.nbytes == 1000 * 24  # a snapshot carries no spare capacity
+    assert copy.nbytes == 1000 * 16  # a snapshot carries no spare capacity
     assert np.array_equal(copy.values(), s.values())
+    jittered = Series(max_rows=1000)  # every time off the grid: 8 bytes a row more
+    for i in range(20_000):
+        jittered.extend([[float(i), 0.0]], [300.0 * i + (i % 7) / 8])
+    assert jittered.nbytes <= (1000 + 16) * 16 + (1000 + 1000 // 64 + 17) * 8
+    assert jittered.stamps(999).to_list() == [300.0 * 19_999 + (19_999 % 7) / 8]
+
+
+def test_times_off_the_grid_cost_8_bytes_a_row_until_they_leave() -> None:
+    s = Series(max_rows=1000)
+    t = 1.7e9
+    s.extend([[1.0, 2.0]] * 1000, [t + 300.0 * i for i in range(1000)])
+    assert s.nbytes == 1000 * 16  # the grid: three numbers
+    jittered = [t + 300.0 * (1000 + i) + 0.25 * (i % 3) for i in range(100)]
+    for stamp in jittered:  # a board's own clock: on the grid, then not
+        s.extend([[1.0, 2.0]], [stamp])
+    assert 100 * 8 <= s._times.nbytes <= 200 * 8
+    assert s.stamps(900).to_list() == jittered
+    for i in range(1100, 2200):  # back on the grid: once the jittered rows leave the
+        s.extend([[1.0, 2.0]], [t + 300.0 * i])  # window, the grid takes over again
+    assert s._times.nbytes == 0
+    assert s.stamps().to_list() == [t + 300.0 * i for i in range(1200, 2200)]
+
+
+def test_any_mix_of_rows_windows_and_snapshots_gives_the_times_back() -> None:
+    """Seeded random appends (on a grid, off it, without a time, of another
+    kind), windows by rows and age, snapshots: every row and time as given."""
+    rng = np.random.default_rng(14)
+    for trial in range(300):
+        max_rows = [None, 5, 50][trial % 3]
+        s = Series(max_rows, [None, 900.0][trial % 2])
+        rows: list[list[float]] = []
+        stamps: list[Any] = []
+        t = 1.7e9
+        for _ in range(int(rng.integers(1, 40))):
+            for _ in range(int(rng.integers(1, 5))):
+                q = rng.random()
+                t += 300.0 if q < 0.8 else 17.25
+                stamps.append(t if q < 0.6 or q >= 0.8 else [None, "2024-09-02 13:55:00"][q < 0.7])
+                rows.append([float(rng.random()), float(rng.random())])
+                s.extend([rows[-1]], [stamps[-1]])
+            if rng.random() < 0.2:
+                s = pickle.loads(pickle.dumps(s))
+            n = len(s)
+            assert s.values().tolist() == rows[len(rows) - n :]
+            assert s.stamps().to_list() == stamps[len(stamps) - n :]
+            assert s.stamps(n // 2).to_list() == stamps[len(stamps) - n + n // 2 :]
 
 
 def test_timestamps_come_back_as_given() -> None:
@@ -229,6 +275,27 @@ def test_an_old_checkpoint_loads_and_migrates() -> None:
     assert again.train(warm_start=True, epochs=1)["warm_start"] is True
 
 
+def test_a_series_pickled_with_a_column_of_seconds_loads() -> None:
+    """Before Times, a row's seconds were the array's third column, and the
+    test targets' stamps one float64 each: both load, every time as given."""
+    values, stamps = read_series_csv(BUNDLED_DIR / NODE3)
+    s = Series.from_lists(values, stamps, max_rows=1000)
+    state = s.__getstate__()
+    seconds = state.pop("_times").seconds()
+    state["_buf"] = np.column_stack([state["_buf"], seconds])  # the old layout
+    old = Series.__new__(Series)
+    old.__setstate__(state)
+    assert old.stamps().to_list() == stamps[-1000:] and old.values().tolist() == values[-1000:]
+    assert old.nbytes == 1000 * 16  # back on the grid
+    old.extend([[1.0, 2.0]], ["2024-09-09 12:00:00"])
+    assert old.stamps(998).to_list() == [stamps[-1], "2024-09-09 12:00:00"]
+    test_stamps = s.stamps(990)
+    blob = pickle.dumps(test_stamps)
+    before = pickle.loads(blob)
+    before.__setstate__({"seconds": seconds[-10:], "kind": s._kind, "odd": {}})
+    assert before.to_list() == test_stamps.to_list() == stamps[-10:]
+
+
 def test_an_old_untrained_checkpoint_applies_the_default_window() -> None:
     old = Forecaster.__new__(Forecaster)
     old.__dict__.update(
@@ -253,7 +320,7 @@ def test_an_old_untrained_checkpoint_applies_the_default_window() -> None:
 
 
 def test_memory_of_an_object_with_2000_rows() -> None:
-    """Measured: about 48 KiB untrained, 134 KiB trained (70.5 KiB of it the
+    """Measured: about 33 KiB untrained, 114 KiB trained (70.5 KiB of it the
     packed float32 weights); before issue 14, 318 and 879 KiB. Loose bounds."""
     idle = footprint()
     assert idle["resident_kib"] < 100, idle

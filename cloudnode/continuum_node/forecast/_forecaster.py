@@ -21,7 +21,8 @@ from ._data import (
 from ._evaluate import baseline_metrics, evaluate_model, predict_next, test_predictions
 from ._export import edge_export as _edge_export
 from ._params import PAPER, TrainParams
-from ._series import DEFAULT_MAX_ROWS, Series, Stamps
+from ._series import DEFAULT_MAX_ROWS, Series
+from ._stamps import Stamps, Times
 
 if TYPE_CHECKING:
     from ._trained import Trained
@@ -57,13 +58,14 @@ class Forecaster(ActiveObject):
     days of 5-minute samples; ``None``: no limit) and, with ``max_age``
     (seconds, default ``None``), none older than that before the newest
     timestamp; older rows are dropped as new ones arrive. Rows are stored as
-    float64 arrays (24 bytes a row with its timestamp). A trained model keeps
-    its float32 weights packed in one array (no ``nn.Module``: inference runs
-    in NumPy, so serving a trained forecaster imports no torch), its scaler
-    and its test rows, no optimizer state and no loss history (``train``
-    returns it). Measured with 2,000 rows (node_3): 48 KiB untrained and
-    134 KiB trained, 70.5 KiB of it the weights (tracemalloc; the figures and
-    the command are in ``datasets/README.md``).
+    a float64 array (16 bytes a row; timestamps on a regular grid cost
+    nothing more, others 8 bytes each). A trained model keeps its float32
+    weights packed in one array (no ``nn.Module``: inference runs in NumPy,
+    so serving a trained forecaster imports no torch), its scaler and its
+    test rows, no optimizer state and no loss history (``train`` returns
+    it). Measured with 2,000 rows (node_3): 33 KiB untrained and 114 KiB
+    trained, 70.5 KiB of it the weights (tracemalloc; the figures and the
+    command are in ``datasets/README.md``).
 
     Node configuration, never a caller's: the folders ``load_csv`` reads
     (``$CONTINUUM_FORECAST_DATA``, then the bundled datasets) and the limits
@@ -89,7 +91,7 @@ class Forecaster(ActiveObject):
         self._trained: Trained | None = None
         self._trained_rows = 0
         self._trained_total = 0  # Series.total when trained: stale when it moved
-        self._test_stamps = Stamps(np.empty(0), None, {})
+        self._test_stamps = Stamps(Times(), None, {})
         self._last_seq: dict[str, int] = {}
         self.source: str | None = None
         if rows:
