@@ -110,6 +110,24 @@ def test_a_worker_that_dies_fails_the_call_clearly_and_is_replaced(
         assert m.train(rows=64, epochs=1)["pid"] != worker
 
 
+def test_an_idle_worker_exits_and_the_next_long_call_starts_one(
+    bare_cluster: Deployment,
+) -> None:
+    """--long-idle-exit: the worker's memory goes back while no training runs;
+    light calls never needed it, the next long call starts a fresh one."""
+    _node(bare_cluster, "--long-idle-exit", "1")
+    node_pid = bare_cluster.pid("n1")
+    with bare_cluster.client(timeout=120) as c:
+        m = c.stub(MODEL).create(hidden=8)
+        first = m.train(rows=64, epochs=1)["pid"]
+        weights = m.predict([[0.1, 0.2, 0.3]])
+        wait_for(lambda: _children(node_pid) == [], timeout=60)
+        assert m.predict([[0.1, 0.2, 0.3]]) == weights  # light calls never needed it
+        again = m.train(rows=64, epochs=1)
+        assert again["pid"] != first and again["pid"] in _children(node_pid)
+        assert again["torch_threads"] == 1 and again["loss"] >= 0  # set up as the first
+
+
 def test_what_a_worker_trained_is_durable(bare_cluster: Deployment) -> None:
     _node(bare_cluster, durable=True)
     with bare_cluster.client(timeout=120) as c:

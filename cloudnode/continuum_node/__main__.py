@@ -209,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(for a node whose cores are never idle) (default: %(default)s)",
     )
     p.add_argument(
+        "--long-idle-exit",
+        type=_seconds,
+        default=600.0,
+        metavar="SECONDS",
+        help="a --long-calls process worker that ran no call for this long exits, giving "
+        "its memory (its own interpreter with the hosted modules: about 300 MiB with "
+        "torch) back to the node's resident objects until the next long call starts one "
+        "again, which then waits a few seconds for it; 0: never (default: %(default)s)",
+    )
+    p.add_argument(
         "--switch-interval",
         type=_seconds,
         default=None,
@@ -293,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.intra_op_threads,
             interop=args.interop_threads,
             priority=args.long_priority,
+            idle_exit=args.long_idle_exit or None,
         )
     transport = MqttTransport.for_service(
         args.broker,

@@ -32,6 +32,12 @@ so a light call's thread preempts a training at once on wake-up;
 ``"low"`` is ``nice`` :data:`NICE`, which leaves a training about a tenth of
 a busy core (the choice for a node that is never idle: under ``SCHED_IDLE``
 a training there would crawl).
+
+A worker that ran no call for ``idle_exit`` seconds exits (:meth:`LongCalls.reap`,
+at the node's ticks): each holds its own interpreter with torch loaded, about
+300 MiB, which a node whose trainings come in storms (nightly retraining)
+would rather give its resident objects between them. The next long call
+starts one again, and pays for the start (a few seconds) itself.
 """
 
 from __future__ import annotations
@@ -40,8 +46,8 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
-import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
@@ -105,6 +111,7 @@ class LongCalls:
         threads: int | None = None,
         interop: int | None = None,
         priority: str = "idle",
+        idle_exit: float | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("long-call worker processes must be at least 1")
@@ -119,13 +126,22 @@ class LongCalls:
             "priority": priority,
             "peer": None if (ps := peer.settings()) is None else ps.wire(),
         }
-        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self.idle_exit = idle_exit
+        self._slots = threading.BoundedSemaphore(workers)  # calls at once
+        self._idle: list[tuple[_Worker, float]] = []  # and since when, the latest last
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
         self._count = 0
+        now = time.monotonic()
         for _ in range(workers):
-            self._idle.put(self._spawn())
+            self._idle.append((self._spawn(), now))
+
+    @property
+    def alive(self) -> int:
+        """Worker processes running now (idle ones that exited not counted)."""
+        with self._lock:
+            return len(self._all)
 
     def _spawn(self) -> _Worker:
         with self._lock:
@@ -133,6 +149,30 @@ class LongCalls:
             w = _Worker(self._ctx, self._setup, f"continuum-long-{self._count}")
             self._all.append(w)
         return w
+
+    def _take(self) -> _Worker:
+        """The worker that was idle last (the others age towards their exit),
+        or a new one."""
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()[0]
+        log.info("starting a long-call worker process")
+        return self._spawn()
+
+    def reap(self, now: float | None = None) -> int:
+        """Stop the workers idle for ``idle_exit`` seconds; how many."""
+        if not self.idle_exit:
+            return 0
+        cutoff = (time.monotonic() if now is None else now) - self.idle_exit
+        with self._lock:
+            gone = [w for w, since in self._idle if since <= cutoff]
+            self._idle = [(w, since) for w, since in self._idle if since > cutoff]
+            for w in gone:
+                self._all.remove(w)
+        for w in gone:
+            w.close()
+            log.info("long-call worker %s exited, idle %.0f s", w.proc.pid, self.idle_exit)
+        return len(gone)
 
     def run(
         self,
@@ -155,7 +195,12 @@ class LongCalls:
                 remote_type=type(exc).__name__,
             )
             return instance, (False, err.to_envelope())
-        w = self._idle.get()
+        self._slots.acquire()
+        try:
+            w = self._take()
+        except BaseException:
+            self._slots.release()
+            raise
         try:
             w.conn.send_bytes(
                 encode(
@@ -191,8 +236,10 @@ class LongCalls:
             )
             return instance, (False, err.to_envelope())
         finally:
-            if not self._closed:
-                self._idle.put(w)
+            with self._lock:
+                if not self._closed:
+                    self._idle.append((w, time.monotonic()))
+            self._slots.release()
 
     def cancel_all(self) -> None:
         """The node is stopping: running calls see it at their next check."""

@@ -334,10 +334,13 @@ class Node:
             self.tick()
 
     def tick(self) -> None:
-        """Evict beyond the residency budget, republish a changed status,
+        """Evict beyond the residency budget, stop long-call workers idle too
+        long, republish a changed status,
         retry samples held for the disk, release samples held for a gap that
         did not fill in time."""
         self.eviction.tick()
+        if self.long_calls is not None:
+            self.long_calls.reap()
         if self.transport.connected:
             self.status.refresh()
         self.calls.release_held()
