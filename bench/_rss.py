@@ -54,6 +54,17 @@ class RssSampler:
                 out[name] = 0.0
         return out
 
+    def own(self) -> dict[str, float]:
+        """The RSS of every process now without its children, MiB: where a
+        node's objects live (its long-call workers come and go)."""
+        out: dict[str, float] = {}
+        for name, proc in self._procs.items():
+            try:
+                out[name] = proc.memory_info().rss / MIB
+            except Exception:  # (the process has exited)
+                out[name] = 0.0
+        return out
+
     def _run(self) -> None:
         while not self._stop.wait(self.period):
             self.samples.append(

@@ -2,7 +2,7 @@
 with its own ``continuum_node.forecast.Forecaster`` (2,000 rows), across two
 nodes with a memory budget (bounded residency, docs/architecture.md).
 
-    python -m bench.fleet_ai            # 10,000 devices (about 10 minutes on 2 cores)
+    python -m bench.fleet_ai            # 10,000 devices (about 13 minutes on 2 cores)
     python -m bench.fleet_ai --quick    # 1,000 devices (a couple of minutes)
 
 One run starts its own mosquitto, a gateway and durable nodes n1, n2 (with
@@ -33,14 +33,23 @@ object, two probe nodes: p-resident (no budget) and p-evicted (``--max-resident
    of one run on this VM (0.83 to 2.2 ms measured), more than the effect to
    be measured; with ``--long-calls thread`` there is no worker to pause and
    the idle phases are the baseline;
-6. a fleet forecast round: ``client.fan_out(all, "predict")``, twice;
+6. a fleet forecast round: ``client.fan_out(all, "predict")``, twice, right
+   after the storm (the long-call workers still up: about 300 MiB of each
+   node's budget);
 7. reload: a light call (``tail(1)``) on objects the nodes report evicted
-   (``client.objects(residency=True)``), against the same on resident ones.
+   (``client.objects(residency=True)``), against the same on resident ones;
+8. the fleet forecast round twice again once the long-call workers exited
+   (``--long-idle-exit`` s idle), as between a fleet's trainings: the round
+   the goal judges (the one a fleet runs all day; with ``--long-calls
+   thread`` there is no worker and phase 6 is judged).
 
-Memory: each node's RSS every second (the JSON's ``rss``), KiB per resident
-forecaster ((RSS after loading - RSS before) / objects, while all are
-resident), per trained resident one (p-resident) and per evicted one
-(p-evicted): the RSS growth of a second batch of objects over its objects.
+Memory: each node's RSS every second, its long-call workers included (the
+JSON's ``rss``; the peak judged), KiB per resident forecaster ((RSS after
+loading - RSS before) / objects, while all are resident), per trained
+resident one (p-resident) and per evicted one (p-evicted): the RSS growth
+of a second batch of objects over its objects. The per-object figures read
+the node's own process, where its objects live: its workers exit and start
+again meanwhile (``--long-idle-exit``).
 Progress on stderr, the table on stdout, the figures in
 reports/bench-fleet-ai.json.
 """
@@ -102,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         probe            1000   objects on each probe node, p-resident and p-evicted (0: skip)
         reload-sample    200    evicted objects called once each (reload latency)
         window           32     fan-out calls in flight per node
+        long-idle-exit   30     each node's --long-idle-exit (s): its idle long-call workers exit, then the rounds of phase 8 run
         phase-seconds    20.0   seconds of light calls idle, and in the storm with the trainings running (as many with them paused)
         pause-period     2.0    in the storm, the trainings paused and resumed every this many seconds while the light calls run
         keep-logs        -      keep the service logs
@@ -245,7 +255,7 @@ def _per_object_kib(before: dict[str, float], after: dict[str, float], counts: d
 
 def phase_fleet(dep: Any, c: Any, rss: RssSampler, args: argparse.Namespace) -> dict[str, Any]:
     names = [f"sim-{i:04d}" for i in range(args.devices)]
-    before = rss.now()
+    before = rss.own()  # the nodes' own processes: their workers may exit meanwhile
     rss.phase = "create"
     t0 = time.monotonic()
     objs = _create(c, names, ["n1", "n2"])
@@ -257,7 +267,7 @@ def phase_fleet(dep: Any, c: Any, rss: RssSampler, args: argparse.Namespace) -> 
     load_s = time.monotonic() - t0
     common.log(f"loaded {DATASET} into {len(loaded.results)} objects in {load_s:.1f} s")
     time.sleep(3)  # a tick or two: the nodes publish their counts, evict if over budget
-    after = rss.now()
+    after = rss.own()
     status = {n["id"]: n for n in c.nodes()}
     resident = {n: status[n].get("resident", 0) for n in ("n1", "n2")}
     rss.phase = "bind"
@@ -326,7 +336,20 @@ def _mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
+def _start_workers(c: Any) -> None:
+    """A throwaway training on each node: long-call workers that exited
+    while the fleet loaded (``--long-idle-exit``) start again, outside the
+    figures (their start is no model's cost)."""
+    stub = c.stub(FORECASTER)
+    for nid in ("n1", "n2"):
+        obj = stub.create("cpu", node=nid)
+        obj.load_csv(DATASET)
+        obj.train(epochs=1)
+        c.delete(obj)
+
+
 def phase_models(c: Any, fleet: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    _start_workers(c)
     sample = fleet["objs"][: args.train_sample]
     out: dict[str, Any] = {"objects": len(sample)}
     for kind, kw in (("scratch", {}), ("incremental", {"warm_start": True})):
@@ -403,16 +426,27 @@ def phase_storm(dep: Any, c: Any, light: str, fleet: dict[str, Any], rss: RssSam
     return result
 
 
-def phase_round(c: Any, fleet: dict[str, Any], rss: RssSampler, args) -> dict[str, Any]:
-    rss.phase = "forecast round"
+def phase_round(c: Any, fleet: dict[str, Any], rss: RssSampler, args, when: str) -> list[dict[str, Any]]:  # fmt: skip
+    rss.phase = f"forecast round, {when}"
     rounds = []
     for _ in range(2):
         r = _fan(c, fleet["objs"], "predict", window=args.window)
         seen = _residency(c)
-        rounds.append({"seconds": round(r.seconds, 2), "ok": len(r.results),
+        rounds.append({"seconds": round(r.seconds, 2), "ok": len(r.results), "when": when,
                        "errors": len(r.errors), "residency_after": seen})  # fmt: skip
-        common.log(f"fleet forecast round: {r.seconds:.2f} s, {len(r.errors)} errors; {seen}")
-    return {"rounds": rounds}
+        common.log(f"fleet forecast round, {when}: {r.seconds:.2f} s, {len(r.errors)} errors; {seen}")  # fmt: skip
+    return rounds
+
+
+def _workers_exit(pids: Sequence[int], rss: RssSampler, args: argparse.Namespace) -> float:
+    """Wait until the nodes' long-call workers exited (``--long-idle-exit``); seconds waited."""
+    rss.phase = "workers exit"
+    t0 = time.monotonic()
+    while _long_workers(pids) and time.monotonic() - t0 < args.long_idle_exit + 60:
+        time.sleep(0.5)
+    if _long_workers(pids):
+        raise RuntimeError("the long-call workers did not exit (--long-idle-exit)")
+    return round(time.monotonic() - t0, 1)
 
 
 def _residency(c: Any) -> dict[str, list[int]]:
@@ -453,7 +487,7 @@ def phase_probe(dep: Any, c: Any, node: str, train: bool, n: int, window: int) -
             _fan(c, objs, "train", epochs=1, window=window)
         time.sleep(3)  # a tick or two: evicted, counted
         status = next(s for s in c.nodes() if s["id"] == node)
-        seen.append((probe.now()[node], status.get("resident", 0), status.get("evicted", 0)))
+        seen.append((probe.own()[node], status.get("resident", 0), status.get("evicted", 0)))
     (rss1, res1, ev1), (rss2, res2, ev2) = seen
     held = (res2 - res1) if ev2 == ev1 else (ev2 - ev1)
     return {
@@ -472,7 +506,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.monotonic()
     mods = ("continuum_node.forecast", "examples.counter")
     node_args = ["--intra-op-threads", "1", "--memory-budget", str(args.memory_budget)]
-    node_args += ["--long-calls", args.long_calls]
+    node_args += ["--long-calls", args.long_calls, "--long-idle-exit", str(args.long_idle_exit)]
     if args.node_args != "none":
         node_args += args.node_args.split()
     with common.deployment(log_level="WARNING", keep=args.keep_logs) as dep:
@@ -498,12 +532,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rss.phase = "models"
             models = phase_models(c, fleet, args)
             storm = phase_storm(dep, c, light, fleet, rss, args)
-            fround = phase_round(c, fleet, rss, args)
+            fround = {"rounds": phase_round(c, fleet, rss, args, "workers up")}
             rss.phase = "reload"
             reload = phase_reload(c, args)
             rss.phase = "idle again"
             idle_again = summarize(_pings_elsewhere(dep, light, args.phase_seconds))
             common.log(f"idle light calls again: p50 {idle_again['p50_ms']:.2f} ms")
+            if args.long_calls == "process":
+                fround["waited_s"] = _workers_exit(list(pids.values()), rss, args)
+                fround["rounds"] += phase_round(c, fleet, rss, args, "workers exited")
             probe = {
                 nid: phase_probe(dep, c, nid, nid == "p-resident", args.probe, args.window)
                 for nid in probes
@@ -576,9 +613,15 @@ def build_table(r: dict[str, Any], args: argparse.Namespace) -> list[dict[str, A
         rows.append(_row(f"  same, trainings paused (every other {args.pause_period:g} s) ({paired['n']})", f"{paired['p50_ms']:.2f} / {paired['p99_ms']:.2f}"))  # fmt: skip
         rows.append(_row("  p50 running / paused", f"{pr:.2f}x", f"<= {goal}x", pr <= goal))
     limit = GOALS["round_10k_s"] * n / 10_000
+    judged = "workers exited" if any(rd.get("when") == "workers exited" for rd in r["round"]["rounds"]) else "workers up"  # fmt: skip
     for i, rd in enumerate(r["round"]["rounds"]):
-        rows.append(_row(f"fleet forecast round {i + 1}, s ({rd['errors']} errors)", f"{rd['seconds']:.2f}",
-                         f"<= {limit:g}", rd["seconds"] <= limit and rd["errors"] == 0))  # fmt: skip
+        when = rd.get("when", "workers up")
+        goal = (
+            (f"<= {limit:g}", rd["seconds"] <= limit and rd["errors"] == 0)
+            if when == judged
+            else ()
+        )
+        rows.append(_row(f"fleet forecast round {i + 1}, {when}, s ({rd['errors']} errors)", f"{rd['seconds']:.2f}", *goal))  # fmt: skip
     rl = r["reload"]
     p99 = rl["evicted"]["p99_ms"]
     rows.append(_row(f"call on an evicted object, p50 / p99 ms ({rl['evicted']['n']})", f"{rl['evicted']['p50_ms']:.1f} / {p99:.1f}",
