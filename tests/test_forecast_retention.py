@@ -190,6 +190,7 @@ def test_any_mix_of_rows_windows_and_snapshots_gives_the_times_back() -> None:
             assert s.values().tolist() == rows[len(rows) - n :]
             assert s.stamps().to_list() == stamps[len(stamps) - n :]
             assert s.stamps(n // 2).to_list() == stamps[len(stamps) - n + n // 2 :]
+            assert s.has_stamps() == any(x is not None for x in stamps[len(stamps) - n :])
 
 
 def test_timestamps_come_back_as_given() -> None:

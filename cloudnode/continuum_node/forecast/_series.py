@@ -180,7 +180,7 @@ class Series:
         return Stamps(self._times.slice(base), self._kind, odd)
 
     def has_stamps(self) -> bool:
-        return bool(self._odd) or bool(np.any(~np.isnan(self._times.seconds())))
+        return bool(self._odd) or self._times.known()
 
     # -- snapshots -----------------------------------------------------------------
 

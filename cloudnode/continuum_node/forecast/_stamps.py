@@ -206,6 +206,11 @@ class Times:
         i, j = self._off + max(cut, ex0) - ex0, self._off + hi - ex0
         return np.concatenate([self._grid(np.arange(lo, cut)), self._ex[i:j] if hi > cut else []])
 
+    def known(self) -> bool:
+        """Whether any row has a time (without computing the grid's)."""
+        on_run = self.split > self.first and not math.isnan(self.a)
+        return on_run or bool(np.any(~np.isnan(self._ex[self._off : self._off + self._n])))
+
     def slice(self, lo: int) -> Times:
         """A compact copy of the rows from ``lo`` on."""
         out = Times.__new__(Times)
