@@ -137,14 +137,10 @@ class LongCalls:
         for _ in range(workers):
             self._idle.append((self._spawn(), now))
 
-    @property
-    def alive(self) -> int:
-        """Worker processes running now (idle ones that exited not counted)."""
-        with self._lock:
-            return len(self._all)
-
     def _spawn(self) -> _Worker:
         with self._lock:
+            if self._closed:  # the node is stopping: no process outlives it
+                raise RemoteError("the node is stopping", remote_type="NodeStopping")
             self._count += 1
             w = _Worker(self._ctx, self._setup, f"continuum-long-{self._count}")
             self._all.append(w)
@@ -169,9 +165,9 @@ class LongCalls:
             self._idle = [(w, since) for w, since in self._idle if since > cutoff]
             for w in gone:
                 self._all.remove(w)
-        for w in gone:
-            w.close()
-            log.info("long-call worker %s exited, idle %.0f s", w.proc.pid, self.idle_exit)
+        for w in gone:  # off the ticker: an interpreter with torch takes a moment to exit
+            threading.Thread(target=w.close, name="continuum-long-exit", daemon=True).start()
+            log.info("long-call worker %s exits, idle %.0f s", w.proc.pid, self.idle_exit)
         return len(gone)
 
     def run(
@@ -198,8 +194,10 @@ class LongCalls:
         self._slots.acquire()
         try:
             w = self._take()
-        except BaseException:
+        except BaseException as exc:
             self._slots.release()
+            if isinstance(exc, RemoteError):  # stopping: the call fails clearly
+                return instance, (False, exc.to_envelope())
             raise
         try:
             w.conn.send_bytes(
