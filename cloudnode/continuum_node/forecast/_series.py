@@ -15,7 +15,7 @@ a batch (``load_csv``, ``append``) by exactly what it needs; when rows left at
 the start, the live rows are moved down instead of allocating.
 
 Timestamps come back exactly as given: the series keeps one *kind* (the kind of
-its first timestamp: a float, an int, or a text in one of :data:`TEXT_FORMATS`
+its first timestamp: a float, an int, or a text in one of :data:`~._stamps.TEXT_FORMATS`
 that round-trips through it) as seconds, and the rare timestamp of another kind
 in a small side map by row number.
 """
@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from ._stamps import TEXT_FORMATS, Stamp, Stamps, Times, encode
+from ._stamps import Stamp, Stamps, Times, encode
 
-__all__ = ["DEFAULT_MAX_ROWS", "TEXT_FORMATS", "Series", "Stamps"]
+__all__ = ["DEFAULT_MAX_ROWS", "Series"]
 
 DEFAULT_MAX_ROWS = 10_000
 """Rows a forecaster keeps by default: about 35 days of 5-minute samples, 156 KiB

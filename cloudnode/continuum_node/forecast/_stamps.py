@@ -214,9 +214,9 @@ class Times:
     def slice(self, lo: int) -> Times:
         """A compact copy of the rows from ``lo`` on."""
         out = Times.__new__(Times)
-        out.__dict__.update(self.__getstate__())
+        out.__dict__.update(self.__dict__)  # drop_to never writes into _ex
         out.drop_to(lo)
-        out.__dict__.update(out.__getstate__())
+        out.__dict__.update(out.__getstate__())  # one copy: the explicit rows kept
         return out
 
     def __getstate__(self) -> dict[str, Any]:
