@@ -345,6 +345,21 @@ def test_a_trained_object_keeps_no_training_history() -> None:
     assert "model" not in vars(trained)
 
 
+def test_an_object_trained_before_compaction_is_compacted_when_loaded() -> None:
+    f = Forecaster(device="cpu", rows=rows_2000())
+    f.train(epochs=1)
+    trained = f._trained
+    assert trained is not None and not trained.prepared.has_windows
+    again = pickle.loads(pickle.dumps(f))._trained
+    assert again is not None and not again.prepared.has_windows
+    full = prepare(f._series.values(), trained.params.lookback)  # as pickled before issue 14
+    assert full.has_windows
+    trained.prepared = full
+    old = pickle.loads(pickle.dumps(f))._trained
+    assert old is not None and not old.prepared.has_windows
+    assert np.array_equal(old.prepared.test_raw, full.test_raw)  # what evaluation needs, kept
+
+
 def _rss_per_object(n: int, train: bool) -> float:
     def rss() -> int:
         with open("/proc/self/statm") as fh:

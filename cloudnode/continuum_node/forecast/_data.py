@@ -151,6 +151,11 @@ class Prepared:
     """Per variable, the step the training rows are recorded in (0: none found),
     see :func:`resolution`."""
 
+    @property
+    def has_windows(self) -> bool:
+        """Whether it holds training or test windows (a compact copy holds none)."""
+        return bool(len(self.x_train) or len(self.y_train) or len(self.x_test) or len(self.y_test))
+
     def without_training_windows(self) -> Prepared:
         """A copy without the windows (``n_train``, ``n_test`` and the test rows
         kept): all that evaluation and prediction need (:meth:`test_windows`

@@ -378,8 +378,9 @@ class Forecaster(ActiveObject):
         self.__dict__.update(state)
         self.__dict__.setdefault("_last_seq", {})
         trained = self._trained
-        if trained is not None:  # before compaction: test windows, every loss
-            trained.prepared = trained.prepared.without_training_windows()
+        if trained is not None:
+            if trained.prepared.has_windows:  # before compaction: windows, every loss
+                trained.prepared = trained.prepared.without_training_windows()
             trained.losses = trained.losses[-1:]
             known = vars(trained.params)
             if any(f.name not in known for f in dataclasses.fields(TrainParams)):
