@@ -39,9 +39,11 @@ object, two probe nodes: p-resident (no budget) and p-evicted (``--max-resident
 7. reload: a light call (``tail(1)``) on objects the nodes report evicted
    (``client.objects(residency=True)``), against the same on resident ones;
 8. the fleet forecast round twice again once the long-call workers exited
-   (``--long-idle-exit`` s idle), as between a fleet's trainings: the round
-   the goal judges (the one a fleet runs all day; with ``--long-calls
-   thread`` there is no worker and phase 6 is judged).
+   (``--long-idle-exit`` s idle) and the nodes refilled their memory budget
+   with the objects they had evicted (bounded residency: the seconds this
+   took, and the objects left evicted, are reported), as between a fleet's
+   trainings: the round the goal judges (the one a fleet runs all day; with
+   ``--long-calls thread`` there is no worker and phase 6 is judged).
 
 Memory: each node's RSS every second, its long-call workers included (the
 JSON's ``rss``; the peak judged), KiB per resident forecaster ((RSS after
@@ -449,6 +451,24 @@ def _workers_exit(pids: Sequence[int], rss: RssSampler, args: argparse.Namespace
     return round(time.monotonic() - t0, 1)
 
 
+def _refill(c: Any, rss: RssSampler, timeout: float = 120.0) -> tuple[float, int]:
+    """Once the workers exited, the nodes reload their evicted objects under
+    the memory budget (a refill, docs/architecture.md "Bounded residency"):
+    wait until none is left evicted, or their count stops falling; seconds
+    waited and the objects still evicted."""
+    rss.phase = "refill"
+    t0, last = time.monotonic(), None
+    while True:
+        listed = c.objects(cls=FORECASTER, residency=True)
+        evicted = sum(o.get("resident") is False for o in listed)
+        took = round(time.monotonic() - t0, 1)
+        if evicted == 0 or evicted == last or took > timeout:
+            common.log(f"refill after the workers exited: {took:.1f} s, {evicted} objects left evicted")  # fmt: skip
+            return took, evicted
+        last = evicted
+        time.sleep(2)
+
+
 def _residency(c: Any) -> dict[str, list[int]]:
     """``{node: [resident, evicted]}`` as the nodes' statuses last said."""
     return {n["id"]: [n.get("resident", 0), n.get("evicted", 0)] for n in c.nodes()}
@@ -540,6 +560,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             common.log(f"idle light calls again: p50 {idle_again['p50_ms']:.2f} ms")
             if args.long_calls == "process":
                 fround["waited_s"] = _workers_exit(list(pids.values()), rss, args)
+                fround["refill_s"], fround["evicted_left"] = _refill(c, rss)
                 fround["rounds"] += phase_round(c, fleet, rss, args, "workers exited")
             probe = {
                 nid: phase_probe(dep, c, nid, nid == "p-resident", args.probe, args.window)
@@ -622,6 +643,8 @@ def build_table(r: dict[str, Any], args: argparse.Namespace) -> list[dict[str, A
             else ()
         )
         rows.append(_row(f"fleet forecast round {i + 1}, {when}, s ({rd['errors']} errors)", f"{rd['seconds']:.2f}", *goal))  # fmt: skip
+    if "refill_s" in r["round"]:
+        rows.append(_row("  refill once the workers exited, s (objects left evicted)", f"{r['round']['refill_s']:.1f} ({r['round']['evicted_left']})"))  # fmt: skip
     rl = r["reload"]
     p99 = rl["evicted"]["p99_ms"]
     rows.append(_row(f"call on an evicted object, p50 / p99 ms ({rl['evicted']['n']})", f"{rl['evicted']['p50_ms']:.1f} / {p99:.1f}",

@@ -264,6 +264,57 @@ def test_a_memory_budget_evicts_a_tenth_a_tick(tmp_path: Path) -> None:
         n.close()
 
 
+def test_under_the_memory_budget_the_most_recently_used_evicted_come_back(tmp_path: Path) -> None:
+    n = NodeUnderTest(state_dir=str(tmp_path), memory_budget=10 << 20)
+    ev = n.node.eviction
+    try:
+        for i in range(20):
+            n.create(f"m{i}", kwargs={"start": i})
+        for i in range(20):  # m19 used last
+            n.result(n.call(f"m{i}", "add", 1))
+        ev.measure = lambda: 11 << 20  # over the budget: a tenth goes, the least recently used
+        assert ev.tick() == 2
+        assert [k for k, v in _resident(n).items() if not v] == ["m0", "m1"]
+        assert n.result(n.call("m5", "add", 0)) == 6  # a job since: m5 is used later than m0, m1
+        ev.measure = lambda: 9 << 20  # under the budget but not by a tenth of it: no refill
+        ev.refill_quiet = 0
+        assert ev.tick() == 0 and ev.refills == 0
+        ev.measure = lambda: 5 << 20  # well under it, but a pass evicted just now: not yet
+        ev.refill_quiet = 60
+        assert ev.tick() == 0 and ev.refills == 0
+        assert n.node.eviction.evict(_res(n, "m5"))
+        ev.refill_quiet = 0  # quiet long enough: the most recently used evicted first
+        ev.refill_slice = 1e-9  # (a slice that fits one reload)
+        ev.tick()
+        assert ev.refills == 1 and [k for k, v in _resident(n).items() if not v] == ["m0", "m1"]
+        assert _res(n, "m5").probation  # no job on it since: the first to go again
+        ev.refill_slice = 10.0
+        ev.tick()
+        assert ev.refills == 3 and all(_resident(n).values())
+        assert (ev.reloads, n.result(n.call("m0", "add", 0))) == (0, 1)  # nothing lost
+        assert ev.reloads == 0  # it was loaded already
+    finally:
+        n.close()
+
+
+def test_a_refill_stops_at_the_ceiling(tmp_path: Path) -> None:
+    n = NodeUnderTest(state_dir=str(tmp_path), memory_budget=100 << 20)
+    ev = n.node.eviction
+    try:
+        for i in range(40):
+            n.create(f"m{i}")
+        for i in range(40):
+            assert ev.evict(_res(n, f"m{i}"))
+        ev.refill_quiet, ev.refill_slice = 0, 10.0
+        reads = iter(range(89, 200))  # RSS grows a MiB a reading; the ceiling is 90 MiB
+        ev.measure = lambda: next(reads) << 20
+        ev.tick()  # reads 89 at the tick, 90 after 16 reloads
+        assert ev.refills == 16
+        assert sum(not v for v in _resident(n).values()) == 40 - ev.refills
+    finally:
+        n.close()
+
+
 def test_a_node_without_a_state_dir_only_warns(caplog: pytest.LogCaptureFixture) -> None:
     n = NodeUnderTest(max_resident=1)
     try:

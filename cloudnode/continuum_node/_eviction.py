@@ -17,6 +17,15 @@ cannot see what an instance holds outside Python objects: tensors, arrays),
 and again only once RSS has grown past what it was after the last pass (what
 the allocator kept is reused by the next objects loaded).
 
+*Refilling* (with a memory budget): while RSS stays under the budget by more
+than a tenth of it, and no pass evicted anything for ``refill_quiet`` seconds,
+the ticker reloads the most recently used evicted primaries, a slice of at
+most ``refill_slice`` seconds a tick, on probation (first to go again). Memory
+freed under the budget is then used again before the next job needs it: after
+a storm of trainings, once the long-call workers exit (``--long-idle-exit``),
+the fleet's next forecast round finds its objects loaded. The band between
+the budget and the refill's ceiling keeps the two from chasing each other.
+
 *Evicting* needs a store (``--state-dir``): every committed change of an
 object is durable already (journaled or checkpointed before its caller or
 device heard of it), so the files are the truth before the instance goes.
@@ -58,6 +67,10 @@ log = logging.getLogger("continuum.node.eviction")
 REPLAY = 64  # journal entries past which an object is checkpointed before it is evicted
 MEMORY_STEP = 10  # over the memory budget: evict 1/MEMORY_STEP of the resident objects a tick
 SLACK = 4 << 20  # RSS growth after a pass (or 1 % of the budget) that calls for another
+REFILL_BAND = 10  # refill only while RSS is under the budget by 1/REFILL_BAND of it
+REFILL_SLICE = 0.05  # seconds of reloads a tick, at most, when refilling
+REFILL_QUIET = 5.0  # seconds since the last pass that evicted anything before refilling
+REFILL_MEASURE = 16  # reloads between two reads of RSS while refilling
 
 
 def rss() -> int:
@@ -92,6 +105,8 @@ class Eviction:
         memory_budget: int | None = None,
         replay: int = REPLAY,
         measure: Callable[[], int] = rss,
+        refill_slice: float = REFILL_SLICE,
+        refill_quiet: float = REFILL_QUIET,
     ) -> None:
         self.residents = residents
         self.durability = durability
@@ -99,8 +114,12 @@ class Eviction:
         self.memory_budget = memory_budget
         self.replay = replay
         self.measure = measure
+        self.refill_slice = refill_slice  # 0: never refill
+        self.refill_quiet = refill_quiet
         self.evictions = 0  # since the start
-        self.reloads = 0
+        self.reloads = 0  # for a job
+        self.refills = 0  # by the ticker, under the memory budget
+        self._evicted_at = -float("inf")  # when a pass last evicted something
         self._warned = False
         self._after: int | None = None  # RSS after the last pass over the memory budget
 
@@ -133,16 +152,18 @@ class Eviction:
 
     # -- the ticker: evict beyond the budget -------------------------------------------
     def tick(self) -> int:
-        """Evict the least recently used idle primaries beyond the budget;
-        returns how many went."""
+        """Evict the least recently used idle primaries beyond the budget
+        (under it, refill); returns how many went."""
         if not self.bounded:
             return 0
         loaded = [r for r in self.residents.all() if r.instance is not None]
         over = 0 if self.max_resident is None else len(loaded) - self.max_resident
-        memory = self.memory_budget is not None and loaded and self._over_memory()
+        now = None if self.memory_budget is None else self._read()
+        memory = self.memory_budget is not None and bool(loaded) and self._over_memory(now)
         if memory:
             over = max(over, max(1, len(loaded) // MEMORY_STEP))
         if over <= 0:
+            self._refill(loaded, now)
             return 0
         if self.durability.store is None:
             if not self._warned:
@@ -162,11 +183,52 @@ class Eviction:
                     gone += 1
             except Exception:  # never stop the node's ticker: keep it loaded
                 log.exception("cannot evict %s", res.id)
+        if gone:
+            self._evicted_at = time.monotonic()
         if gone and self.memory_budget is not None:
             _trim()
         if memory:
             self._after = self._read()
         return gone
+
+    # -- the ticker: refill under the memory budget --------------------------------------
+    def _refill(self, loaded: list[Resident], now: int | None) -> int:
+        """Reload evicted primaries, the most recently used first, while RSS
+        stays under the refill ceiling (a tenth under the budget), for at
+        most ``refill_slice`` seconds; how many."""
+        if (
+            self.memory_budget is None
+            or not self.refill_slice
+            or self.durability.store is None
+            or len(loaded) == len(self.residents)
+            or time.monotonic() - self._evicted_at < self.refill_quiet
+        ):
+            return 0
+        ceiling = self.memory_budget - self.memory_budget // REFILL_BAND
+        if _over(now, ceiling):
+            return 0
+        evicted = [r for r in self.residents.all() if r.instance is None and r.role == "primary"]
+        evicted.sort(key=lambda r: r.used, reverse=True)
+        end = time.monotonic() + self.refill_slice
+        done = 0
+        for res in evicted:
+            if done and (time.monotonic() >= end or (done % REFILL_MEASURE == 0 and _over(self._read(), ceiling))):  # fmt: skip
+                break  # (one reload a tick at least)
+            with res.lock:  # no eviction meanwhile (a worker's pin counts the same)
+                res.pins += 1
+            try:
+                if res.instance is None and self.durability.wake(res):
+                    res.probation = True  # no job on it yet: the first to go again
+                    done += 1
+            except Exception:  # never stop the node's ticker
+                log.exception("cannot reload %s", res.id)
+            finally:
+                with res.lock:
+                    res.pins -= 1
+        self.refills += done
+        if done:
+            log.debug("refilled %d evicted objects under the memory budget", done)
+        return done
 
     def _read(self) -> int | None:
         try:
@@ -177,14 +239,13 @@ class Eviction:
                 log.exception("cannot read the node's memory: --memory-budget ignored")
             return None
 
-    def _over_memory(self) -> bool:
+    def _over_memory(self, now: int | None) -> bool:
         """Over the budget, and grown since the last pass over it: memory the
         pass freed but the allocator kept (RSS does not fall) is reused by
         the objects loaded next, so a flat RSS above the budget calls for no
         more evictions (evicting on would empty the node: each reload would
         then cost a read, the pathology of a fleet-wide round)."""
         assert self.memory_budget is not None
-        now = self._read()
         if now is None or now <= self.memory_budget:
             self._after = None
             return False
@@ -217,6 +278,10 @@ class Eviction:
         self.evictions += 1
         log.debug("evicted %s", res.id)
         return True
+
+
+def _over(now: int | None, ceiling: int) -> bool:
+    return now is None or now >= ceiling
 
 
 def _busy(res: Resident) -> bool:

@@ -207,6 +207,11 @@ class _Levels:
             "Evicted objects reloaded for a call or a feed sample",
             value=node.eviction.reloads,
         )
+        yield CounterMetricFamily(
+            "continuum_node_refills",
+            "Evicted objects reloaded ahead of any job, while RSS was under the memory budget",
+            value=node.eviction.refills,
+        )
         online = node.liveness.is_online
         yield GaugeMetricFamily(
             "continuum_node_replicas_behind",
