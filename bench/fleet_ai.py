@@ -32,7 +32,10 @@ object, two probe nodes: p-resident (no budget) and p-evicted (``--max-resident
    one judged because the idle p50 alone varies by up to half between phases
    of one run on this VM (0.83 to 2.2 ms measured), more than the effect to
    be measured; with ``--long-calls thread`` there is no worker to pause and
-   the idle phases are the baseline;
+   the idle phases are the baseline. Then, while the storm goes on, the same
+   paired figure for a counter on p-resident, a node that trains nothing:
+   what the trainings cost a light call anywhere on the machine (its caches,
+   its cores), as against what they cost the node that runs them;
 6. a fleet forecast round: ``client.fan_out(all, "predict")``, twice, right
    after the storm (the long-call workers still up: about 300 MiB of each
    node's budget);
@@ -378,13 +381,17 @@ def _mse(metrics: Any) -> dict[str, float]:
     return {var: round(_mean([m[var]["mse"] for m in metrics]), 3) for var in ("cpu", "mem")}
 
 
-def phase_storm(dep: Any, c: Any, light: str, fleet: dict[str, Any], rss: RssSampler, args):
+def phase_storm(dep: Any, c: Any, light: str, fleet: dict[str, Any], rss: RssSampler, args,
+                control: str | None = None):  # fmt: skip
     """Every other object trained while firmware-sim publishes more samples
     (evicted objects reload for them) and light calls run from another
     client, the trainings paused and resumed every ``--pause-period`` s
     meanwhile (their worker processes stopped, then continued): light calls
     while the trainings run against the same calls while they are paused,
-    over the same minute of the same run."""
+    over the same minute of the same run. Then the same on ``control``, an
+    object of a node that trains nothing (p-resident): what the trainings
+    cost a light call anywhere on the machine, beside what they cost the
+    node that runs them."""
     rest = fleet["objs"][args.train_sample :]
     result: dict[str, Any] = {}
     done = threading.Event()
@@ -413,6 +420,14 @@ def phase_storm(dep: Any, c: Any, light: str, fleet: dict[str, Any], rss: RssSam
     result["spans"] = [_span_figure(pings, span) for span in spans]
     result["light"] = summarize(running)
     result["light_paused"] = summarize(paused) if paused else None
+    if control is not None and workers and not done.is_set():
+        pinger = _ping_process(dep, control, seconds)
+        time.sleep(1.0)
+        more = _alternate(workers, seconds, args.pause_period)
+        running, paused = _split(_ping_results(pinger, seconds), more)
+        result["control"] = {"light": summarize(running), "light_paused": summarize(paused),
+                             "during_storm": not done.is_set()}  # fmt: skip
+        spans += more
     result["paused_s"] = round(sum(b - a for a, b, stopped in spans if stopped), 1)
     result["light_during_whole_phase"] = not done.is_set()
     thread.join()
@@ -551,8 +566,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             samples = phase_samples(dep, c, fleet, args)
             rss.phase = "models"
             models = phase_models(c, fleet, args)
-            storm = phase_storm(dep, c, light, fleet, rss, args)
-            fround = {"rounds": phase_round(c, fleet, rss, args, "workers up")}
+            control = str(c.stub(COUNTER).create(start=0, node="p-resident")._id) if probes else None  # fmt: skip
+            storm = phase_storm(dep, c, light, fleet, rss, args, control)
+            fround: dict[str, Any] = {"rounds": phase_round(c, fleet, rss, args, "workers up")}
             rss.phase = "reload"
             reload = phase_reload(c, args)
             rss.phase = "idle again"
@@ -633,16 +649,20 @@ def build_table(r: dict[str, Any], args: argparse.Namespace) -> list[dict[str, A
         rows.append(_row(f"light call p50 / p99 ms in the storm, trainings running ({st['light']['n']})", f"{st['light']['p50_ms']:.2f} / {st['light']['p99_ms']:.2f}"))  # fmt: skip
         rows.append(_row(f"  same, trainings paused (every other {args.pause_period:g} s) ({paired['n']})", f"{paired['p50_ms']:.2f} / {paired['p99_ms']:.2f}"))  # fmt: skip
         rows.append(_row("  p50 running / paused", f"{pr:.2f}x", f"<= {goal}x", pr <= goal))
+        if (ctl := st.get("control")) is not None:
+            cr = ctl["light"]["p50_ms"] / ctl["light_paused"]["p50_ms"]
+            rows.append(_row(f"  same calls to p-resident (trains nothing), p50 running / paused{'' if ctl['during_storm'] else ' (storm ended)'}",
+                             f"{ctl['light']['p50_ms']:.2f} / {ctl['light_paused']['p50_ms']:.2f} ({cr:.2f}x)"))  # fmt: skip
     limit = GOALS["round_10k_s"] * n / 10_000
     judged = "workers exited" if any(rd.get("when") == "workers exited" for rd in r["round"]["rounds"]) else "workers up"  # fmt: skip
     for i, rd in enumerate(r["round"]["rounds"]):
         when = rd.get("when", "workers up")
-        goal = (
+        verdict = (
             (f"<= {limit:g}", rd["seconds"] <= limit and rd["errors"] == 0)
             if when == judged
             else ()
         )
-        rows.append(_row(f"fleet forecast round {i + 1}, {when}, s ({rd['errors']} errors)", f"{rd['seconds']:.2f}", *goal))  # fmt: skip
+        rows.append(_row(f"fleet forecast round {i + 1}, {when}, s ({rd['errors']} errors)", f"{rd['seconds']:.2f}", *verdict))  # fmt: skip
     if "refill_s" in r["round"]:
         rows.append(_row("  refill once the workers exited, s (objects left evicted)", f"{r['round']['refill_s']:.1f} ({r['round']['evicted_left']})"))  # fmt: skip
     rl = r["reload"]
