@@ -42,7 +42,7 @@ def figure(result: dict[str, Any], path: Path) -> Path:
         if s["phase"] != phase:
             if shade:
                 ax.axvspan(start, s["t"], color="0.93", lw=0)
-            y = GOAL_MIB * (1.03 + 0.045 * (row % 4))  # four rows: short phases side by side
+            y = GOAL_MIB * (1.03 + 0.04 * (row % 5))  # five rows: short phases side by side
             ax.text((start + s["t"]) / 2, y, phase, ha="center", fontsize=7)
             start, phase, shade, row = s["t"], s["phase"], not shade, row + 1
     devices = result["meta"]["args"]["devices"]

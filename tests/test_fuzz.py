@@ -110,8 +110,14 @@ class Rig:
             )
             end = time.monotonic() + timeout
             # (fuzzed samples the node held for reordering may reach it too)
-            while self.sink_seq not in sentinel.received()["seqs"]:
-                assert time.monotonic() < end, f"sentinel sample {self.sink_seq} never arrived"
+            while self.sink_seq not in (got := sentinel.received())["seqs"]:
+                if time.monotonic() >= end:  # what the node was doing, for the next look
+                    node = next((n for n in c.nodes() if n["id"] == "n1"), {})
+                    status = {k: node.get(k) for k in ("state", "queued", "running", "load")}
+                    pytest.fail(
+                        f"sentinel sample {self.sink_seq} never arrived in {timeout} s;"
+                        f" the sentinel has {got}; node n1: {status}"
+                    )
                 time.sleep(0.02)
             c.delete(sentinel)
 
