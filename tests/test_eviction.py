@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import logging
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -311,6 +312,64 @@ def test_a_refill_stops_at_the_ceiling(tmp_path: Path) -> None:
         ev.tick()  # reads 89 at the tick, 90 after 16 reloads
         assert ev.refills == 16
         assert sum(not v for v in _resident(n).values()) == 40 - ev.refills
+    finally:
+        n.close()
+
+
+def test_a_refill_keeps_within_max_resident_and_skips_a_busy_object(tmp_path: Path) -> None:
+    n = NodeUnderTest(state_dir=str(tmp_path), memory_budget=100 << 20, max_resident=4)
+    ev = n.node.eviction
+    ev.measure = lambda: 10 << 20  # far under the budget
+    ev.refill_quiet, ev.refill_slice = 0, 10.0
+    try:
+        for i in range(6):
+            n.create(f"m{i}")
+        for i in range(6):
+            assert ev.evict(_res(n, f"m{i}"))
+        busy, held, release = _res(n, "m5"), threading.Event(), threading.Event()
+
+        def hold() -> None:  # a change in progress on m5 (another thread holds its state)
+            with busy.state:
+                held.set()
+                release.wait(10)
+
+        t = threading.Thread(target=hold)
+        t.start()
+        held.wait(10)
+        try:
+            ev.tick()  # m5 used last but busy: skipped, not waited for
+        finally:
+            release.set()
+            t.join()
+        assert ev.refills == 4 and not _resident(n)["m5"]
+        assert sum(_resident(n).values()) == 4  # no more than --max-resident
+        ev.tick()
+        assert ev.refills == 4
+    finally:
+        n.close()
+
+
+def test_a_refill_that_cannot_load_an_object_quarantines_it_and_backs_off(tmp_path: Path) -> None:
+    n = NodeUnderTest(state_dir=str(tmp_path), memory_budget=100 << 20)
+    ev = n.node.eviction
+    ev.measure = lambda: 10 << 20
+    ev.refill_quiet, ev.refill_slice = 0, 10.0
+    try:
+        for i in range(5):
+            n.create(f"m{i}")
+        for i in range(5):
+            assert ev.evict(_res(n, f"m{i}"))
+        snap = tmp_path / "objects" / "m4.snapshot"  # m4, used last, is the first tried
+        snap.write_bytes(b"\0" * snap.stat().st_size)
+        ev.tick()
+        assert ev.refills == 0  # the pass stopped at the failure
+        assert n.node.residents.quarantine.get("m4") is not None
+        ev.tick()  # backing off: nothing reloaded ahead of a job meanwhile
+        assert ev.refills == 0 and _res(n, "m3").instance is None
+        assert n.result(n.call("m0", "add", 1)) == 1  # a job still reloads its object
+        ev._refill_failed = -float("inf")  # the backoff over
+        ev.tick()
+        assert ev.refills == 3
     finally:
         n.close()
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from continuum_mqtt import ContinuumError, ObjectNotHere, StorageError, UnencodableResult
 from continuum_mqtt.service import Outcome, Request, canonical_class_path, invoke
@@ -31,11 +31,15 @@ from ._quarantine import Quarantined
 from ._resident import Resident, Residents
 from ._store import Store, Unloadable
 
-__all__ = ["MAX_JOURNALED", "Durability"]
+__all__ = ["LOADED", "MAX_JOURNALED", "Durability", "Woken"]
 
 log = logging.getLogger("continuum.node")
 
 MAX_JOURNALED = 64 * 1024  # request bytes above which a call is checkpointed, not journaled
+
+
+Woken = Literal["reloaded", "resident", "gone", "quarantined"]
+LOADED = ("reloaded", "resident")  # what Durability.wake says when the instance is there
 
 
 @dataclass(eq=False, repr=False)
@@ -52,7 +56,7 @@ class Durability:
         """Checkpoint the whole object (durable node only; an evicted one is
         reloaded first: a control change to it keeps its stub's fields)."""
         if self.store is not None:
-            if res.instance is None and not self.wake(res):
+            if res.instance is None and self.wake(res) not in LOADED:
                 raise self.residents.not_here(res.id)
             self.store.checkpoint(res.id, res.record())
             res.journaled = 0
@@ -126,25 +130,28 @@ class Durability:
         self.bindings.refeed(res, fed, set())
         self.residents.quarantine.add(exc.quarantined)
 
-    def wake(self, res: Resident) -> bool:
+    def wake(self, res: Resident) -> Woken:
         """Reload an evicted object's instance and outcomes from its files
-        (the stub's feeds, aliases, access and role stand); False when they
-        cannot be loaded (it is quarantined) or it left the node."""
+        (the stub's feeds, aliases, access and role stand): ``"reloaded"``
+        now, ``"resident"`` (another thread reloaded it first), ``"gone"``
+        (it left the node) or ``"quarantined"`` (its files cannot be loaded)."""
         with res.state:
             if res.instance is not None:
-                return True
+                return "resident"
             assert self.store is not None, "only a durable node evicts"
             if not self.residents.holds(res):
-                return False
+                return "gone"
             try:
                 fresh = self.revive(*self.store.reload(res.id))
             except Unloadable as exc:
+                if not self.residents.holds(res):  # deleted meanwhile: its files went
+                    return "gone"
                 log.error("%s cannot be reloaded: %s", res.id, exc)
                 self._quarantine(res, res.fed_topics, exc)
-                return False
+                return "quarantined"
             res.take_instance_of(fresh)
         log.debug("%s reloaded (seq %d)", res.id, res.seq)
-        return True
+        return "reloaded"
 
     @staticmethod
     def revive(rec: dict[str, Any], journal: list[dict[str, Any]]) -> Resident:

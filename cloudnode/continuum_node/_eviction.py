@@ -19,12 +19,17 @@ the allocator kept is reused by the next objects loaded).
 
 *Refilling* (with a memory budget): while RSS stays under the budget by more
 than a tenth of it, and no pass evicted anything for ``refill_quiet`` seconds,
-the ticker reloads the most recently used evicted primaries, a slice of at
-most ``refill_slice`` seconds a tick, on probation (first to go again). Memory
-freed under the budget is then used again before the next job needs it: after
-a storm of trainings, once the long-call workers exit (``--long-idle-exit``),
-the fleet's next forecast round finds its objects loaded. The band between
-the budget and the refill's ceiling keeps the two from chasing each other.
+the ticker reloads the most recently used evicted primaries (within
+``max_resident`` too), for about ``refill_slice`` seconds a tick, on probation
+(first to go again). Memory freed under the budget is then used again before
+the next job needs it: after a storm of trainings, once the long-call workers
+exit (``--long-idle-exit``), the fleet's next forecast round finds its
+objects loaded. The band between the budget and the refill's ceiling keeps
+the two from chasing each other. An object whose state lock is held (a
+change, a mutating job) is skipped, never waited for; a reload that fails
+quarantines the object as a job's would, and stops refills for
+``REFILL_BACKOFF`` seconds (a disk in trouble quarantines no more objects
+ahead of their jobs).
 
 *Evicting* needs a store (``--state-dir``): every committed change of an
 object is durable already (journaled or checkpointed before its caller or
@@ -51,13 +56,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import heapq
 import logging
 import time
 from collections.abc import Callable, Iterator
 
 from continuum_mqtt import StorageError
 
-from ._durability import Durability
+from ._durability import LOADED, Durability
 from ._resident import Resident, Residents
 
 __all__ = ["REPLAY", "Eviction", "rss"]
@@ -71,6 +77,8 @@ REFILL_BAND = 10  # refill only while RSS is under the budget by 1/REFILL_BAND o
 REFILL_SLICE = 0.05  # seconds of reloads a tick, at most, when refilling
 REFILL_QUIET = 5.0  # seconds since the last pass that evicted anything before refilling
 REFILL_MEASURE = 16  # reloads between two reads of RSS while refilling
+REFILL_BATCH = 1_000  # evicted objects a refill pass looks at, at most
+REFILL_BACKOFF = 60.0  # seconds without refill after a reload that failed (beyond the quiet)
 
 
 def rss() -> int:
@@ -120,6 +128,7 @@ class Eviction:
         self.reloads = 0  # for a job
         self.refills = 0  # by the ticker, under the memory budget
         self._evicted_at = -float("inf")  # when a pass last evicted something
+        self._refill_failed = -float("inf")  # (plus the backoff) when a refill's reload failed
         self._warned = False
         self._after: int | None = None  # RSS after the last pass over the memory budget
 
@@ -141,11 +150,13 @@ class Eviction:
                 res.probation = False  # used again while resident: it keeps its place
                 yield True
                 return
-            loaded = self.durability.wake(res)
-            if loaded:
+            woken = self.durability.wake(res)
+            if woken == "reloaded":
                 self.reloads += 1
                 res.probation = True
-            yield loaded
+            elif woken == "resident":  # reloaded by another thread (the refill) meanwhile
+                res.probation = False
+            yield woken in LOADED
         finally:
             with res.lock:
                 res.pins -= 1
@@ -194,37 +205,44 @@ class Eviction:
     # -- the ticker: refill under the memory budget --------------------------------------
     def _refill(self, loaded: list[Resident], now: int | None) -> int:
         """Reload evicted primaries, the most recently used first, while RSS
-        stays under the refill ceiling (a tenth under the budget), for at
-        most ``refill_slice`` seconds; how many."""
+        stays under the refill ceiling (a tenth under the budget) and within
+        ``max_resident``, for about ``refill_slice`` seconds; how many."""
+        t0 = time.monotonic()
         if (
             self.memory_budget is None
             or not self.refill_slice
             or self.durability.store is None
             or len(loaded) == len(self.residents)
-            or time.monotonic() - self._evicted_at < self.refill_quiet
+            or t0 - max(self._evicted_at, self._refill_failed) < self.refill_quiet
         ):
             return 0
         ceiling = self.memory_budget - self.memory_budget // REFILL_BAND
-        if _over(now, ceiling):
+        room = None if self.max_resident is None else self.max_resident - len(loaded)
+        if _over(now, ceiling) or (room is not None and room <= 0):
             return 0
-        evicted = [r for r in self.residents.all() if r.instance is None and r.role == "primary"]
-        evicted.sort(key=lambda r: r.used, reverse=True)
-        end = time.monotonic() + self.refill_slice
+        end = t0 + self.refill_slice
+        evicted = (r for r in self.residents.all() if r.instance is None and r.role == "primary")
         done = 0
-        for res in evicted:
-            if done and (time.monotonic() >= end or (done % REFILL_MEASURE == 0 and _over(self._read(), ceiling))):  # fmt: skip
-                break  # (one reload a tick at least)
-            with res.lock:  # no eviction meanwhile (a worker's pin counts the same)
-                res.pins += 1
+        for i, res in enumerate(heapq.nlargest(REFILL_BATCH, evicted, key=_used)):
+            if i and (time.monotonic() >= end or (i % REFILL_MEASURE == 0 and _over(self._read(), ceiling))):  # fmt: skip
+                break  # (one attempt a tick at least)
+            if room is not None and done >= room:
+                break
+            if not res.state.acquire(blocking=False):  # a change or a job on it: not now
+                continue  # (waiting here would stall the ticker for a whole training)
             try:
-                if res.instance is None and self.durability.wake(res):
+                woken = self.durability.wake(res)  # (no eviction meanwhile: under its state)
+                if woken == "reloaded":
                     res.probation = True  # no job on it yet: the first to go again
                     done += 1
             except Exception:  # never stop the node's ticker
                 log.exception("cannot reload %s", res.id)
+                woken = "quarantined"
             finally:
-                with res.lock:
-                    res.pins -= 1
+                res.state.release()
+            if woken == "quarantined":  # a disk in trouble: no reload ahead of a job for a while
+                self._refill_failed = time.monotonic() + REFILL_BACKOFF
+                break
         self.refills += done
         if done:
             log.debug("refilled %d evicted objects under the memory budget", done)
@@ -278,6 +296,10 @@ class Eviction:
         self.evictions += 1
         log.debug("evicted %s", res.id)
         return True
+
+
+def _used(res: Resident) -> float:
+    return res.used
 
 
 def _over(now: int | None, ceiling: int) -> bool:
