@@ -69,9 +69,9 @@ def _layout(
 
 def _sigmoid(neg: np.ndarray) -> np.ndarray:
     """1 / (1 + exp(neg)) in place: the sigmoid of ``-neg`` (an overflow to
-    inf gives 0, as it should)."""
-    with np.errstate(over="ignore"):
-        np.exp(neg, out=neg)
+    inf gives 0, as it should: the caller ignores the overflow warning, once
+    for a whole layer rather than at every step)."""
+    np.exp(neg, out=neg)
     neg += 1.0
     return np.reciprocal(neg, out=neg)
 
@@ -166,13 +166,14 @@ class Packed:
         h = np.zeros((n, hd), np.float32)
         c = np.zeros((n, hd), np.float32)
         every = np.empty((n, steps, hd), np.float32) if layer + 1 < self.num_layers else seq
-        for t in range(steps):
-            g = h @ w_hh_t
-            g += gates_x[:, t, :]
-            s = _sigmoid(-g)  # i, f, o (and the g gate's slot, unused)
-            c *= s[:, hd : 2 * hd]
-            c += s[:, :hd] * np.tanh(g[:, 2 * hd : 3 * hd])
-            h = s[:, 3 * hd :] * np.tanh(c)
-            if every is not seq:
-                every[:, t, :] = h
+        with np.errstate(over="ignore"):  # (exp overflows to inf in _sigmoid: that is 0)
+            for t in range(steps):
+                g = h @ w_hh_t
+                g += gates_x[:, t, :]
+                s = _sigmoid(-g)  # i, f, o (and the g gate's slot, unused)
+                c *= s[:, hd : 2 * hd]
+                c += s[:, :hd] * np.tanh(g[:, 2 * hd : 3 * hd])
+                h = s[:, 3 * hd :] * np.tanh(c)
+                if every is not seq:
+                    every[:, t, :] = h
         return h, every
