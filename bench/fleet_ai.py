@@ -193,6 +193,15 @@ def _alternate(
     return spans
 
 
+def _paired_pings(dep: Any, oid: str, workers: Sequence[int], seconds: float, period: float):
+    """Light calls on ``oid`` from a process of their own for ``seconds``,
+    ``workers`` paused and resumed every ``period`` s meanwhile: (pings, spans)."""
+    pinger = _ping_process(dep, oid, seconds)
+    time.sleep(1.0)  # its connection and first calls
+    spans = _alternate(workers, seconds, period)
+    return _ping_results(pinger, seconds), spans
+
+
 def _split(pings: Sequence[tuple[float, float]], spans, settle: float = 0.2):
     """The ms of the ``pings`` made wholly within a span, ``settle`` s after
     it began: (while the trainings ran, while they were paused)."""
@@ -412,24 +421,19 @@ def phase_storm(dep: Any, c: Any, light: str, fleet: dict[str, Any], rss: RssSam
     time.sleep(2.0)  # the storm is on
     workers = _long_workers([dep.pid("n1"), dep.pid("n2")])
     seconds = 2 * args.phase_seconds if workers else args.phase_seconds
-    pinger = _ping_process(dep, light, seconds)
-    time.sleep(1.0)  # its connection and first calls
-    spans = _alternate(workers, seconds, args.pause_period if workers else seconds)
-    pings = _ping_results(pinger, seconds)
+    pings, spans = _paired_pings(dep, light, workers, seconds, args.pause_period if workers else seconds)  # fmt: skip
     running, paused = _split(pings, spans)
     result["spans"] = [_span_figure(pings, span) for span in spans]
     result["light"] = summarize(running)
     result["light_paused"] = summarize(paused) if paused else None
-    if control is not None and workers and not done.is_set():
-        pinger = _ping_process(dep, control, seconds)
-        time.sleep(1.0)
-        more = _alternate(workers, seconds, args.pause_period)
-        running, paused = _split(_ping_results(pinger, seconds), more)
-        result["control"] = {"light": summarize(running), "light_paused": summarize(paused),
-                             "during_storm": not done.is_set()}  # fmt: skip
-        spans += more
-    result["paused_s"] = round(sum(b - a for a, b, stopped in spans if stopped), 1)
     result["light_during_whole_phase"] = not done.is_set()
+    if control is not None and workers and not done.is_set():
+        more, control_spans = _paired_pings(dep, control, workers, seconds, args.pause_period)
+        ran, held = _split(more, control_spans)
+        result["control"] = {"light": summarize(ran), "light_paused": summarize(held),
+                             "during_storm": not done.is_set()}  # fmt: skip
+        spans += control_spans
+    result["paused_s"] = round(sum(b - a for a, b, stopped in spans if stopped), 1)
     thread.join()
     result["seconds"] = round(took[0], 1)
     result["models_per_min"] = round(result["trained"] / (took[0] - result["paused_s"]) * 60, 1)

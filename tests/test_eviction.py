@@ -298,15 +298,23 @@ def test_under_the_memory_budget_the_most_recently_used_evicted_come_back(tmp_pa
         n.close()
 
 
+def _all_evicted(tmp_path: Path, count: int, **options: Any) -> NodeUnderTest:
+    """A node with a memory budget and ``count`` objects m0..., all evicted,
+    m<count-1> used last; it refills at its next tick (no quiet, a long slice)."""
+    n = NodeUnderTest(state_dir=str(tmp_path), **options)
+    ev = n.node.eviction
+    ev.refill_quiet, ev.refill_slice = 0, 10.0
+    for i in range(count):
+        n.create(f"m{i}")
+    for i in range(count):
+        assert ev.evict(_res(n, f"m{i}"))
+    return n
+
+
 def test_a_refill_stops_at_the_ceiling(tmp_path: Path) -> None:
-    n = NodeUnderTest(state_dir=str(tmp_path), memory_budget=100 << 20)
+    n = _all_evicted(tmp_path, 40, memory_budget=100 << 20)
     ev = n.node.eviction
     try:
-        for i in range(40):
-            n.create(f"m{i}")
-        for i in range(40):
-            assert ev.evict(_res(n, f"m{i}"))
-        ev.refill_quiet, ev.refill_slice = 0, 10.0
         reads = iter(range(89, 200))  # RSS grows a MiB a reading; the ceiling is 90 MiB
         ev.measure = lambda: next(reads) << 20
         ev.tick()  # reads 89 at the tick, 90 after 16 reloads
@@ -317,15 +325,10 @@ def test_a_refill_stops_at_the_ceiling(tmp_path: Path) -> None:
 
 
 def test_a_refill_keeps_within_max_resident_and_skips_a_busy_object(tmp_path: Path) -> None:
-    n = NodeUnderTest(state_dir=str(tmp_path), memory_budget=100 << 20, max_resident=4)
+    n = _all_evicted(tmp_path, 6, memory_budget=100 << 20, max_resident=4)
     ev = n.node.eviction
     ev.measure = lambda: 10 << 20  # far under the budget
-    ev.refill_quiet, ev.refill_slice = 0, 10.0
     try:
-        for i in range(6):
-            n.create(f"m{i}")
-        for i in range(6):
-            assert ev.evict(_res(n, f"m{i}"))
         busy, held, release = _res(n, "m5"), threading.Event(), threading.Event()
 
         def hold() -> None:  # a change in progress on m5 (another thread holds its state)
@@ -350,15 +353,10 @@ def test_a_refill_keeps_within_max_resident_and_skips_a_busy_object(tmp_path: Pa
 
 
 def test_a_refill_that_cannot_load_an_object_quarantines_it_and_backs_off(tmp_path: Path) -> None:
-    n = NodeUnderTest(state_dir=str(tmp_path), memory_budget=100 << 20)
+    n = _all_evicted(tmp_path, 5, memory_budget=100 << 20)
     ev = n.node.eviction
     ev.measure = lambda: 10 << 20
-    ev.refill_quiet, ev.refill_slice = 0, 10.0
     try:
-        for i in range(5):
-            n.create(f"m{i}")
-        for i in range(5):
-            assert ev.evict(_res(n, f"m{i}"))
         snap = tmp_path / "objects" / "m4.snapshot"  # m4, used last, is the first tried
         snap.write_bytes(b"\0" * snap.stat().st_size)
         ev.tick()
