@@ -158,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="MIB",
         help="with --state-dir: while the node's RSS is above this many MiB, idle objects are "
-        "evicted, least recently used first (default: no budget). Without --state-dir "
-        "nothing can be evicted: the budgets only warn",
+        "evicted, least recently used first; while it is more than a tenth below, evicted "
+        "objects are reloaded ahead of their next call, most recently used first (default: "
+        "no budget). Without --state-dir nothing can be evicted: the budgets only warn",
     )
     p.add_argument(
         "--intra-op-threads",
